@@ -1,0 +1,194 @@
+"""Argument checks shared by the whole package.
+
+Every check either returns the converted value or raises a ``ValueError`` /
+``TypeError`` whose message names the argument and the value received, in one
+shape (Keras' own)::
+
+    Invalid value for argument `num_samples`: expected an integer >= 1, received 0.
+
+Helpers return the converted arrays so callers validate and convert in one step.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Iterable
+
+import numpy as np
+
+__all__ = [
+    "describe",
+    "invalid",
+    "check_int",
+    "check_float",
+    "check_choice",
+    "check_array",
+    "check_probs",
+    "check_labels",
+    "check_samples",
+    "check_same_length",
+    "PROB_ATOL",
+]
+
+#: Tolerance on row sums of probabilities (float32 softmax outputs drift by ~1e-6;
+#: hand-written arrays by more).
+PROB_ATOL = 1e-3
+
+
+def describe(value: Any) -> str:
+    """A short description of ``value`` for an error message (arrays by shape, not content)."""
+    if isinstance(value, np.ndarray) or (
+        hasattr(value, "shape") and hasattr(value, "dtype") and not np.isscalar(value)
+    ):
+        shape = tuple(getattr(value, "shape", ()))
+        if len(shape) == 0:
+            return repr(np.asarray(value).item())
+        return f"an array of shape {shape} and dtype {getattr(value, 'dtype', '?')}"
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    if isinstance(value, (str, numbers.Number, bool, type(None), tuple, list)):
+        return text
+    return f"{text} (of type {type(value).__name__})"
+
+
+def invalid(name: str, expected: str, value: Any, *, detail: str | None = None, error=ValueError):
+    """Build (not raise) the package's standard error for argument ``name``."""
+    message = f"Invalid value for argument `{name}`: expected {expected}, received {describe(value)}."
+    if detail:
+        message += f" {detail}"
+    return error(message)
+
+
+def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """Return ``value`` as a Python int, or raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        bounds = f" >= {minimum}" if minimum is not None else ""
+        raise invalid(name, f"an integer{bounds}", value, error=TypeError)
+    value = int(value)
+    if minimum is not None and value < minimum:
+        upper = f" and <= {maximum}" if maximum is not None else ""
+        raise invalid(name, f"an integer >= {minimum}{upper}", value)
+    if maximum is not None and value > maximum:
+        lower = f" >= {minimum} and" if minimum is not None else ""
+        raise invalid(name, f"an integer{lower} <= {maximum}", value)
+    return value
+
+
+def check_float(
+    value: Any,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> float:
+    """Return ``value`` as a finite Python float within the given bounds."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise invalid(name, "a real number", value, error=TypeError)
+    value = float(value)
+    lo = "[" if low_inclusive else "("
+    hi = "]" if high_inclusive else ")"
+    expected = f"a number in {lo}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}{hi}"
+    if not np.isfinite(value):
+        raise invalid(name, expected, value)
+    if low is not None and (value < low or (value == low and not low_inclusive)):
+        raise invalid(name, expected, value)
+    if high is not None and (value > high or (value == high and not high_inclusive)):
+        raise invalid(name, expected, value)
+    return value
+
+
+def check_choice(value: Any, name: str, choices: Iterable[Any]) -> Any:
+    """Return ``value`` if it is one of ``choices``."""
+    choices = tuple(choices)
+    if not isinstance(value, (str, type(None), bool, numbers.Number)) or value not in choices:
+        listed = ", ".join(repr(c) for c in choices)
+        raise invalid(name, f"one of {listed}", value)
+    return value
+
+
+def check_array(
+    value: Any,
+    name: str,
+    *,
+    ndim: int | tuple[int, ...] | None = None,
+    dtype=np.float64,
+    allow_empty: bool = False,
+    finite: bool = True,
+) -> np.ndarray:
+    """Convert ``value`` to a numpy array and check rank, emptiness and finiteness."""
+    if value is None:
+        raise invalid(name, "an array", value, error=TypeError)
+    if hasattr(value, "numpy") and not isinstance(value, np.ndarray):
+        value = value.numpy()
+    try:
+        array = np.asarray(value, dtype=dtype)
+    except (TypeError, ValueError):
+        raise invalid(name, "a numeric array", value, error=TypeError) from None
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if array.ndim not in allowed:
+            ranks = " or ".join(str(r) for r in allowed)
+            raise invalid(name, f"an array of rank {ranks}", array)
+    if not allow_empty and array.size == 0:
+        raise invalid(name, "a non-empty array", array)
+    if finite and np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+        bad = int(np.sum(~np.isfinite(array)))
+        raise invalid(name, "finite values", array, detail=f"It holds {bad} NaN or infinite value(s).")
+    return array
+
+
+def check_probs(value: Any, name: str = "probs", *, ndim: int = 2, atol: float = PROB_ATOL) -> np.ndarray:
+    """Probabilities along the last axis: values in [0, 1], each row summing to one."""
+    probs = check_array(value, name, ndim=ndim)
+    if probs.shape[-1] < 2:
+        raise invalid(name, "at least two classes on the last axis", probs)
+    if np.any(probs < -atol) or np.any(probs > 1 + atol):
+        raise invalid(name, "probabilities in [0, 1]", probs,
+                      detail=f"Values range over [{probs.min():.4g}, {probs.max():.4g}].")
+    sums = probs.sum(axis=-1)
+    off = np.abs(sums - 1.0) > atol
+    if np.any(off):
+        raise invalid(
+            name, "rows that sum to one", probs,
+            detail=f"{int(off.sum())} row(s) do not (first sum: {sums[off].ravel()[0]:.6g}).",
+        )
+    return np.clip(probs, 0.0, 1.0)
+
+
+def check_labels(value: Any, name: str = "y_true", *, n_classes: int | None = None) -> np.ndarray:
+    """Integer class labels of shape (N,), optionally in ``[0, n_classes)``."""
+    raw = check_array(value, name, ndim=1, dtype=None, finite=False)
+    if raw.dtype.kind == "f":
+        if not np.all(np.isfinite(raw)) or not np.all(raw == np.round(raw)):
+            raise invalid(name, "integer class labels", raw)
+    elif raw.dtype.kind not in "iub":
+        raise invalid(name, "integer class labels", raw, error=TypeError)
+    labels = raw.astype(np.int64)
+    if np.any(labels < 0) or (n_classes is not None and np.any(labels >= n_classes)):
+        upper = f" and < {n_classes}" if n_classes is not None else ""
+        raise invalid(name, f"labels >= 0{upper}", raw,
+                      detail=f"Labels range over [{labels.min()}, {labels.max()}].")
+    return labels
+
+
+def check_samples(value: Any, name: str = "samples", *, probs: bool = False, ndim: int = 3) -> np.ndarray:
+    """Samples shaped (T, N, ...): passes first. With ``probs`` they must be probabilities."""
+    if probs:
+        return check_probs(value, name, ndim=ndim)
+    return check_array(value, name, ndim=ndim)
+
+
+def check_same_length(**arrays: Any) -> int:
+    """All arrays share their first dimension; return it."""
+    lengths = {k: len(v) for k, v in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        listed = ", ".join(f"`{k}` has {n}" for k, n in lengths.items())
+        first = next(iter(arrays))
+        raise ValueError(
+            f"Invalid value for argument `{first}`: expected the same number of rows in every input, "
+            f"received {listed}."
+        )
+    return next(iter(lengths.values()))

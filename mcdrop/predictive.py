@@ -1,0 +1,404 @@
+"""Prediction objects: immutable numpy results of T stochastic passes.
+
+Samples are always shaped ``(T, N, ...)``: passes first. Derived statistics are
+computed on first access and cached. Nothing here imports TensorFlow except the
+``distribution`` views, which import tensorflow-probability lazily.
+
+Two result types:
+
+* :class:`ClassificationPrediction` — averaged class probabilities and the
+  entropy decomposition (total = aleatoric + epistemic).
+* :class:`RegressionPrediction` — the predictive mixture over passes, with
+  aleatoric (mean of the per-pass variances of a Gaussian head) and epistemic
+  (variance of the per-pass means) parts.
+
+Both can be built without a model from a samples array (``from_samples``), which
+is how downstream code and tests use them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import cached_property
+from typing import ClassVar, Sequence
+
+import numpy as np
+from scipy import special
+
+from mcdrop._validation import check_choice, check_float, check_samples, invalid
+
+__all__ = [
+    "ClassificationPrediction",
+    "RegressionPrediction",
+    "Prediction",
+    "concatenate",
+    "MASK_MODES",
+]
+
+#: How the noise of a pass relates across inputs: one draw of the network shared by
+#: every input ("consistent"), or independent per input as Keras does ("per_example").
+MASK_MODES = ("consistent", "per_example")
+
+
+def _standard_error(variance: np.ndarray, num_samples: int) -> np.ndarray:
+    r"""MC standard error of a mean over T passes: :math:`\sqrt{s^2 / T}` with the
+    unbiased :math:`s^2 = \frac{T}{T-1}\,\mathrm{Var}`. Undefined (NaN) for T = 1."""
+    if num_samples < 2:
+        return np.full_like(variance, np.nan)
+    return np.sqrt(variance / (num_samples - 1))
+
+
+def _take(value, index):
+    return None if value is None else value[index]
+
+
+@dataclass(frozen=True, eq=False)
+class ClassificationPrediction:
+    """Predictive statistics of a classifier over T Monte Carlo passes.
+
+    Attributes
+    ----------
+    mean : ndarray of shape (N, C)
+        Class probabilities averaged over passes, :math:`\\bar p = \\frac1T \\sum_t p_t`.
+    variance : ndarray of shape (N, C)
+        Variance of the class probabilities over passes (population variance, divisor T).
+    expected_entropy : ndarray of shape (N,)
+        Mean over passes of the per-pass entropy (aleatoric part), in nats.
+    votes : ndarray of shape (N, C)
+        How many passes put each class first.
+    num_samples : int
+        T, the number of passes.
+    samples : ndarray of shape (T, N, C) or None
+        Per-pass probabilities, kept only when asked for.
+    mask : {"consistent", "per_example"}
+        How the noise was drawn; consistent masks make every pass one network.
+    seed : int or None
+        The seed the passes were drawn with, if any.
+    outputs : {"probs", "logits"}
+        What the model returned before probabilities were formed.
+    """
+
+    mean: np.ndarray
+    variance: np.ndarray
+    expected_entropy: np.ndarray
+    votes: np.ndarray
+    num_samples: int
+    samples: np.ndarray | None = None
+    mask: str = "consistent"
+    seed: int | None = None
+    outputs: str = "probs"
+
+    task: ClassVar[str] = "classification"
+
+    @classmethod
+    def from_samples(cls, samples, *, mask: str = "consistent", seed: int | None = None,
+                     keep_samples: bool = True) -> "ClassificationPrediction":
+        """Build a prediction from per-pass probabilities of shape (T, N, C).
+
+        >>> import numpy as np
+        >>> p = np.array([[[0.9, 0.1]], [[0.1, 0.9]]])  # two passes that disagree
+        >>> pred = ClassificationPrediction.from_samples(p)
+        >>> round(float(pred.mutual_information[0]), 4)
+        0.368
+        """
+        from mcdrop.accumulators import ClassificationAccumulator
+
+        samples = check_samples(samples, "samples", probs=True)
+        check_choice(mask, "mask", MASK_MODES)
+        acc = ClassificationAccumulator(keep_samples=keep_samples, validate=False,
+                                        provenance={"mask": mask, "seed": seed})
+        acc.update(samples)
+        return acc.result()
+
+    def __len__(self) -> int:
+        return self.mean.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return self.mean.shape[-1]
+
+    @cached_property
+    def entropy(self) -> np.ndarray:
+        r"""Total predictive entropy (N,): :math:`H[\bar p] = -\sum_c \bar p_c \log \bar p_c`."""
+        from mcdrop.accumulators import entropy
+
+        return entropy(self.mean)
+
+    @cached_property
+    def mutual_information(self) -> np.ndarray:
+        r"""Epistemic part (N,): :math:`I = H[\bar p] - \frac1T\sum_t H[p_t]` (BALD), clipped at 0
+        against rounding."""
+        return np.maximum(self.entropy - self.expected_entropy, 0.0)
+
+    @cached_property
+    def variation_ratio(self) -> np.ndarray:
+        r"""(N,): :math:`1 - \max_c \frac{\#\{t : \arg\max p_t = c\}}{T}`."""
+        return 1.0 - self.votes.max(axis=-1) / self.num_samples
+
+    @cached_property
+    def predicted_class(self) -> np.ndarray:
+        """(N,): the class of highest mean probability."""
+        return np.argmax(self.mean, axis=-1)
+
+    @cached_property
+    def confidence(self) -> np.ndarray:
+        """(N,): the highest mean probability."""
+        return np.max(self.mean, axis=-1)
+
+    @cached_property
+    def std(self) -> np.ndarray:
+        """(N, C): standard deviation of the class probabilities over passes."""
+        return np.sqrt(self.variance)
+
+    @cached_property
+    def standard_error(self) -> np.ndarray:
+        r"""(N, C): Monte Carlo standard error of ``mean``, :math:`\sqrt{s^2/T}` with the
+        unbiased pass variance; shrinks as :math:`1/\sqrt T`."""
+        return _standard_error(self.variance, self.num_samples)
+
+    @property
+    def distribution(self):
+        """The predictive distribution: ``tfp.distributions.Categorical(probs=mean)``, batch shape (N,)."""
+        from mcdrop._distributions import categorical
+
+        return categorical(self.mean)
+
+    def subset(self, index) -> "ClassificationPrediction":
+        """The prediction for a subset of rows (index array, mask or slice)."""
+        return dataclasses.replace(
+            self, mean=self.mean[index], variance=self.variance[index],
+            expected_entropy=self.expected_entropy[index], votes=self.votes[index],
+            samples=None if self.samples is None else self.samples[:, index],
+        )
+
+    def to_dict(self) -> dict[str, np.ndarray]:
+        """Per-row arrays, keyed by name (for saving)."""
+        out = {
+            "mean": self.mean, "variance": self.variance, "entropy": self.entropy,
+            "expected_entropy": self.expected_entropy, "mutual_information": self.mutual_information,
+            "variation_ratio": self.variation_ratio, "predicted_class": self.predicted_class,
+            "confidence": self.confidence, "standard_error": self.standard_error, "votes": self.votes,
+        }
+        if self.samples is not None:
+            out["samples"] = self.samples
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class RegressionPrediction:
+    """Predictive statistics of a regression model over T Monte Carlo passes.
+
+    Attributes
+    ----------
+    mean : ndarray of shape (N, D)
+        Mean over passes of the predicted means.
+    epistemic_variance : ndarray of shape (N, D)
+        Variance over passes of the predicted means (divisor T).
+    aleatoric_variance : ndarray of shape (N, D)
+        Mean over passes of the predicted variances of a Gaussian head; zeros otherwise.
+    num_samples : int
+        T, the number of passes.
+    heteroscedastic : bool
+        Whether the model has a Gaussian head (per-pass mean and variance).
+    samples : ndarray of shape (T, N, D) or None
+        Per-pass predicted means, kept by default for regression (the mixture needs them).
+    sample_variances : ndarray of shape (T, N, D) or None
+        Per-pass predicted variances of a Gaussian head, kept with ``samples``.
+    mask, seed
+        Provenance, as for :class:`ClassificationPrediction`.
+    """
+
+    mean: np.ndarray
+    epistemic_variance: np.ndarray
+    aleatoric_variance: np.ndarray
+    num_samples: int
+    heteroscedastic: bool = False
+    samples: np.ndarray | None = None
+    sample_variances: np.ndarray | None = None
+    mask: str = "consistent"
+    seed: int | None = None
+
+    task: ClassVar[str] = "regression"
+
+    @classmethod
+    def from_samples(cls, samples, variances=None, *, mask: str = "consistent", seed: int | None = None,
+                     keep_samples: bool = True) -> "RegressionPrediction":
+        """Build a prediction from per-pass means (T, N, D) and, for a Gaussian head,
+        per-pass variances of the same shape. A (T, N) array is read as D = 1.
+
+        >>> import numpy as np
+        >>> pred = RegressionPrediction.from_samples(np.array([[1.0], [3.0]]), np.array([[1.0], [1.0]]))
+        >>> float(pred.epistemic_variance[0, 0]), float(pred.aleatoric_variance[0, 0])
+        (1.0, 1.0)
+        """
+        from mcdrop.accumulators import RegressionAccumulator
+
+        samples = check_samples(samples, "samples", ndim=(2, 3))
+        if samples.ndim == 2:
+            samples = samples[..., None]
+        if variances is not None:
+            variances = check_samples(variances, "variances", ndim=(2, 3))
+            if variances.ndim == 2:
+                variances = variances[..., None]
+        check_choice(mask, "mask", MASK_MODES)
+        acc = RegressionAccumulator(heteroscedastic=variances is not None, keep_samples=keep_samples,
+                                    provenance={"mask": mask, "seed": seed})
+        acc.update(samples, variances)
+        return acc.result()
+
+    def __len__(self) -> int:
+        return self.mean.shape[0]
+
+    @cached_property
+    def variance(self) -> np.ndarray:
+        """(N, D): total predictive variance = epistemic + aleatoric (law of total variance)."""
+        return self.epistemic_variance + self.aleatoric_variance
+
+    @cached_property
+    def std(self) -> np.ndarray:
+        """(N, D): total predictive standard deviation."""
+        return np.sqrt(self.variance)
+
+    @cached_property
+    def standard_error(self) -> np.ndarray:
+        """(N, D): Monte Carlo standard error of ``mean``."""
+        return _standard_error(self.epistemic_variance, self.num_samples)
+
+    @property
+    def has_mixture(self) -> bool:
+        """Whether the per-pass outputs were kept, so the exact predictive mixture is available."""
+        return self.samples is not None and (not self.heteroscedastic or self.sample_variances is not None)
+
+    def cdf(self, y) -> np.ndarray:
+        r"""Predictive CDF at ``y`` (N, D) or (N,).
+
+        With the mixture: :math:`F(y) = \frac1T\sum_t \Phi\big((y-\mu_t)/\sigma_t\big)` for a Gaussian
+        head, the empirical CDF of the pass means otherwise. Without kept samples, the moment-matched
+        Gaussian :math:`\Phi((y-\mu)/\sigma)`.
+        """
+        y = self._check_targets(y)
+        if self.has_mixture:
+            return self._mixture_cdf(y)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = (y - self.mean) / self.std
+        return np.where(self.std > 0, special.ndtr(z), (y >= self.mean).astype(float))
+
+    def _mixture_cdf(self, y: np.ndarray) -> np.ndarray:
+        mu = self.samples
+        if self.heteroscedastic:
+            sd = np.sqrt(self.sample_variances)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                comp = np.where(sd > 0, special.ndtr((y[None] - mu) / sd), (y[None] >= mu).astype(float))
+            return comp.mean(axis=0)
+        return (mu <= y[None]).mean(axis=0)
+
+    def interval(self, level: float = 0.95, *, method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+        """Central prediction interval with coverage ``level``: (lower, upper), each (N, D).
+
+        ``method="mixture"`` takes the quantiles of the predictive mixture over passes (bisection on
+        :meth:`cdf` for a Gaussian head, empirical quantiles of the pass means otherwise);
+        ``"gaussian"`` uses ``mean ± z·std``; ``"auto"`` (default) uses the mixture when the samples
+        were kept, the Gaussian otherwise.
+        """
+        level = check_float(level, "level", low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
+        method = check_choice(method, "method", ("auto", "mixture", "gaussian"))
+        if method == "auto":
+            method = "mixture" if self.has_mixture else "gaussian"
+        alpha = (1.0 - level) / 2.0
+        if method == "gaussian":
+            z = special.ndtri(1.0 - alpha)
+            return self.mean - z * self.std, self.mean + z * self.std
+        if not self.has_mixture:
+            raise invalid("method", "'gaussian' or 'auto' when the samples were not kept", method,
+                          detail="Predict with return_samples=True for mixture intervals.")
+        return self.quantile(alpha), self.quantile(1.0 - alpha)
+
+    def quantile(self, q: float) -> np.ndarray:
+        """The ``q``-quantile of the predictive mixture, (N, D)."""
+        q = check_float(q, "q", low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
+        if not self.has_mixture:
+            return self.mean + special.ndtri(q) * self.std
+        if not self.heteroscedastic:
+            # the mixture of point masses: its generalised inverse CDF
+            return np.quantile(self.samples, q, axis=0, method="inverted_cdf")
+        sd = np.sqrt(self.sample_variances)
+        spread = special.ndtri(max(q, 1 - q)) + 1.0
+        lo = (self.samples - spread * sd).min(axis=0)
+        hi = (self.samples + spread * sd).max(axis=0)
+        for _ in range(64):  # bisection: the bracket halves to float precision
+            mid = 0.5 * (lo + hi)
+            below = self._mixture_cdf(mid) < q
+            lo = np.where(below, mid, lo)
+            hi = np.where(below, hi, mid)
+        return 0.5 * (lo + hi)
+
+    @property
+    def distribution(self):
+        """The predictive distribution as a tensorflow-probability distribution, batch shape (N, D).
+
+        A Gaussian head gives ``MixtureSameFamily`` of the T per-pass Normals (equal weights); a plain
+        head gives ``Empirical`` over the pass means; without kept samples, a moment-matched ``Normal``.
+        """
+        from mcdrop import _distributions
+
+        if self.has_mixture and self.heteroscedastic:
+            return _distributions.gaussian_mixture(self.samples, np.sqrt(self.sample_variances))
+        if self.has_mixture:
+            return _distributions.empirical(self.samples)
+        return _distributions.normal(self.mean, self.std)
+
+    def subset(self, index) -> "RegressionPrediction":
+        """The prediction for a subset of rows."""
+        return dataclasses.replace(
+            self, mean=self.mean[index], epistemic_variance=self.epistemic_variance[index],
+            aleatoric_variance=self.aleatoric_variance[index],
+            samples=_take(self.samples, (slice(None), index)),
+            sample_variances=_take(self.sample_variances, (slice(None), index)),
+        )
+
+    def to_dict(self) -> dict[str, np.ndarray]:
+        out = {
+            "mean": self.mean, "variance": self.variance, "std": self.std,
+            "epistemic_variance": self.epistemic_variance, "aleatoric_variance": self.aleatoric_variance,
+            "standard_error": self.standard_error,
+        }
+        if self.samples is not None:
+            out["samples"] = self.samples
+        if self.sample_variances is not None:
+            out["sample_variances"] = self.sample_variances
+        return out
+
+    def _check_targets(self, y) -> np.ndarray:
+        y = np.asarray(y, dtype=np.float64)
+        if y.ndim == 1 and self.mean.ndim == 2 and self.mean.shape[1] == 1:
+            y = y[:, None]
+        if y.shape != self.mean.shape:
+            raise invalid("y", f"targets of shape {self.mean.shape}", y)
+        return y
+
+
+Prediction = ClassificationPrediction | RegressionPrediction
+
+
+def concatenate(predictions: Sequence[Prediction]) -> Prediction:
+    """Join predictions of consecutive row blocks (same task, passes, mask and seed) into one."""
+    predictions = list(predictions)
+    if not predictions:
+        raise invalid("predictions", "a non-empty sequence of predictions", predictions)
+    first = predictions[0]
+    kind = type(first)
+    for p in predictions[1:]:
+        if type(p) is not kind or p.num_samples != first.num_samples or p.mask != first.mask:
+            raise invalid("predictions", "predictions of one task, number of passes and mask", p)
+    values = {}
+    for field in dataclasses.fields(first):
+        items = [getattr(p, field.name) for p in predictions]
+        if isinstance(items[0], np.ndarray):
+            axis = 1 if field.name in ("samples", "sample_variances") else 0
+            values[field.name] = np.concatenate(items, axis=axis)
+        elif items[0] is None and field.name in ("samples", "sample_variances"):
+            values[field.name] = None
+        else:
+            values[field.name] = items[0]
+    return kind(**values)
