@@ -1,0 +1,84 @@
+"""Calibration and uncertainty-quality metrics (plain numpy).
+
+Conventions (scikit-learn's): ``y_true`` first, then predictions — arrays, or a prediction from
+:class:`~mcdrop.MCDropout` — and options keyword-only. ``*_score`` is higher-is-better,
+``*_error`` / ``*_loss`` / ``nll`` lower-is-better. Scalars are Python floats; curves are NamedTuples.
+
+Families:
+
+* classification calibration — :func:`negative_log_likelihood`, :func:`brier_score`,
+  :func:`expected_calibration_error`, :func:`maximum_calibration_error`,
+  :func:`classwise_calibration_error`, :func:`reliability_curve`
+* selective prediction — :func:`risk_coverage_curve`, :func:`aurc`, :func:`excess_aurc`,
+  :func:`uncertainty_auroc`, :func:`uncertainty_aupr`
+* out-of-distribution detection — :func:`ood_auroc`, :func:`ood_aupr`, :func:`fpr_at_95_tpr`
+* regression — :func:`gaussian_nll`, :func:`crps_gaussian`, :func:`crps_samples`,
+  :func:`interval_coverage`, :func:`mean_interval_width`, :func:`quantile_calibration_curve`,
+  :func:`miscalibration_area`, :func:`rmse`, :func:`pit_values`
+"""
+
+from mcdrop.metrics._classification import (
+    ReliabilityCurve,
+    accuracy_score,
+    brier_score,
+    classwise_calibration_error,
+    expected_calibration_error,
+    maximum_calibration_error,
+    negative_log_likelihood,
+    reliability_curve,
+)
+from mcdrop.metrics._ood import fpr_at_95_tpr, ood_aupr, ood_auroc
+from mcdrop.metrics._regression import (
+    QuantileCalibrationCurve,
+    crps_gaussian,
+    crps_samples,
+    gaussian_nll,
+    interval_coverage,
+    mean_interval_width,
+    miscalibration_area,
+    pit_values,
+    quantile_calibration_curve,
+    rmse,
+)
+from mcdrop.metrics._selective import (
+    RiskCoverageCurve,
+    aurc,
+    excess_aurc,
+    risk_coverage_curve,
+    uncertainty_aupr,
+    uncertainty_auroc,
+)
+
+__all__ = [
+    # classification
+    "negative_log_likelihood",
+    "brier_score",
+    "accuracy_score",
+    "expected_calibration_error",
+    "maximum_calibration_error",
+    "classwise_calibration_error",
+    "reliability_curve",
+    "ReliabilityCurve",
+    # selective prediction
+    "risk_coverage_curve",
+    "RiskCoverageCurve",
+    "aurc",
+    "excess_aurc",
+    "uncertainty_auroc",
+    "uncertainty_aupr",
+    # out-of-distribution
+    "ood_auroc",
+    "ood_aupr",
+    "fpr_at_95_tpr",
+    # regression
+    "gaussian_nll",
+    "crps_gaussian",
+    "crps_samples",
+    "interval_coverage",
+    "mean_interval_width",
+    "pit_values",
+    "quantile_calibration_curve",
+    "QuantileCalibrationCurve",
+    "miscalibration_area",
+    "rmse",
+]

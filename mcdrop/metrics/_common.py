@@ -1,0 +1,87 @@
+"""Input handling shared by the metric families: predictions or plain arrays in, checked arrays out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from mcdrop._validation import check_array, check_labels, check_probs, check_same_length, invalid
+
+
+def is_classification_prediction(value: Any) -> bool:
+    return getattr(value, "task", None) == "classification" and hasattr(value, "mean")
+
+
+def is_regression_prediction(value: Any) -> bool:
+    return getattr(value, "task", None) == "regression" and hasattr(value, "cdf")
+
+
+def probs_of(value: Any, name: str = "probs") -> np.ndarray:
+    """Class probabilities (N, C) from a ClassificationPrediction (its ``mean``) or an array."""
+    if is_classification_prediction(value):
+        value = value.mean
+    return check_probs(value, name)
+
+
+def labels_and_probs(y_true: Any, probs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Checked integer labels (N,) and probabilities (N, C) with labels in ``[0, C)``."""
+    probs = probs_of(probs)
+    labels = check_labels(y_true, "y_true", n_classes=probs.shape[1])
+    check_same_length(y_true=labels, probs=probs)
+    return labels, probs
+
+
+def scores(value: Any, name: str) -> np.ndarray:
+    """A finite 1-D score array (N,)."""
+    return check_array(value, name, ndim=1)
+
+
+def binary_labels(value: Any, name: str) -> np.ndarray:
+    """A 1-D array of booleans or 0/1 values, returned as bool."""
+    raw = check_array(value, name, ndim=1, dtype=None, finite=False)
+    if raw.dtype.kind == "b":
+        return raw
+    if raw.dtype.kind not in "iuf" or not np.all(np.isin(raw, (0, 1))):
+        raise invalid(name, "booleans or 0/1 values", raw)
+    return raw.astype(bool)
+
+
+def targets(value: Any, name: str = "y_true") -> np.ndarray:
+    """Regression targets (N,) or (N, D) as float64."""
+    return check_array(value, name, ndim=(1, 2))
+
+
+def same_shape(reference: np.ndarray, ref_name: str, value: np.ndarray, name: str) -> np.ndarray:
+    """``value`` with the shape of ``reference``; a (N, 1) / (N,) mismatch is squeezed."""
+    if value.shape != reference.shape:
+        if value.size == reference.size and value.shape[:1] == reference.shape[:1]:
+            return value.reshape(reference.shape)
+        check_same_length(**{ref_name: reference, name: value})
+        raise invalid(name, f"an array of the shape of `{ref_name}` {reference.shape}", value)
+    return value
+
+
+#: Per-row uncertainty measures a prediction can supply, by task.
+MEASURES = {
+    "classification": ("entropy", "mutual_information", "expected_entropy", "variation_ratio"),
+    "regression": ("variance", "epistemic_variance", "aleatoric_variance", "std"),
+}
+
+
+def uncertainty_of(value: Any, name: str, measure: str | None) -> np.ndarray:
+    """Per-row uncertainty (N,): an array as given, or ``measure`` read from a prediction.
+
+    For a prediction, ``measure=None`` means entropy (classification) or total variance (regression);
+    regression measures are averaged over output dimensions.
+    """
+    from mcdrop._validation import check_choice
+
+    task = getattr(value, "task", None)
+    if task in MEASURES:
+        measure = check_choice(measure if measure is not None else MEASURES[task][0], "measure", MEASURES[task])
+        out = np.asarray(getattr(value, measure), dtype=np.float64)
+        if out.ndim == 2:
+            out = out.mean(axis=1)
+        return check_array(out, name, ndim=1)
+    return scores(value, name)
