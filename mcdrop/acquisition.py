@@ -1,0 +1,796 @@
+r"""Acquisition functions for active learning (numpy only).
+
+Every score function maps a prediction, or a samples array shaped ``(T, N, C)`` (passes
+first, class probabilities on the last axis), to an array of shape ``(N,)`` in which
+**higher means "label this first"**. The regression scores take a
+:class:`~mcdrop.predictive.RegressionPrediction` or samples shaped ``(T, N[, D])``.
+
+Scores (classification)
+    :func:`max_entropy`, :func:`bald`, :func:`variation_ratio`, :func:`mean_std`,
+    :func:`margin`, :func:`least_confidence`, :func:`random`.
+Scores (regression)
+    :func:`predictive_variance`, :func:`epistemic_variance`.
+Batch selection
+    :func:`batch_bald` (greedy BatchBALD, Kirsch et al. 2019), :func:`stochastic_batch`
+    (power / softmax / softrank acquisition, Kirsch et al. 2023), :func:`top_k`, and the
+    single entry point :func:`select`.
+
+Scores computed from a samples array are computed in chunks of rows, so a large pool
+costs its own storage plus a few tens of megabytes, never a float64 copy of the whole
+array.
+
+References
+----------
+Houlsby, Huszár, Ghahramani, Lengyel (2011). Bayesian Active Learning for Classification and
+Preference Learning. arXiv:1112.5745.
+Gal, Islam, Ghahramani (2017). Deep Bayesian Active Learning with Image Data. ICML.
+Kirsch, van Amersfoort, Gal (2019). BatchBALD: Efficient and Diverse Batch Acquisition for Deep
+Bayesian Active Learning. NeurIPS.
+Kirsch, Farquhar, Atighehchian, Jesson, Branchaud-Charron, Gal (2023). Stochastic Batch
+Acquisition: A Simple Baseline for Deep Active Learning. TMLR.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable, Iterator
+
+import numpy as np
+from scipy import special
+
+from mcdrop._validation import (
+    check_array,
+    check_choice,
+    check_float,
+    check_int,
+    check_probs,
+    check_samples,
+    invalid,
+)
+from mcdrop.predictive import ClassificationPrediction, RegressionPrediction
+
+__all__ = [
+    "max_entropy",
+    "bald",
+    "variation_ratio",
+    "mean_std",
+    "margin",
+    "least_confidence",
+    "random",
+    "predictive_variance",
+    "epistemic_variance",
+    "batch_bald",
+    "joint_mutual_information",
+    "stochastic_batch",
+    "top_k",
+    "select",
+    "SCORES",
+    "METHODS",
+    "STOCHASTIC_MODES",
+]
+
+#: Rows of a samples array processed at once hold about this many float64 values (32 MiB).
+_CHUNK_VALUES = 4 * 2**20
+
+
+# ---------------------------------------------------------------------------------------------
+# input handling
+
+
+def _sample_chunks(samples: Any, name: str = "samples") -> Iterator[tuple[int, slice, np.ndarray]]:
+    """Validate a (T, N, C) probability array and yield ``(N, row_slice, float64 chunk)``.
+
+    Validation is chunked too; if a chunk fails, the whole array is checked again so the
+    error message describes the array the caller passed (that path may copy it).
+    """
+    array = samples
+    if hasattr(array, "numpy") and not isinstance(array, np.ndarray):
+        array = array.numpy()
+    array = np.asarray(array) if not isinstance(array, np.ndarray) else array
+    if array.dtype.kind not in "fiu" or array.ndim != 3 or array.size == 0:
+        checked = check_probs(samples, name, ndim=3)  # raises the standard message, or converts
+        yield checked.shape[1], slice(0, checked.shape[1]), checked
+        return
+    t, n, c = array.shape
+    rows = max(1, _CHUNK_VALUES // max(1, t * c))
+    for start in range(0, n, rows):
+        stop = min(n, start + rows)
+        try:
+            chunk = check_probs(array[:, start:stop], name, ndim=3)
+        except (ValueError, TypeError):
+            check_probs(array, name, ndim=3)  # the message about the whole array
+            raise
+        yield n, slice(start, stop), chunk
+
+
+def _classification(x: Any, name: str = "samples") -> ClassificationPrediction | None:
+    """Return ``x`` if it is a classification prediction, ``None`` for an array; refuse others."""
+    if isinstance(x, ClassificationPrediction):
+        return x
+    if isinstance(x, RegressionPrediction):
+        raise invalid(name, "a ClassificationPrediction or per-pass probabilities of shape (T, N, C)", x,
+                      detail="Use `predictive_variance` or `epistemic_variance` for regression.",
+                      error=TypeError)
+    return None
+
+
+def _from_chunks(x: Any, per_chunk: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    out = None
+    for n, rows, chunk in _sample_chunks(x):
+        if out is None:
+            out = np.empty(n)
+        out[rows] = per_chunk(chunk)
+    return out
+
+
+def _entropy(probs: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Entropy in nats along ``axis`` (``special.entr`` sets 0 log 0 = 0)."""
+    return special.entr(probs).sum(axis=axis)
+
+
+# ---------------------------------------------------------------------------------------------
+# classification scores
+
+
+def max_entropy(x) -> np.ndarray:
+    r"""Predictive entropy (total uncertainty) of each pool point.
+
+    .. math:: H[\bar p] = -\sum_c \bar p_c \log \bar p_c, \qquad \bar p = \frac1T\sum_t p_t
+
+    Parameters
+    ----------
+    x : ClassificationPrediction or array-like of shape (T, N, C)
+        A prediction or per-pass class probabilities.
+
+    Returns
+    -------
+    ndarray of shape (N,)
+        Entropy in nats; higher means label first.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> p = np.array([[[0.5, 0.5], [1.0, 0.0]]])  # one pass, two points
+    >>> max_entropy(p).round(4)
+    array([0.6931, 0.    ])
+    """
+    pred = _classification(x)
+    if pred is not None:
+        return np.asarray(pred.entropy, dtype=np.float64)
+    return _from_chunks(x, lambda p: _entropy(p.mean(axis=0)))
+
+
+def bald(x) -> np.ndarray:
+    r"""BALD: mutual information between the label and the model parameters (Houlsby et al. 2011).
+
+    .. math::
+
+        \mathbb{I}[y; \omega \mid x] = H\Big[\frac1T\sum_t p_t\Big] - \frac1T\sum_t H[p_t]
+
+    the entropy of the mean minus the mean of the per-pass entropies, clipped at 0 against
+    rounding (Gal et al. 2017 estimate it with MC dropout passes).
+
+    Parameters
+    ----------
+    x : ClassificationPrediction or array-like of shape (T, N, C)
+
+    Returns
+    -------
+    ndarray of shape (N,)
+        In nats, within :math:`[0, \log C]`; higher means label first.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> p = np.array([[[0.9, 0.1]], [[0.1, 0.9]]])  # two passes that disagree
+    >>> bald(p).round(4)
+    array([0.3681])
+    """
+    pred = _classification(x)
+    if pred is not None:
+        return np.asarray(pred.mutual_information, dtype=np.float64)
+
+    def score(p):
+        return np.maximum(_entropy(p.mean(axis=0)) - _entropy(p).mean(axis=0), 0.0)
+
+    return _from_chunks(x, score)
+
+
+def variation_ratio(x) -> np.ndarray:
+    r"""Variation ratio: the share of passes that disagree with the modal vote.
+
+    .. math:: 1 - \frac{\max_c \#\{t : \arg\max_{c'} p_{t,c'} = c\}}{T}
+
+    Parameters
+    ----------
+    x : ClassificationPrediction or array-like of shape (T, N, C)
+
+    Returns
+    -------
+    ndarray of shape (N,)
+        In :math:`[0, 1 - 1/C]`; higher means label first.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> p = np.array([[[0.9, 0.1]], [[0.2, 0.8]], [[0.7, 0.3]], [[0.6, 0.4]]])
+    >>> variation_ratio(p)
+    array([0.25])
+    """
+    pred = _classification(x)
+    if pred is not None:
+        return np.asarray(pred.variation_ratio, dtype=np.float64)
+
+    def score(p):
+        winners = np.argmax(p, axis=-1)  # (T, n)
+        votes = np.zeros(p.shape[1:], dtype=np.int64)
+        for w in winners:
+            votes[np.arange(p.shape[1]), w] += 1
+        return 1.0 - votes.max(axis=-1) / p.shape[0]
+
+    return _from_chunks(x, score)
+
+
+def mean_std(x) -> np.ndarray:
+    r"""Mean standard deviation of the class probabilities over passes (Kampffmeyer et al. 2016,
+    as used by Gal et al. 2017).
+
+    .. math:: \frac1C \sum_c \sqrt{\frac1T\sum_t p_{t,c}^2 - \bar p_c^2}
+
+    Parameters
+    ----------
+    x : ClassificationPrediction or array-like of shape (T, N, C)
+
+    Returns
+    -------
+    ndarray of shape (N,)
+        Higher means label first.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> p = np.array([[[1.0, 0.0]], [[0.0, 1.0]]])
+    >>> mean_std(p)
+    array([0.5])
+    """
+    pred = _classification(x)
+    if pred is not None:
+        return np.asarray(pred.std, dtype=np.float64).mean(axis=-1)
+    return _from_chunks(x, lambda p: p.std(axis=0).mean(axis=-1))
+
+
+def _mean_probs(x) -> np.ndarray:
+    pred = _classification(x)
+    if pred is not None:
+        return np.asarray(pred.mean, dtype=np.float64)
+    out = None
+    for n, rows, chunk in _sample_chunks(x):
+        if out is None:
+            out = np.empty((n, chunk.shape[-1]))
+        out[rows] = chunk.mean(axis=0)
+    return out
+
+
+def margin(x) -> np.ndarray:
+    r"""One minus the margin between the two most probable classes of the mean prediction.
+
+    .. math:: 1 - (\bar p_{(1)} - \bar p_{(2)})
+
+    A small margin (a close call) scores high.
+
+    Parameters
+    ----------
+    x : ClassificationPrediction or array-like of shape (T, N, C)
+
+    Returns
+    -------
+    ndarray of shape (N,)
+        In :math:`[0, 1]`; higher means label first.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> margin(np.array([[[0.5, 0.3, 0.2], [0.9, 0.05, 0.05]]])).round(2)
+    array([0.8 , 0.15])
+    """
+    mean = _mean_probs(x)
+    top2 = np.partition(mean, mean.shape[-1] - 2, axis=-1)[:, -2:]
+    return 1.0 - (top2[:, 1] - top2[:, 0])
+
+
+def least_confidence(x) -> np.ndarray:
+    r"""One minus the highest mean class probability.
+
+    .. math:: 1 - \max_c \bar p_c
+
+    Parameters
+    ----------
+    x : ClassificationPrediction or array-like of shape (T, N, C)
+
+    Returns
+    -------
+    ndarray of shape (N,)
+        In :math:`[0, 1 - 1/C]`; higher means label first.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> least_confidence(np.array([[[0.7, 0.3]], [[0.5, 0.5]]]))
+    array([0.4])
+    """
+    return 1.0 - _mean_probs(x).max(axis=-1)
+
+
+def random(x, *, seed=None) -> np.ndarray:
+    """Uniform random scores in [0, 1): top-k of them is a uniform sample without replacement.
+
+    Parameters
+    ----------
+    x : ClassificationPrediction, RegressionPrediction, or array-like of shape (T, N, ...)
+        Only its number of rows N is used.
+    seed : int, numpy Generator or None
+
+    Returns
+    -------
+    ndarray of shape (N,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> random(np.full((2, 3, 2), 0.5), seed=0).shape
+    (3,)
+    """
+    if isinstance(x, (ClassificationPrediction, RegressionPrediction)):
+        n = len(x)
+    else:
+        shape = getattr(x, "shape", None)
+        if shape is None:
+            shape = np.shape(x)
+        if len(shape) < 2:
+            raise invalid("samples", "an array of rank 2 or more, shaped (T, N, ...)", x)
+        n = int(shape[1])
+    return np.random.default_rng(seed).random(n)
+
+
+# ---------------------------------------------------------------------------------------------
+# regression scores
+
+
+def _regression(x) -> RegressionPrediction:
+    if isinstance(x, RegressionPrediction):
+        return x
+    if isinstance(x, ClassificationPrediction):
+        raise invalid("samples", "a RegressionPrediction or per-pass outputs of shape (T, N[, D])", x,
+                      error=TypeError)
+    return RegressionPrediction.from_samples(x, keep_samples=False)
+
+
+def predictive_variance(x) -> np.ndarray:
+    r"""Total predictive variance, summed over output dimensions.
+
+    .. math:: \sum_d \Big(\mathrm{Var}_t[\mu_{t,d}] + \frac1T\sum_t \sigma^2_{t,d}\Big)
+
+    (epistemic + aleatoric; the aleatoric part is zero unless the model has a Gaussian head).
+
+    Parameters
+    ----------
+    x : RegressionPrediction or array-like of shape (T, N) or (T, N, D)
+        A prediction, or per-pass predicted means (which carry no aleatoric part).
+
+    Returns
+    -------
+    ndarray of shape (N,)
+        Higher means label first.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> predictive_variance(np.array([[1.0, 0.0], [3.0, 0.0]]))
+    array([1., 0.])
+    """
+    return np.asarray(_regression(x).variance, dtype=np.float64).sum(axis=-1)
+
+
+def epistemic_variance(x) -> np.ndarray:
+    r"""Epistemic variance: the variance over passes of the predicted means, summed over outputs.
+
+    .. math:: \sum_d \mathrm{Var}_t[\mu_{t,d}]
+
+    Parameters
+    ----------
+    x : RegressionPrediction or array-like of shape (T, N) or (T, N, D)
+
+    Returns
+    -------
+    ndarray of shape (N,)
+        Higher means label first.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> epistemic_variance(np.array([[1.0], [3.0]]))
+    array([1.])
+    """
+    return np.asarray(_regression(x).epistemic_variance, dtype=np.float64).sum(axis=-1)
+
+
+#: Score functions by name (what :func:`select` accepts besides "batch_bald").
+SCORES: dict[str, Callable[..., np.ndarray]] = {
+    "bald": bald,
+    "max_entropy": max_entropy,
+    "variation_ratio": variation_ratio,
+    "mean_std": mean_std,
+    "margin": margin,
+    "least_confidence": least_confidence,
+    "random": random,
+    "predictive_variance": predictive_variance,
+    "epistemic_variance": epistemic_variance,
+}
+METHODS = (*SCORES, "batch_bald")
+STOCHASTIC_MODES = ("power", "softmax", "softrank")
+
+
+# ---------------------------------------------------------------------------------------------
+# batch selection
+
+
+def _check_k(k, n: int) -> int:
+    return check_int(k, "k", minimum=1, maximum=n)
+
+
+def _check_scores(scores) -> np.ndarray:
+    return check_array(scores, "scores", ndim=1)
+
+
+def top_k(scores, k: int) -> np.ndarray:
+    """Indices of the ``k`` highest scores, highest first; ties go to the lower index.
+
+    Parameters
+    ----------
+    scores : array-like of shape (N,)
+    k : int
+        In ``[1, N]``.
+
+    Returns
+    -------
+    ndarray of shape (k,) and dtype int64
+
+    Examples
+    --------
+    >>> top_k([0.1, 0.9, 0.5, 0.9], 2)
+    array([1, 3])
+    """
+    scores = _check_scores(scores)
+    k = _check_k(k, scores.shape[0])
+    return np.argsort(-scores, kind="stable")[:k].astype(np.int64)
+
+
+def stochastic_batch(scores, k: int, *, mode: str = "power", beta: float = 1.0, seed=None) -> np.ndarray:
+    r"""Stochastic batch acquisition (Kirsch et al. 2023): sample ``k`` distinct points with
+    probabilities that grow with their scores, instead of taking the top-k.
+
+    The single-point scores are turned into a sampling distribution,
+
+    .. math::
+
+        \text{power:}\ \ \pi_i \propto s_i^{\beta}, \qquad
+        \text{softmax:}\ \ \pi_i \propto e^{\beta s_i}, \qquad
+        \text{softrank:}\ \ \pi_i \propto r_i^{-\beta},
+
+    with :math:`r_i` the rank of point i (1 for the highest score), and ``k`` points are drawn
+    from it without replacement by the Gumbel-top-k trick: the k largest
+    :math:`\beta\text{-}\log \pi_i + g_i` with :math:`g_i \sim \mathrm{Gumbel}(0, 1)` i.i.d.
+    (Kool et al. 2019). ``beta = 0`` is uniform sampling; as ``beta`` grows the draw tends to
+    the top-k. Power mode needs non-negative scores (BALD, entropy...); points scoring 0 come
+    after every positive one, in random order.
+
+    Parameters
+    ----------
+    scores : array-like of shape (N,)
+        Finite scores, higher = label first.
+    k : int
+        Number of points, in ``[1, N]``.
+    mode : {"power", "softmax", "softrank"}
+    beta : float >= 0
+        Inverse temperature (1 in the paper).
+    seed : int, numpy Generator or None
+
+    Returns
+    -------
+    ndarray of shape (k,) and dtype int64
+        Distinct indices in the order drawn.
+
+    Examples
+    --------
+    >>> idx = stochastic_batch([0.1, 2.0, 0.3, 1.5], 2, mode="softmax", beta=50.0, seed=0)
+    >>> sorted(idx.tolist())
+    [1, 3]
+    """
+    scores = _check_scores(scores)
+    n = scores.shape[0]
+    k = _check_k(k, n)
+    mode = check_choice(mode, "mode", STOCHASTIC_MODES)
+    beta = check_float(beta, "beta", low=0.0)
+    if mode == "power":
+        if np.any(scores < 0):
+            raise invalid("scores", "non-negative scores for mode='power'", scores,
+                          detail=f"The smallest is {scores.min():.6g}; use mode='softmax' or 'softrank'.")
+        with np.errstate(divide="ignore"):
+            log_weight = beta * np.log(scores) if beta > 0 else np.zeros(n)
+    elif mode == "softmax":
+        log_weight = beta * scores
+    else:
+        ranks = np.empty(n)
+        ranks[np.argsort(-scores, kind="stable")] = np.arange(1, n + 1)
+        log_weight = -beta * np.log(ranks)
+    gumbel = np.random.default_rng(seed).gumbel(size=n)
+    key = log_weight + gumbel
+    possible = np.isfinite(key)
+    # descending by key; impossible (weight 0) points last, ordered by their own Gumbel noise
+    order = np.lexsort((-gumbel, -np.where(possible, key, 0.0), ~possible))
+    return order[:k].astype(np.int64)
+
+
+def _bald_samples(x, name: str = "samples") -> tuple[np.ndarray, Any]:
+    """Samples (T, N, C) for BatchBALD, refusing predictions whose passes are not one network each."""
+    if isinstance(x, ClassificationPrediction):
+        if x.mask != "consistent":
+            raise invalid(
+                name, "a prediction made with consistent masks (mask='consistent')", x.mask,
+                detail=("BatchBALD needs the joint distribution of the labels of several inputs, which "
+                        "exists only when pass t is one draw of the network for every input. With "
+                        "per-example masks, pass t applies a different dropout mask to each input, so "
+                        "the passes of different inputs are independent and their joint entropy is "
+                        "meaningless. Predict with MCDropout(..., mask='consistent') (the default)."),
+            )
+        if x.samples is None:
+            raise invalid(name, "a prediction that kept its samples", x,
+                          detail="Predict with `return_samples=True`: BatchBALD needs the per-pass "
+                                 "probabilities, not only their summaries.")
+        return check_samples(x.samples, name, probs=True), x
+    _classification(x, name)
+    return check_samples(x, name, probs=True), None
+
+
+def _conditional_entropy(weights: np.ndarray, posterior: np.ndarray, probs: np.ndarray,
+                         max_memory: int) -> np.ndarray:
+    r""":math:`\sum_m w_m H[\sum_t R_{t,m}\, p_{t,n,\cdot}]` for every candidate n.
+
+    ``posterior`` R (T, M) holds, per configuration m of the batch's labels, the posterior
+    weights of the passes given that configuration (columns sum to 1); ``probs`` is (T, n, C).
+    Candidates are processed in chunks so the (M, chunk, C) product stays within ``max_memory``.
+    """
+    t, n, c = probs.shape
+    m = posterior.shape[1]
+    chunk = max(1, int(max_memory // (m * c * 8 * 2)))  # the product and its entr()
+    out = np.empty(n)
+    rt = np.ascontiguousarray(posterior.T)  # (M, T)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        block = probs[:, start:stop, :].reshape(t, -1)  # (T, chunk*C)
+        predictive = rt @ block  # (M, chunk*C): p(y_n | configuration m)
+        ent = special.entr(predictive, out=predictive).reshape(m, stop - start, c).sum(axis=-1)
+        out[start:stop] = weights @ ent
+    return out
+
+
+def batch_bald(samples, k: int, *, num_configurations: int = 4096, max_memory: int = 2**28,
+               seed=None) -> np.ndarray:
+    r"""Greedy BatchBALD (Kirsch, van Amersfoort & Gal, 2019): ``k`` points whose labels are
+    jointly most informative about the model.
+
+    BatchBALD scores a batch :math:`A` by the joint mutual information
+
+    .. math::
+
+        a(A) = \mathbb{I}[y_A; \omega] = H[y_A] - \sum_{i \in A} \mathbb{E}_\omega H[y_i \mid \omega],
+        \qquad p(y_A) = \frac1T \sum_t \prod_{i\in A} p_t(y_i \mid x_i),
+
+    and builds the batch greedily (a :math:`1 - 1/e` approximation, the function being
+    submodular): step j adds the point n maximising
+
+    .. math::
+
+        H[y_n \mid y_A] - \mathbb{E}_\omega H[y_n\mid\omega], \qquad
+        H[y_n \mid y_A] = \sum_{m} w_m\, H\Big[\sum_t R_{t,m}\, p_t(\cdot \mid x_n)\Big],
+
+    where m runs over configurations of the labels of :math:`A`, :math:`R_{t,m} \propto
+    \prod_{i\in A} p_t(y_{m,i} \mid x_i)` is the posterior over passes given configuration m
+    (normalised over t), and :math:`w_m = p(y_m)` while all :math:`C^{|A|}` configurations are
+    enumerated (exact). Once their number would exceed ``num_configurations`` (or the memory
+    limit), ``num_configurations`` configurations are sampled from :math:`p(y_A)` and
+    :math:`w_m = 1/M` — the importance-sampled estimator of the paper (sampling from the
+    joint itself). Sampled configurations are extended one label at a time by ancestral
+    sampling, :math:`y_{m,n} \sim \sum_t R_{t,m}\, p_t(\cdot\mid x_n)`, so each step costs
+    O(M·T·N·C). Working in conditional entropies with normalised R keeps every quantity in
+    [0, 1]: no underflow however large the batch.
+
+    The passes must be draws of one network across inputs (consistent masks): a prediction
+    made with ``mask="per_example"`` is refused.
+
+    Parameters
+    ----------
+    samples : ClassificationPrediction or array-like of shape (T, N, C)
+        A prediction made with ``return_samples=True`` and consistent masks, or per-pass
+        probabilities.
+    k : int
+        Batch size, in ``[1, N]``.
+    num_configurations : int, default 4096
+        M, the number of label configurations of the batch kept: exact enumeration while
+        :math:`C^{|A|}` configurations fit, sampling M beyond. Time per step grows linearly in M.
+    max_memory : int, default 2**28 (256 MiB)
+        Bytes allowed for the working arrays besides the float64 copy of ``samples``: the
+        (T, M) posterior table and the (M, chunk, C) block of candidate predictives, counted
+        as float64 and twice over for temporaries. Candidates are processed in chunks sized
+        from it, and M is lowered to :math:`\lfloor \text{max\_memory} / (8 (2T + 2C)) \rfloor`
+        if it does not fit. Peak extra memory is therefore about ``max_memory`` plus the
+        copy of ``samples`` (8·T·N·C bytes).
+    seed : int, numpy Generator or None
+        Seeds the configuration sampling (unused while exact).
+
+    Returns
+    -------
+    ndarray of shape (k,) and dtype int64
+        Distinct indices in selection order. The first is the BALD argmax.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> probs = rng.dirichlet(np.ones(3), size=(8, 20))  # T=8 passes, N=20 points, C=3
+    >>> idx = batch_bald(probs, 3, seed=0)
+    >>> int(idx[0]) == int(np.argmax(bald(probs)))
+    True
+    """
+    probs, _ = _bald_samples(samples)
+    t, n, c = probs.shape
+    k = _check_k(k, n)
+    num_configurations = check_int(num_configurations, "num_configurations", minimum=1)
+    max_memory = check_int(max_memory, "max_memory", minimum=1)
+    fit = max_memory // (8 * (2 * t + 2 * c))
+    if fit < 1:
+        raise invalid("max_memory", f"at least {8 * (2 * t + 2 * c)} bytes for T={t}, C={c}", max_memory)
+    budget = min(num_configurations, fit)
+    rng = np.random.default_rng(seed)
+
+    # E_w H[y_n | w] per candidate, and the BALD scores for the first pick
+    expected = special.entr(probs).sum(axis=-1).mean(axis=0)  # (N,)
+    marginal_entropy = special.entr(probs.mean(axis=0)).sum(axis=-1)
+    gain = marginal_entropy - expected
+    available = np.ones(n, dtype=bool)
+    chosen: list[int] = []
+
+    weights = np.ones(1)  # w_m
+    posterior = np.full((t, 1), 1.0 / t)  # R_{t,m}
+    exact = True
+    for step in range(k):
+        if step > 0:
+            gain = _conditional_entropy(weights, posterior, probs, max_memory) - expected
+        gain = np.where(available, gain, -np.inf)
+        pick = int(np.argmax(gain))
+        chosen.append(pick)
+        available[pick] = False
+        if step == k - 1:
+            break
+        # condition the configurations on the new label: R_{t,(m,y)} ∝ R_{t,m} p_t(y | x_pick)
+        p_new = probs[:, pick, :]  # (T, C)
+        predictive = posterior.T @ p_new  # (M, C): p(y_pick | configuration m)
+        if exact and weights.size * c <= budget:
+            joint = (weights[:, None] * predictive).ravel()
+            keep = joint > 0
+            extended = (posterior[:, :, None] * p_new[:, None, :]).reshape(t, -1)[:, keep]
+            weights = joint[keep] / joint[keep].sum()
+            posterior = extended / predictive.ravel()[keep]
+            continue
+        if exact:  # switch to sampling: draw M configurations from the exact joint
+            exact = False
+            joint = (weights[:, None] * predictive).ravel()
+            draws = rng.choice(joint.size, size=budget, p=joint / joint.sum())
+            parent, label = np.divmod(draws, c)
+        else:  # ancestral sampling: extend each configuration by one label
+            cdf = np.cumsum(predictive, axis=1)
+            u = rng.random(predictive.shape[0]) * cdf[:, -1]
+            label = np.minimum((cdf < u[:, None]).sum(axis=1), c - 1)
+            parent = np.arange(predictive.shape[0])
+        posterior = posterior[:, parent] * p_new[:, label]
+        posterior /= posterior.sum(axis=0, keepdims=True)
+        weights = np.full(budget, 1.0 / budget)
+    return np.asarray(chosen, dtype=np.int64)
+
+
+def joint_mutual_information(samples, indices) -> float:
+    r"""Exact joint mutual information :math:`\mathbb{I}[y_A;\omega]` of a small set of points.
+
+    .. math:: H[y_A] - \sum_{i\in A}\frac1T\sum_t H[p_t(\cdot\mid x_i)], \qquad
+              p(y_A) = \frac1T\sum_t\prod_{i\in A} p_t(y_i\mid x_i)
+
+    Enumerates all :math:`C^{|A|}` configurations: for checking and small batches only.
+
+    Parameters
+    ----------
+    samples : ClassificationPrediction or array-like of shape (T, N, C)
+    indices : array-like of int, shape (|A|,)
+
+    Returns
+    -------
+    float
+        In nats.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> p = np.array([[[1.0, 0.0], [1.0, 0.0]], [[0.0, 1.0], [0.0, 1.0]]])
+    >>> round(joint_mutual_information(p, [0, 1]), 4)  # two copies: log 2, not 2 log 2
+    0.6931
+    """
+    probs, _ = _bald_samples(samples)
+    idx = check_array(indices, "indices", ndim=1, dtype=np.int64)
+    t, n, c = probs.shape
+    if np.any(idx < 0) or np.any(idx >= n):
+        raise invalid("indices", f"indices in [0, {n})", idx)
+    if c ** idx.size * t > 2**26:
+        raise invalid("indices", f"at most {int(np.log(2**26 / t) / np.log(c))} points for T={t}, C={c}",
+                      idx, detail="The exact joint enumerates C**len(indices) configurations.")
+    table = np.ones((t, 1))
+    for i in idx:
+        table = (table[:, :, None] * probs[:, i, None, :]).reshape(t, -1)
+    joint_entropy = float(special.entr(table.mean(axis=0)).sum())
+    conditional = float(special.entr(probs[:, idx, :]).sum(axis=-1).mean(axis=0).sum())
+    return joint_entropy - conditional
+
+
+# ---------------------------------------------------------------------------------------------
+# one entry point
+
+
+def select(prediction, k: int, *, method: str = "bald", stochastic: str | None = None,
+           beta: float = 1.0, seed=None, **options) -> np.ndarray:
+    """Choose ``k`` distinct points to label.
+
+    Parameters
+    ----------
+    prediction : ClassificationPrediction, RegressionPrediction, or samples array
+        ``(T, N, C)`` probabilities for classification methods, ``(T, N[, D])`` outputs for
+        the regression ones.
+    k : int
+        Number of points, in ``[1, N]``.
+    method : str, default "bald"
+        A score in :data:`SCORES` ("bald", "max_entropy", "variation_ratio", "mean_std",
+        "margin", "least_confidence", "random", "predictive_variance",
+        "epistemic_variance"), or "batch_bald".
+    stochastic : {None, "power", "softmax", "softrank"}
+        None takes the top-k scores; a mode samples with :func:`stochastic_batch`
+        (PowerBALD is ``method="bald", stochastic="power"``). Not with "batch_bald".
+    beta : float
+        Inverse temperature for ``stochastic``.
+    seed : int, numpy Generator or None
+        For "random", the stochastic modes and BatchBALD's sampled configurations.
+    **options
+        Passed to :func:`batch_bald` (``num_configurations``, ``max_memory``).
+
+    Returns
+    -------
+    ndarray of shape (k,) and dtype int64
+        Distinct indices, in selection order.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> p = np.array([[[0.9, 0.1], [0.5, 0.5], [1.0, 0.0]], [[0.1, 0.9], [0.5, 0.5], [1.0, 0.0]]])
+    >>> select(p, 1, method="bald").tolist(), select(p, 1, method="max_entropy").tolist()
+    ([0], [0])
+    """
+    method = check_choice(method, "method", METHODS)
+    if stochastic is not None:
+        stochastic = check_choice(stochastic, "stochastic", STOCHASTIC_MODES)
+    if method == "batch_bald":
+        if stochastic is not None:
+            raise invalid("stochastic", "None with method='batch_bald'", stochastic)
+        return batch_bald(prediction, k, seed=seed, **options)
+    if options:
+        name = next(iter(options))
+        raise invalid(name, f"no such option for method={method!r}", options[name], error=TypeError)
+    scores = SCORES[method](prediction, seed=seed) if method == "random" else SCORES[method](prediction)
+    if stochastic is None:
+        return top_k(scores, k)
+    return stochastic_batch(scores, k, mode=stochastic, beta=beta, seed=seed)
