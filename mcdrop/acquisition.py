@@ -557,20 +557,26 @@ def _conditional_entropy(weights: np.ndarray, posterior: np.ndarray, probs: np.n
     r""":math:`\sum_m w_m H[\sum_t R_{t,m}\, p_{t,n,\cdot}]` for every candidate n.
 
     ``posterior`` R (T, M) holds, per configuration m of the batch's labels, the posterior
-    weights of the passes given that configuration (columns sum to 1); ``probs`` is (T, n, C).
-    Candidates are processed in chunks so the (M, chunk, C) product stays within ``max_memory``.
+    weights of the passes given that configuration (columns sum to 1); ``probs`` is (T, n, C)
+    and sets the working precision (float32 is used for sampled configurations, whose
+    Monte Carlo error is orders of magnitude above float32 rounding). Candidates are
+    processed in chunks so the (M, chunk, C) product stays within ``max_memory``.
     """
     t, n, c = probs.shape
     m = posterior.shape[1]
-    chunk = max(1, int(max_memory // (m * c * 8 * 2)))  # the product and its entr()
+    chunk = max(1, int(max_memory // (m * c * 8 * 2)))  # the product and its x log x
     out = np.empty(n)
-    rt = np.ascontiguousarray(posterior.T)  # (M, T)
+    rt = np.ascontiguousarray(posterior.T, dtype=probs.dtype)  # (M, T)
+    tiny = np.finfo(probs.dtype).tiny
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         block = probs[:, start:stop, :].reshape(t, -1)  # (T, chunk*C)
         predictive = rt @ block  # (M, chunk*C): p(y_n | configuration m)
-        ent = special.entr(predictive, out=predictive).reshape(m, stop - start, c).sum(axis=-1)
-        out[start:stop] = weights @ ent
+        logs = np.log(np.maximum(predictive, tiny))
+        logs *= predictive  # p log p, 0 where p = 0
+        # sum over m first (one matrix-vector product), then over the C classes of each candidate
+        weighted = weights.astype(probs.dtype) @ logs  # (chunk*C,)
+        out[start:stop] = -weighted.reshape(stop - start, c).sum(axis=-1, dtype=np.float64)
     return out
 
 
@@ -663,9 +669,13 @@ def batch_bald(samples, k: int, *, num_configurations: int = 4096, max_memory: i
     weights = np.ones(1)  # w_m
     posterior = np.full((t, 1), 1.0 / t)  # R_{t,m}
     exact = True
+    probs32 = None
     for step in range(k):
         if step > 0:
-            gain = _conditional_entropy(weights, posterior, probs, max_memory) - expected
+            if not exact and probs32 is None:
+                probs32 = probs.astype(np.float32)
+            working = probs if exact else probs32
+            gain = _conditional_entropy(weights, posterior, working, max_memory) - expected
         gain = np.where(available, gain, -np.inf)
         pick = int(np.argmax(gain))
         chosen.append(pick)

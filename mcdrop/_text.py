@@ -1,0 +1,48 @@
+"""Plain-text tables for the command line and the demo (no dependency beyond the standard library)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+__all__ = ["format_table", "format_value"]
+
+
+def format_value(value: Any, digits: int = 4) -> str:
+    """A number to a short fixed-width string; ``None`` and NaN to ``"-"``."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:.{digits}f}"
+    try:  # numpy scalars
+        return format_value(value.item(), digits)
+    except AttributeError:
+        return str(value)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str | None = None,
+                 digits: int = 4) -> str:
+    """Render ``rows`` under ``headers``: first column left-aligned, the others right-aligned."""
+    cells = [[format_value(v, digits) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+
+    def line(values: Sequence[str]) -> str:
+        parts = [values[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(values[1:], widths[1:])]
+        return "  ".join(parts).rstrip()
+
+    out = []
+    if title:
+        out.append(title)
+    out.append(line(list(headers)))
+    out.append("  ".join("-" * w for w in widths))
+    out.extend(line(row) for row in cells)
+    return "\n".join(out)

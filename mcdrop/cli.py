@@ -1,0 +1,550 @@
+"""The ``mcdrop`` command line: a thin layer over the public API.
+
+Each subcommand parses its options, loads its inputs safely (:mod:`mcdrop.io`),
+calls the library, and writes its outputs atomically. Any failure — a missing file,
+an unreadable format, data the model cannot take, a bad option — prints one line
+to stderr and exits with status 2, leaving no partial output file behind.
+
+Set ``MCDROP_TRACEBACK=1`` in the environment to see the full traceback of an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mcdrop._text import format_table
+
+__all__ = ["main", "build_parser", "EXIT_ERROR"]
+
+#: Exit status of every failure.
+EXIT_ERROR = 2
+
+_EPILOGS = {
+    "demo": """example:
+  mcdrop demo --out demo-out
+  mcdrop demo --fast --json > demo.json""",
+    "predict": """example:
+  mcdrop predict model.keras x_test.npy -T 50 --seed 0 --out preds.npz
+  mcdrop predict model.keras rows.csv --json          # per-row statistics on stdout
+
+The .npz holds mean, variance, entropy, expected_entropy, mutual_information,
+variation_ratio, predicted_class, confidence, standard_error and votes for a
+classifier (mean, variance, std, epistemic_variance, aleatoric_variance and
+standard_error for regression), the samples with --samples, and task,
+num_samples, mask and seed.""",
+    "evaluate": """example:
+  mcdrop evaluate preds.npz y_test.npy --out report/
+  mcdrop evaluate probs.npy labels.csv --json
+
+PREDS is an .npz written by `mcdrop predict`, or one array of class
+probabilities (N, C) or of per-pass probabilities (T, N, C).""",
+    "select": """example:
+  mcdrop select model.keras pool.npy -k 100 --method batchbald --out indices.csv
+  mcdrop select model.keras pool.npy -k 10 --method bald --json""",
+}
+
+
+class CommandError(Exception):
+    """An error to print as one line, with exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line instead of usage text and exit."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's API
+        raise CommandError(f"{self.prog}: error: {message} (see `{self.prog} --help`)")
+
+
+# --------------------------------------------------------------------------- option types
+
+
+def _positive_int(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} expects an integer >= 1, received {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} expects an integer >= 1, received {value}")
+        return value
+
+    return parse
+
+
+def _int(name: str):
+    def parse(text: str) -> int:
+        try:
+            return int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} expects an integer, received {text!r}") from None
+
+    return parse
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``mcdrop`` command (no TensorFlow import)."""
+    from mcdrop import __version__
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bars and no human-readable output (errors still print)")
+    common.add_argument("--json", action="store_true",
+                        help="print machine-readable JSON on stdout instead of tables")
+
+    parser = _Parser(
+        prog="mcdrop",
+        description="Monte Carlo dropout uncertainty for Keras 3 models.",
+        epilog="run `mcdrop COMMAND --help` for the options and an example of each command",
+    )
+    parser.add_argument("--version", action="version", version=f"mcdrop {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], help=help_text, description=help_text,
+                              epilog=_EPILOGS[name], formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    demo = add("demo", "Train a small dropout CNN on scikit-learn's digits and show what MC dropout buys: "
+                       "calibration, out-of-distribution detection and the next batch to label.")
+    demo.add_argument("--out", default="demo-out", metavar="DIR",
+                      help="folder for report.html, metrics.json and the PNG figures (default: demo-out)")
+    demo.add_argument("--fast", action="store_true",
+                      help="a few epochs and passes: seconds instead of a minute (for tests, not for reading)")
+    demo.add_argument("--seed", type=_int("--seed"), default=0, help="random seed (default: 0)")
+    demo.set_defaults(func=_cmd_demo)
+
+    predict = add("predict", "Run T stochastic passes of a model over data and save the predictive statistics.")
+    predict.add_argument("model", metavar="MODEL", help="a .keras file (also .h5, or a SavedModel folder)")
+    predict.add_argument("data", metavar="DATA", help="inputs as .npy, .npz or .csv (one row per input)")
+    _add_sampling_options(predict)
+    predict.add_argument("--samples", action="store_true",
+                         help="also save the per-pass outputs, shape (T, N, ...)")
+    predict.add_argument("--out", metavar="FILE", help="write the statistics to this .npz file")
+    predict.add_argument("--task", choices=("classification", "regression"),
+                         help="state the task instead of detecting it from the model")
+    predict.add_argument("--outputs", choices=("probs", "logits"),
+                         help="state whether a classifier outputs probabilities or logits")
+    predict.add_argument("--heteroscedastic", metavar="PARAM",
+                         help="regression model with a Gaussian head, e.g. log_variance "
+                              "(outputs are mean and log-variance halves)")
+    predict.set_defaults(func=_cmd_predict)
+
+    evaluate = add("evaluate", "Evaluate saved predictions against labels: calibration and uncertainty quality.")
+    evaluate.add_argument("preds", metavar="PREDS", help="an .npz from `mcdrop predict`, or a probabilities array")
+    evaluate.add_argument("labels", metavar="LABELS", help="true labels (N,) as .npy, .npz or .csv")
+    evaluate.add_argument("--out", metavar="DIR", help="write report.html and metrics.json to this folder")
+    evaluate.set_defaults(func=_cmd_evaluate)
+
+    select = add("select", "Pick the next inputs to label from an unlabeled pool.")
+    select.add_argument("model", metavar="MODEL", help="a .keras file (also .h5, or a SavedModel folder)")
+    select.add_argument("pool", metavar="POOL", help="the unlabeled pool as .npy, .npz or .csv")
+    select.add_argument("-k", type=_positive_int("-k"), required=True, help="how many inputs to pick")
+    select.add_argument("--method", default="bald",
+                        help="acquisition method: bald (default), batchbald, entropy, variation_ratio, mean_std, "
+                             "margin, least_confidence, random; predictive_variance or epistemic_variance "
+                             "for regression")
+    select.add_argument("--stochastic", choices=("power", "softmax", "softrank"), default=None,
+                        help="sample the batch in proportion to the scores instead of taking the top k "
+                             "(stochastic batch acquisition; --method bald --stochastic power is PowerBALD)")
+    select.add_argument("--beta", type=float, default=1.0, help="inverse temperature for --stochastic (default: 1)")
+    _add_sampling_options(select)
+    select.add_argument("--out", metavar="FILE", help="write the picked indices to this .csv file")
+    select.set_defaults(func=_cmd_select)
+    return parser
+
+
+def _add_sampling_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-T", "--num-samples", type=_positive_int("-T"), default=50, metavar="T",
+                   help="number of stochastic passes (default: 50)")
+    p.add_argument("--seed", type=_int("--seed"), default=None, help="seed for reproducible passes")
+    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=None, metavar="B",
+                   help="rows per batch (default: chosen under a memory budget)")
+    p.add_argument("--key", default=None, help="which array of an .npz file to read (default: the only one, or x)")
+    p.add_argument("--unsafe", action="store_true",
+                   help="allow models holding Python code (Lambda layers); only for files you trust")
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status (0, or 2 on any error)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is first imported
+    parser = build_parser()
+    debug = os.environ.get("MCDROP_TRACEBACK", "") not in ("", "0")
+    prog = "mcdrop"
+    try:
+        args = parser.parse_args(argv)
+        prog = f"mcdrop {args.command}"
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.simplefilter("ignore")
+            _quiet_tensorflow_logs()
+            if args.command != "evaluate":
+                _import_tensorflow_quietly()
+            return int(args.func(args) or 0)
+    except CommandError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"{prog}: error: interrupted", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as exc:
+        if debug:
+            raise
+        print(f"{prog}: error: {_message(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _message(exc: BaseException) -> str:
+    """One line for any exception: library errors carry their own message; others name their type."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = " ".join(lines) if lines else ""
+    if isinstance(exc, (ValueError, TypeError)) and text:
+        return text
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _quiet_tensorflow_logs() -> None:
+    import logging
+
+    for name in ("tensorflow", "absl", "keras"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with file descriptor 2 pointed at /dev/null.
+
+    TensorFlow's C++ runtime writes start-up notes (no CUDA driver, absl not initialised)
+    straight to the stderr descriptor, before ``TF_CPP_MIN_LOG_LEVEL`` is read; the
+    command line keeps stderr for its own one-line errors. An import error is still
+    raised, after stderr is restored.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # stderr replaced by an object without a descriptor
+        import tensorflow  # noqa: F401
+
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), fd)
+            try:
+                import tensorflow  # noqa: F401
+            finally:
+                os.dup2(saved, fd)
+    finally:
+        os.close(saved)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _emit(args, table: str | None, payload: Any) -> None:
+    """Print the JSON payload with --json, else the table unless --quiet."""
+    if args.json:
+        print(json.dumps(payload, indent=2, default=_jsonable, allow_nan=True))
+    elif not args.quiet and table:
+        print(table)
+
+
+def _jsonable(value: Any):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def _check_out_file(path: str | None, suffix: str) -> Path | None:
+    """Fail before any work when an output file cannot be written where asked."""
+    if path is None:
+        return None
+    out = Path(path)
+    if out.suffix.lower() != suffix:
+        raise CommandError(f"Invalid value for argument `--out`: expected a {suffix} file, received {path!r}.")
+    if out.is_dir():
+        raise CommandError(f"Invalid value for argument `--out`: expected a file path, received {path!r}, "
+                           "which is a folder.")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise CommandError(f"Invalid value for argument `--out`: expected a path in an existing folder, "
+                           f"received {path!r}.")
+    return out
+
+
+def _check_out_dir(path: str | None) -> Path | None:
+    if path is None:
+        return None
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"Invalid value for argument `--out`: expected a folder, received {path!r}, "
+                           "which is a file.")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise CommandError(f"Invalid value for argument `--out`: expected a folder whose parent exists, "
+                           f"received {path!r}.")
+    return out
+
+
+def _load_inputs(args, path: str, name: str) -> np.ndarray:
+    from mcdrop import io
+
+    return io.load_array(path, key=args.key, name=name)
+
+
+def _fit_to_model(model, x: np.ndarray, from_csv: bool) -> np.ndarray:
+    """Cast integer data to float for a float model; unflatten CSV rows to the model's input shape."""
+    spec_shape, spec_dtype = None, None
+    inputs = getattr(model, "inputs", None)
+    if inputs and len(inputs) == 1:
+        spec_shape = tuple(inputs[0].shape)
+        spec_dtype = str(getattr(inputs[0], "dtype", "float32"))
+    if x.dtype.kind in "biu" and (spec_dtype is None or "float" in spec_dtype):
+        x = x.astype(spec_dtype if spec_dtype and "float" in spec_dtype else np.float32)
+    elif x.dtype == np.float64 and spec_dtype == "float32":
+        x = x.astype(np.float32)
+    if from_csv and x.ndim == 1 and spec_shape is not None and len(spec_shape) == 2:
+        x = x[:, None]  # one feature per row
+    if from_csv and spec_shape is not None and x.ndim == 2 and len(spec_shape) > 2:
+        inner = spec_shape[1:]
+        if all(d is not None for d in inner) and int(np.prod(inner)) == x.shape[1]:
+            x = x.reshape((x.shape[0], *inner))
+    return x
+
+
+def _make_engine(args, model, **options):
+    import mcdrop
+
+    kwargs = dict(num_samples=args.num_samples, seed=args.seed, verbose=0 if args.quiet else 1)
+    if args.batch_size is not None:
+        kwargs["batch_size"] = args.batch_size
+    kwargs.update({k: v for k, v in options.items() if v is not None})
+    return mcdrop.MCDropout(model, **kwargs)
+
+
+def _provenance(pred) -> dict[str, Any]:
+    meta = {"task": np.array(pred.task), "num_samples": np.array(pred.num_samples),
+            "mask": np.array(getattr(pred, "mask", "consistent"))}
+    if getattr(pred, "seed", None) is not None:
+        meta["seed"] = np.array(pred.seed)
+    if pred.task == "classification":
+        meta["outputs"] = np.array(getattr(pred, "outputs", "probs"))
+    else:
+        meta["heteroscedastic"] = np.array(bool(pred.heteroscedastic))
+    return meta
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _cmd_demo(args) -> int:
+    from mcdrop import demo
+
+    out = _check_out_dir(args.out)
+    results = demo.run(out, fast=args.fast, seed=args.seed, progress=not args.quiet)
+    _emit(args, demo.format_results(results), results)
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from mcdrop import io
+
+    out = _check_out_file(args.out, ".npz")
+    x = _load_inputs(args, args.data, "DATA")
+    model = io.load_model(args.model, unsafe=args.unsafe, name="MODEL")
+    x = _fit_to_model(model, x, from_csv=Path(args.data).suffix.lower() == ".csv")
+    mc = _make_engine(args, model, task=args.task, outputs=args.outputs, heteroscedastic=args.heteroscedastic)
+    pred = mc.predict(x, return_samples=args.samples)
+    arrays = {**pred.to_dict(), **_provenance(pred)}
+    if out is not None:
+        io.save_npz(out, arrays)
+    summary = _prediction_summary(pred)
+    if out is not None:
+        summary["out"] = str(out)
+    payload: dict[str, Any] = {"summary": summary}
+    if out is None:
+        payload["rows"] = _per_row(pred)
+    table = format_table(["statistic", "value"], list(summary.items()),
+                         title=f"{pred.task} prediction: {len(pred)} rows, T={pred.num_samples}")
+    if out is None and not args.json:
+        table += "\n\n" + _rows_table(pred)
+    _emit(args, table, payload)
+    return 0
+
+
+def _prediction_summary(pred) -> dict[str, Any]:
+    summary: dict[str, Any] = {"task": pred.task, "rows": len(pred), "num_samples": pred.num_samples}
+    if pred.task == "classification":
+        summary.update(
+            classes=pred.num_classes,
+            mean_confidence=float(np.mean(pred.confidence)),
+            mean_entropy=float(np.mean(pred.entropy)),
+            mean_mutual_information=float(np.mean(pred.mutual_information)),
+            max_standard_error=float(np.nanmax(pred.standard_error)) if pred.num_samples > 1 else None,
+        )
+    else:
+        summary.update(
+            targets=int(pred.mean.shape[-1]),
+            mean_std=float(np.mean(pred.std)),
+            mean_epistemic_variance=float(np.mean(pred.epistemic_variance)),
+            mean_aleatoric_variance=float(np.mean(pred.aleatoric_variance)),
+        )
+    return summary
+
+
+def _per_row(pred) -> dict[str, list]:
+    if pred.task == "classification":
+        return {"predicted_class": pred.predicted_class.tolist(), "confidence": pred.confidence.tolist(),
+                "entropy": pred.entropy.tolist(), "mutual_information": pred.mutual_information.tolist()}
+    return {"mean": pred.mean.tolist(), "std": pred.std.tolist(),
+            "epistemic_variance": pred.epistemic_variance.tolist(),
+            "aleatoric_variance": pred.aleatoric_variance.tolist()}
+
+
+def _rows_table(pred) -> str:
+    if pred.task == "classification":
+        rows = [(i, int(c), float(p), float(h), float(mi)) for i, (c, p, h, mi) in enumerate(zip(
+            pred.predicted_class, pred.confidence, pred.entropy, pred.mutual_information))]
+        return format_table(["row", "class", "confidence", "entropy", "mutual_info"], rows)
+    rows = [(i, *(float(v) for v in (m[0], s[0], e[0], a[0]))) for i, (m, s, e, a) in enumerate(zip(
+        pred.mean, pred.std, pred.epistemic_variance, pred.aleatoric_variance))]
+    return format_table(["row", "mean", "std", "epistemic_var", "aleatoric_var"], rows)
+
+
+def _cmd_evaluate(args) -> int:
+    import mcdrop
+    from mcdrop import io
+
+    out = _check_out_dir(args.out)
+    pred = _load_prediction(args.preds)
+    y = io.load_array(args.labels, name="LABELS")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if len(y) != len(pred):
+        raise CommandError(f"Invalid value for argument `LABELS`: expected {len(pred)} labels (one per row of "
+                           f"PREDS), received {len(y)}.")
+    report = mcdrop.evaluate(pred, y)
+    if out is not None:
+        with io.staged_directory(out) as stage:
+            report.to_html(stage / "report.html")
+            report.to_json(stage / "metrics.json")
+    payload = report.to_dict()
+    _emit(args, str(report), payload)
+    if out is not None and not args.quiet and not args.json:
+        print(f"\nwrote {out / 'report.html'} and {out / 'metrics.json'}")
+    return 0
+
+
+def _load_prediction(path: str):
+    """A prediction from an .npz of `mcdrop predict`, or from an array of probabilities."""
+    from mcdrop import io
+    from mcdrop.predictive import ClassificationPrediction, RegressionPrediction
+
+    arrays = io.load_arrays(path, name="PREDS")
+    if "mean" not in arrays:
+        if len(arrays) != 1:
+            raise CommandError(f"Invalid value for argument `PREDS`: expected an .npz written by `mcdrop predict` "
+                               f"or one probabilities array, received {path!r} holding "
+                               f"{', '.join(sorted(arrays))}.")
+        (probs,) = arrays.values()
+        if probs.ndim == 2:
+            probs = probs[None]
+        if probs.ndim != 3:
+            raise CommandError(f"Invalid value for argument `PREDS`: expected probabilities of shape (N, C) or "
+                               f"(T, N, C), received an array of shape {probs.shape}.")
+        return ClassificationPrediction.from_samples(probs.astype(np.float64), keep_samples=False)
+
+    def meta(key, default=None):
+        return arrays[key].item() if key in arrays else default
+
+    task = meta("task", "classification" if "votes" in arrays else "regression")
+    num_samples = int(meta("num_samples", 0))
+    common = dict(mask=str(meta("mask", "consistent")), seed=meta("seed"))
+    if task == "classification":
+        if "samples" in arrays:
+            return ClassificationPrediction.from_samples(arrays["samples"], **common)
+        missing = [k for k in ("variance", "expected_entropy", "votes", "num_samples") if k not in arrays]
+        if missing:
+            raise CommandError(f"Invalid value for argument `PREDS`: expected the arrays `mcdrop predict` "
+                               f"writes, received {path!r} without {', '.join(missing)}.")
+        return ClassificationPrediction(mean=arrays["mean"], variance=arrays["variance"],
+                                        expected_entropy=arrays["expected_entropy"], votes=arrays["votes"],
+                                        num_samples=num_samples, outputs=str(meta("outputs", "probs")),
+                                        **common)
+    missing = [k for k in ("epistemic_variance", "aleatoric_variance", "num_samples") if k not in arrays]
+    if missing:
+        raise CommandError(f"Invalid value for argument `PREDS`: expected the arrays `mcdrop predict` writes, "
+                           f"received {path!r} without {', '.join(missing)}.")
+    return RegressionPrediction(mean=arrays["mean"], epistemic_variance=arrays["epistemic_variance"],
+                                aleatoric_variance=arrays["aleatoric_variance"], num_samples=num_samples,
+                                heteroscedastic=bool(meta("heteroscedastic", False)),
+                                samples=arrays.get("samples"), sample_variances=arrays.get("sample_variances"),
+                                **common)
+
+
+def _cmd_select(args) -> int:
+    from mcdrop import acquisition, io
+
+    out = _check_out_file(args.out, ".csv")
+    method = _check_method(args.method)
+    pool = _load_inputs(args, args.pool, "POOL")
+    if args.k > len(pool):
+        raise CommandError(f"Invalid value for argument `-k`: expected an integer <= {len(pool)} (the pool "
+                           f"size), received {args.k}.")
+    model = io.load_model(args.model, unsafe=args.unsafe, name="MODEL")
+    pool = _fit_to_model(model, pool, from_csv=Path(args.pool).suffix.lower() == ".csv")
+    mc = _make_engine(args, model)
+    pred = mc.predict(pool, return_samples=method in _SAMPLE_METHODS)
+    options = {"seed": args.seed}
+    if args.stochastic is not None:
+        options.update(stochastic=args.stochastic, beta=args.beta)
+    indices = np.asarray(acquisition.select(pred, args.k, method=method, **options), dtype=np.int64)
+    if out is not None:
+        io.save_csv(out, {"rank": np.arange(len(indices)), "index": indices})
+    payload = {"method": method, "k": args.k, "num_samples": args.num_samples, "indices": indices.tolist()}
+    if out is not None:
+        payload["out"] = str(out)
+    table = format_table(["rank", "index"], list(enumerate(indices.tolist())),
+                         title=f"{method}: {len(indices)} of {len(pool)} pool inputs, T={args.num_samples}")
+    _emit(args, table, payload)
+    return 0
+
+
+#: Methods that need the per-pass samples (joint entropies over passes).
+_SAMPLE_METHODS = {"batch_bald"}
+#: Spellings the command line accepts besides the library's own names.
+_METHOD_ALIASES = {"batchbald": "batch_bald", "entropy": "max_entropy", "variance": "predictive_variance"}
+
+
+def _check_method(method: str) -> str:
+    """Refuse an unknown acquisition method before any model is loaded."""
+    from mcdrop import acquisition
+
+    method = _METHOD_ALIASES.get(method, method)
+    known = acquisition.METHODS
+    if method not in known:
+        listed = ", ".join(repr(m) for m in (*known, *_METHOD_ALIASES))
+        raise CommandError(f"Invalid value for argument `--method`: expected one of {listed}, received {method!r}.")
+    return method
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

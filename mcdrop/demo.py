@@ -1,0 +1,414 @@
+"""The main demo job: what Monte Carlo dropout buys on a small image classifier.
+
+``mcdrop demo`` (and ``make demo``) runs :func:`run`:
+
+1. trains a small dropout CNN on scikit-learn's bundled 8×8 digits, classes 0–7 only
+   (digits 8 and 9 are held out of training to serve as out-of-distribution inputs);
+2. compares the deterministic network, MC dropout, and MC dropout followed by
+   temperature scaling (fitted on a validation split) on the test split: accuracy,
+   NLL, Brier score, ECE and AURC;
+3. detects the held-out digits by predictive entropy (deterministic and MC) and by
+   mutual information, scored by AUROC, AUPR and FPR at 95% TPR;
+4. picks the next batch to label from an unlabeled pool with BALD (top-k) and
+   BatchBALD (Kirsch et al., 2019), beside a random batch, and reports how many
+   classes each batch covers and its joint mutual information with the model;
+5. writes ``report.html`` (self-contained, figures embedded), ``metrics.json`` and
+   the PNG figures to the output folder, all or nothing.
+
+Everything runs offline on a CPU in about a minute; ``fast=True`` trains a few
+epochs with few passes for the tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io as _bytes_io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mcdrop._text import format_table
+from mcdrop._validation import check_int
+
+__all__ = ["run", "format_results", "load_digits_split", "build_model", "IN_CLASSES", "OOD_CLASSES"]
+
+#: Digit classes the model is trained on.
+IN_CLASSES = tuple(range(8))
+#: Digit classes held out of training: the out-of-distribution inputs.
+OOD_CLASSES = (8, 9)
+
+_MODELS = {"deterministic": "deterministic", "mc_dropout": "MC dropout", "mc_temperature": "MC + temperature"}
+_METRICS = {"accuracy": "accuracy", "nll": "NLL", "brier": "Brier", "ece": "ECE", "aurc": "AURC"}
+_OOD_SCORES = {
+    "deterministic_entropy": "deterministic entropy",
+    "mc_entropy": "MC entropy",
+    "mc_mutual_information": "MC mutual information",
+}
+_SELECTORS = {"random": "random", "bald": "BALD (top-k)", "batch_bald": "BatchBALD"}
+FIGURES = ("reliability.png", "risk_coverage.png", "uncertainty.png", "selection.png")
+
+
+# --------------------------------------------------------------------------- data and model
+
+
+def load_digits_split(seed: int = 0) -> dict[str, np.ndarray]:
+    """scikit-learn's digits as (N, 8, 8, 1) float32 images in [0, 1], split for the demo.
+
+    Classes 0–7 are split, stratified, into train (400), validation (200), pool (400)
+    and test (the rest, 437); classes 8 and 9 form the out-of-distribution set (360).
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)[..., None]
+    labels = digits.target.astype(np.int64)
+    inside = np.isin(labels, IN_CLASSES)
+    x, y = images[inside], labels[inside]
+    x_train, x_rest, y_train, y_rest = train_test_split(x, y, train_size=400, stratify=y, random_state=seed)
+    x_val, x_rest, y_val, y_rest = train_test_split(x_rest, y_rest, train_size=200, stratify=y_rest,
+                                                    random_state=seed)
+    x_pool, x_test, y_pool, y_test = train_test_split(x_rest, y_rest, train_size=400, stratify=y_rest,
+                                                      random_state=seed)
+    return {
+        "x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val,
+        "x_pool": x_pool, "y_pool": y_pool, "x_test": x_test, "y_test": y_test,
+        "x_ood": images[~inside], "y_ood": labels[~inside],
+    }
+
+
+def build_model(num_classes: int = len(IN_CLASSES)):
+    """A small CNN for 8×8 digits with dropout after the convolutions and in the head."""
+    import keras
+    from keras import layers
+
+    model = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        layers.Conv2D(32, 3, padding="same", activation="relu"),
+        layers.Conv2D(32, 3, padding="same", activation="relu"),
+        layers.MaxPooling2D(2),
+        layers.Dropout(0.25),
+        layers.Flatten(),
+        layers.Dense(128, activation="relu"),
+        layers.Dropout(0.5),
+        layers.Dense(num_classes, activation="softmax"),
+    ], name="digits_cnn")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    return model
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def run(out=None, *, fast: bool = False, seed: int = 0, progress: bool = True,
+        epochs: int | None = None, num_samples: int | None = None, k: int | None = None) -> dict[str, Any]:
+    """Run the demo; write its files to folder ``out`` (if given) and return the results.
+
+    Parameters
+    ----------
+    out : str or path-like, optional
+        Folder for ``report.html``, ``metrics.json`` and the PNG figures. Created if
+        missing; files are written to a staging folder and moved in only when all are
+        written.
+    fast : bool, default False
+        8 epochs, T = 10 passes and a batch of 5 (for tests) instead of 150 epochs,
+        T = 50 and a batch of 10.
+    seed : int, default 0
+        Seeds the split, the weights, the training order and the dropout masks.
+    progress : bool, default True
+        Show a progress bar on stderr.
+    epochs, num_samples, k : int, optional
+        Override the training epochs, the number of MC passes and the batch size to pick.
+
+    Returns
+    -------
+    dict
+        ``config``, ``comparison`` (metric by model), ``temperature``, ``ood`` (scores by
+        uncertainty measure), ``selection`` (by method) and ``files`` — the content of
+        ``metrics.json``.
+    """
+    seed = check_int(seed, "seed", minimum=0)
+    epochs = check_int(epochs if epochs is not None else (8 if fast else 150), "epochs", minimum=1)
+    num_samples = check_int(num_samples if num_samples is not None else (10 if fast else 50), "num_samples",
+                            minimum=2)
+    k = check_int(k if k is not None else (5 if fast else 10), "k", minimum=1, maximum=400)
+    if out is not None:
+        out = Path(out)
+        from mcdrop.io import _error
+
+        if out.exists() and not out.is_dir():
+            raise _error("out", "a folder", out, "A file of that name exists.")
+
+    from tqdm.auto import tqdm
+
+    stages = ["train", "predict", "calibrate", "detect", "select", "figures", "write"]
+    bar = tqdm(total=epochs + len(stages) - 1, disable=not progress, desc="train", unit="step", leave=False)
+    try:
+        results, figures = _run(out, fast=fast, seed=seed, epochs=epochs, num_samples=num_samples, k=k, bar=bar)
+    finally:
+        bar.close()
+    return results
+
+
+def _run(out, *, fast, seed, epochs, num_samples, k, bar):
+    import keras
+
+    import mcdrop
+    from mcdrop import acquisition, metrics
+    from mcdrop.calibration import TemperatureScaling
+    from mcdrop.predictive import ClassificationPrediction
+
+    data = load_digits_split(seed)
+    keras.utils.set_random_seed(seed)
+    model = build_model()
+
+    class _Tick(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            bar.update(1)
+
+    model.fit(data["x_train"], data["y_train"], epochs=epochs, batch_size=32, verbose=0, shuffle=True,
+              callbacks=[_Tick()])
+
+    def step(name):
+        bar.set_description(name)
+        bar.update(1)
+
+    # 1. predictions: the deterministic network is one pass with dropout off
+    bar.set_description("predict")
+    det = {part: ClassificationPrediction.from_samples(model.predict(data[f"x_{part}"], verbose=0)[None])
+           for part in ("test", "ood")}
+    mc = mcdrop.MCDropout(model, num_samples=num_samples, seed=seed, verbose=0)
+    mc_pred = {part: mc.predict(data[f"x_{part}"], return_samples=part != "ood")
+               for part in ("val", "test", "ood", "pool")}
+    step("calibrate")
+
+    # 2. calibration: temperature fitted on the validation split, per pass before averaging
+    scaler = TemperatureScaling().fit(mc_pred["val"], data["y_val"])
+    predictions = {"deterministic": det["test"], "mc_dropout": mc_pred["test"],
+                   "mc_temperature": scaler.transform(mc_pred["test"])}
+    y_test = data["y_test"]
+    comparison = {
+        name: {
+            "accuracy": metrics.accuracy_score(y_test, pred),
+            "nll": metrics.negative_log_likelihood(y_test, pred),
+            "brier": metrics.brier_score(y_test, pred),
+            "ece": metrics.expected_calibration_error(y_test, pred),
+            "aurc": metrics.aurc(y_test, pred),
+        }
+        for name, pred in predictions.items()
+    }
+    step("detect")
+
+    # 3. out-of-distribution: the held-out digits should be the uncertain ones
+    scores_in_out = {
+        "deterministic_entropy": (det["test"].entropy, det["ood"].entropy),
+        "mc_entropy": (mc_pred["test"].entropy, mc_pred["ood"].entropy),
+        "mc_mutual_information": (mc_pred["test"].mutual_information, mc_pred["ood"].mutual_information),
+    }
+    ood = {
+        name: {"auroc": metrics.ood_auroc(u_in, u_out), "aupr": metrics.ood_aupr(u_in, u_out),
+               "fpr_at_95_tpr": metrics.fpr_at_95_tpr(u_in, u_out)}
+        for name, (u_in, u_out) in scores_in_out.items()
+    }
+    step("select")
+
+    # 4. the next batch to label
+    pool = mc_pred["pool"]
+    selection = {}
+    for method in _SELECTORS:
+        indices = acquisition.select(pool, k, method=method, seed=seed)
+        indices = np.asarray(indices, dtype=np.int64)
+        classes = data["y_pool"][indices]
+        selection[method] = {
+            "indices": indices.tolist(),
+            "classes": classes.tolist(),
+            "distinct_classes": int(np.unique(classes).size),
+            "bald_sum": float(np.sum(pool.mutual_information[indices])),
+            "joint_mutual_information": float(acquisition.joint_mutual_information(pool.samples, indices)),
+        }
+    step("figures")
+
+    figures = _figures(data, det, mc_pred, predictions, selection)
+    step("write")
+
+    results = {
+        "config": {
+            "seed": seed, "fast": bool(fast), "epochs": epochs, "num_samples": num_samples, "k": k,
+            "in_classes": list(IN_CLASSES), "ood_classes": list(OOD_CLASSES),
+            "sizes": {part: int(len(data[f"y_{part}"])) for part in ("train", "val", "test", "pool", "ood")},
+        },
+        "comparison": comparison,
+        "temperature": float(scaler.temperature_),
+        "ood": ood,
+        "selection": selection,
+        "files": [],
+    }
+    if out is not None:
+        from mcdrop.io import save_json, save_text, staged_directory
+
+        files = ["report.html", "metrics.json", *figures]
+        results["files"] = files
+        with staged_directory(out) as stage:
+            for name, png in figures.items():
+                (stage / name).write_bytes(png)
+            save_text(stage / "report.html", _html(results, figures))
+            save_json(stage / "metrics.json", results)
+    return results, figures
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _png(fig) -> bytes:
+    buffer = _bytes_io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _subplots(rows: int, cols: int, **kwargs):
+    """A figure and its axes without pyplot: no GUI backend, no global state, nothing to close."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=kwargs.pop("figsize", None), layout="constrained")
+    return fig, fig.subplots(rows, cols, **kwargs)
+
+
+def _figures(data, det, mc_pred, predictions, selection) -> dict[str, bytes]:
+    from mcdrop import metrics
+
+    y_test = data["y_test"]
+    figures = {}
+
+    # reliability diagrams: accuracy against confidence per bin, gap to the diagonal shaded
+    fig, axes = _subplots(1, 3, figsize=(12, 4), sharey=True)
+    for ax, (name, pred) in zip(axes, predictions.items()):
+        curve = metrics.reliability_curve(y_test, pred, n_bins=10)
+        filled = curve.count > 0
+        centers = 0.5 * (curve.edges[:-1] + curve.edges[1:])
+        width = np.diff(curve.edges)
+        ax.bar(centers[filled], curve.accuracy[filled], width=width[filled], color="#4c72b0",
+               edgecolor="white", label="accuracy")
+        ax.bar(centers[filled], (curve.confidence - curve.accuracy)[filled], bottom=curve.accuracy[filled],
+               width=width[filled], color="#dd8452", alpha=0.6, edgecolor="white", label="gap to confidence")
+        ax.plot([0, 1], [0, 1], "k--", lw=1)
+        ece = metrics.expected_calibration_error(y_test, pred)
+        ax.set_title(f"{_MODELS[name]} (ECE {ece:.3f})")
+        ax.set_xlabel("confidence")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(loc="upper left")
+    fig.suptitle("Reliability diagrams on the test split (digits 0-7)")
+    figures["reliability.png"] = _png(fig)
+
+    # risk-coverage: error among the most confident fraction kept
+    fig, ax = _subplots(1, 1, figsize=(6, 4))
+    for name, pred in predictions.items():
+        curve = metrics.risk_coverage_curve(y_test, pred)
+        ax.plot(curve.coverage, curve.risk, label=f"{_MODELS[name]} (AURC {metrics.aurc(y_test, pred):.4f})")
+    ax.set_xlabel("coverage (most confident first)")
+    ax.set_ylabel("selective risk (error rate)")
+    ax.set_title("Risk-coverage on the test split")
+    ax.legend()
+    figures["risk_coverage.png"] = _png(fig)
+
+    # uncertainty distributions: in-distribution test digits vs held-out digits
+    fig, axes = _subplots(1, 3, figsize=(13, 3.8))
+    panels = [("deterministic entropy", det["test"].entropy, det["ood"].entropy),
+              ("MC entropy", mc_pred["test"].entropy, mc_pred["ood"].entropy),
+              ("MC mutual information", mc_pred["test"].mutual_information, mc_pred["ood"].mutual_information)]
+    for ax, (label, u_in, u_out) in zip(axes, panels):
+        bins = np.linspace(0.0, max(float(np.max(u_in)), float(np.max(u_out)), 1e-6), 30)
+        ax.hist(u_in, bins=bins, alpha=0.6, density=True, label="digits 0-7 (in)", color="#4c72b0")
+        ax.hist(u_out, bins=bins, alpha=0.6, density=True, label="digits 8-9 (out)", color="#c44e52")
+        ax.set_title(f"{label}: AUROC {metrics.ood_auroc(u_in, u_out):.3f}")
+        ax.set_xlabel("nats")
+    axes[0].set_ylabel("density")
+    axes[0].legend()
+    figures["uncertainty.png"] = _png(fig)
+
+    # the picked batches
+    rows = list(selection.items())
+    k = len(rows[0][1]["indices"])
+    fig, axes = _subplots(len(rows), k, figsize=(1.1 * k, 1.35 * len(rows)), squeeze=False)
+    for r, (method, picked) in enumerate(rows):
+        for c, (index, label) in enumerate(zip(picked["indices"], picked["classes"])):
+            ax = axes[r, c]
+            ax.imshow(data["x_pool"][index, :, :, 0], cmap="gray_r", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(str(label), fontsize=9)
+        axes[r, 0].set_ylabel(_SELECTORS[method], fontsize=8, rotation=0, ha="right", va="center")
+    fig.suptitle("Next batch to label (true class above each image)", fontsize=10)
+    figures["selection.png"] = _png(fig)
+    return figures
+
+
+# --------------------------------------------------------------------------- text and HTML
+
+
+def _tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
+    cfg = results["config"]
+    comparison = [[_MODELS[name]] + [values[m] for m in _METRICS] for name, values in results["comparison"].items()]
+    ood = [[_OOD_SCORES[name], v["auroc"], v["aupr"], v["fpr_at_95_tpr"]] for name, v in results["ood"].items()]
+    selection = [[_SELECTORS[name], v["distinct_classes"], v["joint_mutual_information"], v["bald_sum"],
+                  " ".join(str(c) for c in v["classes"])]
+                 for name, v in results["selection"].items()]
+    return [
+        (f"Test split, digits 0-7 ({cfg['sizes']['test']} images; T={cfg['num_samples']} passes; "
+         f"temperature {results['temperature']:.3f} fitted on {cfg['sizes']['val']} validation images)",
+         ["model", *_METRICS.values()], comparison),
+        (f"Out-of-distribution detection: held-out digits 8-9 ({cfg['sizes']['ood']}) vs test digits 0-7",
+         ["uncertainty", "AUROC", "AUPR", "FPR@95%TPR"], ood),
+        (f"Next batch of {cfg['k']} from a pool of {cfg['sizes']['pool']}",
+         ["method", "classes covered", "joint MI (nats)", "sum of BALD", "true classes"], selection),
+    ]
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """The demo's results as plain-text tables (what ``mcdrop demo`` prints)."""
+    blocks = [format_table(headers, rows, title=title) for title, headers, rows in _tables(results)]
+    if results.get("files"):
+        blocks.append("wrote " + ", ".join(results["files"]))
+    return "\n\n".join(blocks)
+
+
+def _html(results: dict[str, Any], figures: dict[str, bytes]) -> str:
+    from mcdrop._text import format_value
+
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<title>mcdrop demo report</title><style>",
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}",
+        "table{border-collapse:collapse;margin:0.5em 0 1.5em}th,td{padding:4px 10px;border-bottom:1px solid #ddd}",
+        "td{text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}",
+        "</style></head><body>",
+        "<h1>mcdrop demo: what Monte Carlo dropout buys</h1>",
+        "<p>A small dropout CNN trained on scikit-learn's 8&times;8 digits, classes 0&ndash;7; digits 8 and 9 are "
+        "held out as out-of-distribution inputs. Lower is better for NLL, Brier, ECE, AURC and FPR; higher for "
+        "accuracy, AUROC and AUPR.</p>",
+    ]
+    for title, headers, rows in _tables(results):
+        parts.append(f"<h2>{html.escape(title)}</h2><table><tr>")
+        parts.extend(f"<th>{html.escape(h)}</th>" for h in headers)
+        parts.append("</tr>")
+        for row in rows:
+            parts.append("<tr>" + "".join(f"<td>{html.escape(format_value(v))}</td>" for v in row) + "</tr>")
+        parts.append("</table>")
+    captions = {
+        "reliability.png": "Reliability diagrams: accuracy per confidence bin; shaded bars are the gap to the "
+                           "confidence (above the bar: over-confident).",
+        "risk_coverage.png": "Risk-coverage: the error rate among the most confident fraction of the test split.",
+        "uncertainty.png": "Uncertainty of in-distribution test digits vs held-out digits.",
+        "selection.png": "The batches each method picks from the pool.",
+    }
+    for name, png in figures.items():
+        data = base64.b64encode(png).decode("ascii")
+        parts.append(f"<h2>{html.escape(captions.get(name, name))}</h2>"
+                     f"<img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>")
+    parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(results["config"], indent=2)) + "</pre>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)

@@ -1,0 +1,124 @@
+"""Run a model's forward pass under T passes, computing what no noise reaches once.
+
+For Sequential and Functional models (and Functional models nested in them) the
+graph is walked node by node, as Keras' own ``Functional`` does, but every tensor
+carries a flag: *deterministic* tensors hold ``n`` rows, *stochastic* ones hold
+``Tc * n`` rows (pass-major). A node runs on ``n`` rows while no stochastic
+layer feeds it; the first stochastic layer on a path is where its input is
+tiled over the passes; where a deterministic branch meets a stochastic one (a
+skip connection around a dropout) the deterministic side is tiled then.
+
+Models without a graph (subclassed ``keras.Model``) are run whole on the tiled
+batch: correct, but without the compute-once saving.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import tree
+
+__all__ = ["run_model", "has_graph"]
+
+
+def _functional_of(model):
+    """The Functional graph behind ``model``, or None (subclassed / unbuilt Sequential)."""
+    if isinstance(model, keras.Sequential):
+        return getattr(model, "_functional", None)
+    if hasattr(model, "_nodes_by_depth") and getattr(model, "_inputs_struct", None) is not None:
+        return model
+    return None
+
+
+def has_graph(model) -> bool:
+    return _functional_of(model) is not None
+
+
+def _tile(ctx, value):
+    tiled = ctx.tile(value)
+    mask = keras.backend.get_keras_mask(value) if hasattr(keras.backend, "get_keras_mask") else None
+    if mask is not None:
+        keras.backend.set_keras_mask(tiled, ctx.tile(mask))
+    return tiled
+
+
+def _contains_stochastic(op, stochastic_ids, memo) -> bool:
+    key = id(op)
+    if key not in memo:
+        if key in stochastic_ids:
+            memo[key] = True
+        elif isinstance(op, keras.layers.Layer):
+            memo[key] = any(id(sub) in stochastic_ids
+                            for sub in op._flatten_layers(include_self=False, recursive=True))
+        else:
+            memo[key] = False
+    return memo[key]
+
+
+def _call_op(op, args, kwargs):
+    if "training" in getattr(op, "_call_context_args", ()) or getattr(op, "_call_has_training_arg", False):
+        kwargs = {**kwargs, "training": False}
+    return op(*args, **kwargs)
+
+
+class _Runner:
+    def __init__(self, ctx, stochastic_ids):
+        self.ctx = ctx
+        self.stochastic_ids = stochastic_ids
+        self.memo = {}
+
+    def run(self, functional, flat_inputs, flags):
+        """Walk ``functional`` on flat inputs with their flags; return flat outputs and flags."""
+        values, stoch = {}, {}
+        for ref, value, flag in zip(functional.inputs, flat_inputs, flags):
+            values[id(ref)], stoch[id(ref)] = value, flag
+        depths = sorted(functional._nodes_by_depth, reverse=True)
+        for depth in depths:
+            for node in functional._nodes_by_depth[depth]:
+                op = node.operation
+                if not op or node.is_input:
+                    continue
+                if any(id(t) not in values for t in node.input_tensors):
+                    continue
+                in_flags = [stoch[id(t)] for t in node.input_tensors]
+                noisy_op = _contains_stochastic(op, self.stochastic_ids, self.memo)
+                nested = _functional_of(op) if isinstance(op, keras.Model) else None
+                if nested is not None and noisy_op:
+                    args, _ = node.arguments.fill_in(values)
+                    inner_inputs = tree.flatten(args[0] if len(args) == 1 else list(args))
+                    inner_flags = [self._flag_of(v, node, stoch, values) for v in inner_inputs]
+                    outs, out_flags = self.run(nested, inner_inputs, inner_flags)
+                else:
+                    make_stochastic = noisy_op or any(in_flags)
+                    local = dict(values)
+                    if make_stochastic:
+                        for t, flag in zip(node.input_tensors, in_flags):
+                            if not flag:
+                                local[id(t)] = _tile(self.ctx, values[id(t)])
+                    args, kwargs = node.arguments.fill_in(local)
+                    outs = tree.flatten(_call_op(op, args, kwargs))
+                    out_flags = [make_stochastic] * len(outs)
+                for ref, value, flag in zip(node.outputs, outs, out_flags):
+                    values[id(ref)], stoch[id(ref)] = value, flag
+        outputs = [values[id(ref)] for ref in functional.outputs]
+        return outputs, [stoch[id(ref)] for ref in functional.outputs]
+
+    @staticmethod
+    def _flag_of(value, node, stoch, values):
+        for t in node.input_tensors:
+            if values.get(id(t)) is value:
+                return stoch[id(t)]
+        return False
+
+
+def run_model(model, flat_inputs, structure, ctx, stochastic_ids):
+    """Per-pass outputs of ``model`` on ``flat_inputs`` (each (n, ...)), as a flat list of
+    (Tc * n, ...) tensors, pass-major, in the order of ``model.outputs``. ``structure`` is the
+    nesting of the user's input (used to call models that have no graph)."""
+    functional = _functional_of(model)
+    if functional is None:
+        tiled = [_tile(ctx, x) for x in flat_inputs]
+        arg = tree.pack_sequence_as(structure, tiled)
+        return [tf.convert_to_tensor(o) for o in tree.flatten(model(arg, training=False))]
+    outputs, flags = _Runner(ctx, stochastic_ids).run(functional, list(flat_inputs), [False] * len(flat_inputs))
+    return [o if flag else _tile(ctx, o) for o, flag in zip(outputs, flags)]

@@ -1,0 +1,373 @@
+"""``MCDropout``: the public engine."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import tree
+
+from mcdrop._validation import check_choice, check_int, invalid
+from mcdrop.accumulators import nonfinite_rows
+from mcdrop.engine import inputs as _inputs
+from mcdrop.engine.sampler import CompiledSampler, plan_chunks, widest_activation
+from mcdrop.engine.view import build_view, output_activations
+from mcdrop.heads import HETEROSCEDASTIC, OUTPUTS, TASKS, Head
+from mcdrop.predictive import MASK_MODES, concatenate
+
+__all__ = ["MCDropout"]
+
+_DEFAULT_BUDGET = 512 * 2**20
+
+
+class MCDropout:
+    """Monte Carlo dropout predictions from a trained Keras model.
+
+    Dropout (and the other stochastic regularisers) stays active; every other layer runs
+    in inference mode. T passes run batched in one compiled function, and their outputs
+    are accumulated chunk by chunk into a prediction object.
+
+    Parameters
+    ----------
+    model : keras.Model
+        Any Keras 3 model: Sequential, Functional (multi-input/output, nested) or subclassed.
+        It is read, never modified.
+    num_samples : int, default 50
+        T, the number of stochastic passes.
+    seed : int or None
+        With a seed, the samples of an input are bit-identical whatever the batch size, chunk
+        size, input order or number of calls. Without one, each call draws a fresh seed (recorded
+        on the prediction as ``seed``).
+    task : {"classification", "regression"}, optional
+        Detected from the output activation when omitted (softmax/sigmoid: classification).
+        A sequence or dict gives one per model output.
+    outputs : {"probs", "logits"}, optional
+        What a classifier returns; detected when omitted. With logits, softmax is applied per pass
+        before averaging.
+    heteroscedastic : {"log_variance", "variance", "std", "softplus_std"}, optional
+        Declares a Gaussian regression head: the last axis holds a mean half and a
+        variance-parameter half in this parameterisation (see :mod:`mcdrop.heads`).
+    mask : {"consistent", "per_example"}, default "consistent"
+        Consistent masks share pass t's noise across all inputs (one draw of the network per pass:
+        BatchBALD and joint predictions need it). ``"per_example"`` draws independent noise per
+        input, as Keras does in training.
+    gaussian_noise : bool, default False
+        Also make ``GaussianNoise`` layers stochastic.
+    allow_deterministic : bool, default False
+        Accept a model with no stochastic layer (all passes then agree). Off by default, since it
+        is usually a mistake that would silently report zero uncertainty.
+    batch_size, passes_per_chunk : int, optional
+        Rows and passes per compiled call; chosen under ``memory_budget`` when omitted.
+    memory_budget : int, default 512 MiB
+        Bytes of activations a compiled call may hold.
+    run_eagerly : bool, default False
+        Run the step without ``tf.function`` (debugging).
+    verbose : {"auto", 0, 1}, default "auto"
+        Progress bar: 1 always, 0 never, "auto" when stderr is a terminal and there is more than
+        one chunk.
+    strategy : tf.distribute.Strategy, optional
+        Split each chunk's rows across the strategy's replicas (e.g. ``MirroredStrategy`` over
+        several GPUs). With a seed, results equal single-device results.
+
+    Examples
+    --------
+    >>> mc = MCDropout(model, num_samples=50, seed=0)          # doctest: +SKIP
+    >>> pred = mc.predict(x_test)                                # doctest: +SKIP
+    >>> pred.mean.shape, pred.mutual_information.shape           # doctest: +SKIP
+    ((360, 10), (360,))
+    """
+
+    def __init__(self, model, num_samples: int = 50, seed: int | None = None, *, task=None, outputs=None,
+                 heteroscedastic=None, mask: str = "consistent", gaussian_noise: bool = False,
+                 allow_deterministic: bool = False, batch_size: int | None = None,
+                 passes_per_chunk: int | None = None, memory_budget: int = _DEFAULT_BUDGET,
+                 run_eagerly: bool = False, verbose="auto", strategy=None):
+        if not isinstance(model, keras.Model):
+            raise invalid("model", "a keras.Model (Keras 3)", model, error=TypeError)
+        self.model = model
+        self.num_samples = check_int(num_samples, "num_samples", minimum=1)
+        if seed is not None:
+            seed = check_int(seed, "seed", minimum=0)
+        self.seed = seed
+        self.mask = check_choice(mask, "mask", MASK_MODES)
+        self.batch_size = None if batch_size is None else check_int(batch_size, "batch_size", minimum=1)
+        self.passes_per_chunk = (None if passes_per_chunk is None
+                                 else check_int(passes_per_chunk, "passes_per_chunk", minimum=1))
+        self.memory_budget = check_int(memory_budget, "memory_budget", minimum=1)
+        self.verbose = check_choice(verbose, "verbose", ("auto", 0, 1, True, False))
+        if strategy is not None and not isinstance(strategy, tf.distribute.Strategy):
+            raise invalid("strategy", "a tf.distribute.Strategy", strategy, error=TypeError)
+        self.view = build_view(model, gaussian_noise=bool(gaussian_noise))
+        if not self.view.is_stochastic and not allow_deterministic:
+            raise invalid(
+                "model", "a model with at least one stochastic layer (Dropout, SpatialDropout*, "
+                "GaussianDropout, AlphaDropout, RNN dropout/recurrent_dropout, MultiHeadAttention dropout) "
+                "with a rate > 0", model,
+                detail="Every pass would be identical. Pass allow_deterministic=True to accept this.",
+            )
+        self._spec = _inputs.input_spec(model)
+        self._activations = output_activations(model)
+        self._head_args = self._check_head_args(task, outputs, heteroscedastic)
+        self._heads = None  # decided on the first outputs when the graph cannot tell
+        self.sampler = CompiledSampler(model, self.view, mask=self.mask, run_eagerly=bool(run_eagerly),
+                                       strategy=strategy)
+        self._widest = widest_activation(model)
+
+    # -- configuration -------------------------------------------------------------------------------
+    def _per_output(self, value, name, n_outputs):
+        if isinstance(value, dict):
+            names = self._output_names()
+            missing = [k for k in names if k not in value]
+            if missing:
+                raise invalid(name, f"a value for every model output {names}", value)
+            return [value[k] for k in names]
+        if isinstance(value, (list, tuple)):
+            if len(value) != n_outputs:
+                raise invalid(name, f"one value per model output ({n_outputs})", value)
+            return list(value)
+        return [value] * n_outputs
+
+    def _output_names(self):
+        structure = getattr(self.model, "_outputs_struct", None)
+        if isinstance(structure, dict):
+            return [path[0] for path, _ in tree.flatten_with_path(structure)]
+        return [getattr(t, "name", str(i)) for i, t in enumerate(getattr(self.model, "outputs", []) or [])]
+
+    def _check_head_args(self, task, outputs, heteroscedastic):
+        n = len(self._activations)
+        tasks = self._per_output(task, "task", n)
+        outs = self._per_output(outputs, "outputs", n)
+        hets = self._per_output(heteroscedastic, "heteroscedastic", n)
+        for t, o, h in zip(tasks, outs, hets):
+            if t is not None:
+                check_choice(t, "task", TASKS)
+            if o is not None:
+                check_choice(o, "outputs", OUTPUTS)
+            if h is not None:
+                check_choice(h, "heteroscedastic", HETEROSCEDASTIC)
+                if t == "classification":
+                    raise invalid("heteroscedastic", "None for task='classification'", h)
+            if o is not None and t == "regression":
+                raise invalid("outputs", "None for task='regression' (it describes class scores)", o)
+        return tasks, outs, hets
+
+    def _decide_heads(self, raw_outputs):
+        """Pick each output's head from what was stated, the graph, or (last) the values."""
+        tasks, outs, hets = self._head_args
+        if len(raw_outputs) != len(tasks):  # a model without a readable graph
+            tasks, outs, hets = (self._per_output(a[0] if len(set(map(repr, a))) == 1 else a, name,
+                                                  len(raw_outputs))
+                                 for a, name in zip(self._head_args, ("task", "outputs", "heteroscedastic")))
+            activations = [None] * len(raw_outputs)
+        else:
+            activations = self._activations
+        heads = []
+        for raw, task, out, het, act in zip(raw_outputs, tasks, outs, hets, activations):
+            looks_like_probs = _looks_like_probs(raw)
+            if task is None:
+                if het is not None or out is None and act not in (None, "softmax", "sigmoid"):
+                    task = "regression"
+                elif act in ("softmax", "sigmoid") or out is not None:
+                    task = "classification"
+                else:
+                    task = "classification" if looks_like_probs else "regression"
+            if task == "classification" and out is None:
+                if act in ("softmax", "sigmoid"):
+                    out = "probs"
+                elif act is None:
+                    out = "probs" if looks_like_probs else "logits"
+                else:
+                    out = "logits"
+            if task == "classification" and act == "sigmoid" and np.shape(raw)[-1] > 1 and out == "probs":
+                raise invalid("task", "'regression' (or a softmax head) for a multi-unit sigmoid output: "
+                              "independent multi-label probabilities are not a single class distribution",
+                              task)
+            heads.append(Head(task, out if task == "classification" else None, het))
+        return heads
+
+    # -- running ---------------------------------------------------------------------------------------
+    def _seed_pair(self):
+        seed = self.seed if self.seed is not None else int(np.random.SeedSequence().entropy % (2**62))
+        return seed, np.array([seed % (2**62), 0x4D43_44524F50], dtype=np.int64)
+
+    def _plan(self, batch_size, num_rows):
+        """Rows per compiled call and passes per call; every call of one run has this shape."""
+        return plan_chunks(num_rows, self.num_samples, self._widest, self.memory_budget,
+                           batch_size or self.batch_size, self.passes_per_chunk)
+
+    def _progress(self, verbose, total):
+        from tqdm.auto import tqdm
+
+        verbose = self.verbose if verbose is None else verbose
+        if verbose == "auto":
+            show = sys.stderr.isatty() and (total is None or total > 1)
+        else:
+            show = bool(verbose)
+        return tqdm(total=total, disable=not show, desc="MC passes", unit="rows", leave=False)
+
+    def _pass_chunks(self, passes):
+        """Absolute pass indices per call; the last chunk is padded (its extra passes dropped) so
+        every call has the same number of passes."""
+        chunks = []
+        for start in range(0, self.num_samples, passes):
+            idx = np.arange(start, min(start + passes, self.num_samples))
+            valid = len(idx)
+            if valid < passes:
+                idx = np.concatenate([idx, np.full(passes - valid, idx[-1])])
+            chunks.append((idx, valid))
+        return chunks
+
+    def _run(self, x, *, batch_size, verbose, on_chunk):
+        """Stream blocks of rows through all pass chunks; call ``on_chunk(list of per-pass-chunk
+        outputs)`` once per block with the valid rows only. Returns the seed used."""
+        n = None if _inputs.is_streaming(x) else _count_rows(x)
+        rows, passes = self._plan(batch_size, n)
+        seed, seed_pair = self._seed_pair()
+        pass_chunks = self._pass_chunks(passes)
+        shapes = self._spec.shapes if self._spec is not None else None
+        size, warned = rows, False
+        with self._progress(verbose, n) as bar:
+            for block, structure, offset, valid in _inputs.iter_blocks(x, self._spec, rows):
+                start = 0
+                while start < valid:
+                    piece = _inputs.pad([a[start:start + size] for a in block], size)
+                    used = min(size, valid - start)
+                    try:
+                        outputs = [
+                            [o[:k, :used] for o in
+                             self._call(piece, structure, idx, seed_pair, offset + start, shapes)]
+                            for idx, k in pass_chunks
+                        ]
+                    except tf.errors.ResourceExhaustedError:  # back off: halve the rows, retry
+                        if size == 1:
+                            raise
+                        size = max(1, size // 2)
+                        if not warned:
+                            warnings.warn(f"mcdrop ran out of memory; retrying with {size} rows per call.",
+                                          ResourceWarning, stacklevel=3)
+                            warned = True
+                        continue
+                    on_chunk(outputs)
+                    start += used
+                    bar.update(used)
+        return seed
+
+    def _call(self, flat, structure, passes, seed_pair, offset, shapes):
+        try:
+            return self.sampler(flat, structure, passes, seed_pair, offset, shapes)
+        except tf.errors.ResourceExhaustedError:
+            raise
+        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as err:
+            if isinstance(err, ValueError) and str(err).startswith("Invalid value for argument"):
+                raise
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise invalid("x", "input the model can take", flat[0] if len(flat) == 1 else
+                          f"{len(flat)} arrays", detail=f"The model failed on it: {first}") from err
+
+    def sample(self, x, *, batch_size: int | None = None, verbose=None):
+        """The raw per-pass outputs, passes first: a numpy array (T, N, ...), or a list/dict of them for
+        a multi-output model. Logits stay logits."""
+        collected = []
+
+        def keep(per_pass_chunks):
+            collected.append([np.concatenate(arrays, axis=0) for arrays in zip(*per_pass_chunks)])
+
+        self._run(x, batch_size=batch_size, verbose=verbose, on_chunk=keep)
+        outputs = [np.concatenate(parts, axis=1) for parts in zip(*collected)]
+        for out in outputs:
+            bad = nonfinite_rows(out)
+            if bad:
+                raise _nonfinite_error(bad, out.shape[1])
+        return self._pack_outputs(outputs)
+
+    def predict(self, x, *, return_samples: bool | None = None, batch_size: int | None = None, verbose=None):
+        """Run T stochastic passes over ``x`` and summarise them.
+
+        Parameters
+        ----------
+        x : array-like, tf.Tensor, list/dict of them, tf.data.Dataset or iterable of batches
+        return_samples : bool, optional
+            Keep the per-pass outputs on the prediction (``samples``, (T, N, ...)). By default kept
+            for regression (the predictive mixture needs them) and not for classification, where
+            memory stays O(N·C).
+        batch_size : int, optional
+            Rows per compiled call (overrides the memory-budget choice).
+
+        Returns
+        -------
+        ClassificationPrediction or RegressionPrediction (a list/dict of them for multi-output models).
+        """
+        if return_samples is not None and not isinstance(return_samples, bool):
+            raise invalid("return_samples", "True, False or None", return_samples, error=TypeError)
+        chunk_predictions = []
+        state = {}
+
+        def summarise(per_pass_chunks):
+            if self._heads is None:
+                self._heads = self._decide_heads(per_pass_chunks[0])
+            accs = []
+            for i, head in enumerate(self._heads):
+                keep = return_samples if return_samples is not None else head.task == "regression"
+                accs.append(head.accumulator(keep_samples=keep,
+                                             provenance={"mask": self.mask, "seed": state.get("seed")}))
+            for outputs in per_pass_chunks:
+                for head, acc, raw in zip(self._heads, accs, outputs):
+                    bad = nonfinite_rows(raw)
+                    if bad:
+                        raise _nonfinite_error(bad, raw.shape[1])
+                    head.update(acc, raw)
+            chunk_predictions.append([acc.result() for acc in accs])
+
+        state["seed"] = None
+        seed = self._run(x, batch_size=batch_size, verbose=verbose, on_chunk=summarise)
+        if not chunk_predictions:
+            raise invalid("x", "at least one row", x)
+        joined = [concatenate(parts) for parts in zip(*chunk_predictions)]
+        import dataclasses
+
+        joined = [dataclasses.replace(p, seed=seed) for p in joined]
+        return self._pack_outputs(joined)
+
+    def _pack_outputs(self, flat):
+        if len(flat) == 1:
+            return flat[0]
+        structure = getattr(self.model, "_outputs_struct", None)
+        if isinstance(structure, dict):
+            return dict(zip(self._output_names(), flat))
+        return list(flat)
+
+    @property
+    def heads(self):
+        """How each output is read (decided on the first prediction when the graph cannot tell)."""
+        return self._heads
+
+    def __repr__(self) -> str:
+        return (f"MCDropout(model={self.model.name!r}, num_samples={self.num_samples}, seed={self.seed}, "
+                f"mask={self.mask!r}, stochastic=[{self.view.describe()}])")
+
+
+def _nonfinite_error(rows: int, total: int) -> ValueError:
+    return ValueError(
+        f"Invalid model output: {rows} of {total} row(s) of `x` gave NaN or infinite values in at least one "
+        "pass. Check the input values and the model's numerical stability."
+    )
+
+
+def _looks_like_probs(raw: np.ndarray) -> bool:
+    raw = np.asarray(raw)
+    if raw.ndim < 3 or raw.shape[-1] < 2 or not np.all(np.isfinite(raw)):
+        return False
+    return bool(np.all(raw >= -1e-6) and np.all(raw <= 1 + 1e-6)
+                and np.allclose(raw.sum(axis=-1), 1.0, atol=1e-4))
+
+
+def _count_rows(x) -> int | None:
+    leaves = tree.flatten(x) if isinstance(x, (dict, list, tuple)) else [x]
+    for leaf in leaves:
+        shape = getattr(leaf, "shape", None)
+        if shape is not None and len(shape):
+            return int(shape[0])
+    return None

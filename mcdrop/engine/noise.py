@@ -1,0 +1,141 @@
+"""Keyed noise for the stochastic layers, drawn inside the compiled sampler.
+
+Inside a sampling step the batch is flattened pass-major: a tensor of ``n`` rows
+under ``Tc`` passes has ``Tc * n`` rows, row ``t * n + i`` being input ``i`` in the
+chunk's ``t``-th pass. Each stochastic call site draws its noise from a stateless
+random stream keyed by ``(seed, site, absolute pass index)``:
+
+* ``consistent`` masks have no batch dimension — shape ``(Tc, 1, *features)`` —
+  so pass ``t`` is one draw of the network shared by every input, and an input's
+  samples do not depend on which other inputs share its batch, on chunk sizes or
+  on call order;
+* ``per_example`` masks add the row: shape ``(Tc, n, *features)``, keyed also by
+  the chunk's first row, as Keras' own layers draw independent per-element noise.
+
+Keying by the absolute pass index means that asking for more passes extends the
+same draws: the first 50 of 100 passes equal the 50 passes of a 50-pass run.
+"""
+
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+__all__ = ["PassContext"]
+
+
+class PassContext:
+    """What a sampling step knows while it is traced: the passes, the rows, the seed.
+
+    Parameters
+    ----------
+    passes : int32 tensor of shape (Tc,)
+        Absolute indices of the passes in this chunk.
+    rows : int32 scalar tensor
+        ``n``, the number of input rows in this chunk.
+    seed : int64 tensor of shape (2,)
+        The base key of the stream.
+    row_offset : int64 scalar tensor
+        Index of the chunk's first row in the whole input (per-example masks only).
+    mask : {"consistent", "per_example"}
+    """
+
+    def __init__(self, passes, rows, seed, row_offset, mask: str):
+        self.passes = passes
+        self.num_passes = tf.shape(passes)[0]
+        self.rows = rows
+        self.seed = seed
+        self.row_offset = row_offset
+        self.mask = mask
+        self._site = 0
+
+    # -- streams ---------------------------------------------------------------------------------
+    def _next_site(self) -> int:
+        site = self._site
+        self._site += 1
+        return site
+
+    def _draw(self, sampler, features, dtype):
+        """Draw ``(Tc, m, *features)`` noise, one stateless stream per pass of this site."""
+        site_key = tf.random.experimental.stateless_fold_in(self.seed, self._next_site())
+        per_example = self.mask == "per_example"
+        shape = tf.concat([[self.rows] if per_example else [1], features], axis=0)
+
+        def one_pass(t):
+            key = tf.random.experimental.stateless_fold_in(site_key, tf.cast(t, tf.int64))
+            if per_example:
+                key = tf.random.experimental.stateless_fold_in(key, self.row_offset)
+            return sampler(shape, key, dtype)
+
+        return tf.map_fn(one_pass, self.passes, fn_output_signature=dtype, parallel_iterations=16)
+
+    def uniform(self, features, dtype):
+        return self._draw(lambda s, k, d: tf.random.stateless_uniform(s, seed=k, dtype=d), features, dtype)
+
+    def normal(self, features, dtype):
+        return self._draw(lambda s, k, d: tf.random.stateless_normal(s, seed=k, dtype=d), features, dtype)
+
+    # -- layout ----------------------------------------------------------------------------------
+    def unflatten(self, x):
+        """(Tc * n, ...) → (Tc, n, ...)."""
+        return tf.reshape(x, tf.concat([[self.num_passes, self.rows], tf.shape(x)[1:]], axis=0))
+
+    def flatten(self, x):
+        """(Tc, n, ...) → (Tc * n, ...)."""
+        return tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], axis=0))
+
+    def tile(self, x):
+        """A deterministic (n, ...) tensor broadcast over the passes: (Tc * n, ...), pass-major."""
+        multiples = tf.concat([[self.num_passes], tf.ones([tf.rank(x) - 1], tf.int32)], axis=0)
+        return tf.tile(x, multiples)
+
+    # -- the noise of each layer family ----------------------------------------------------------
+    def dropout(self, x, rate: float, noise_features=None):
+        """Inverted dropout: keep with probability ``1 - rate``, scale kept units by ``1/(1-rate)``.
+
+        ``noise_features`` is the non-batch noise shape (1 where the mask is shared along an
+        axis, as for spatial dropout); the input's own shape when None.
+        """
+        features = tf.shape(x)[1:] if noise_features is None else noise_features
+        keep = tf.cast(self.uniform(features, x.dtype) >= rate, x.dtype)
+        return self.flatten(self.unflatten(x) * keep * tf.cast(1.0 / (1.0 - rate), x.dtype))
+
+    def gaussian_dropout(self, x, rate: float):
+        """Multiplicative noise :math:`\\mathcal N(1, rate / (1 - rate))`."""
+        stddev = math.sqrt(rate / (1.0 - rate))
+        noise = 1.0 + tf.cast(stddev, x.dtype) * self.normal(tf.shape(x)[1:], x.dtype)
+        return self.flatten(self.unflatten(x) * noise)
+
+    def alpha_dropout(self, x, rate: float, noise_features=None):
+        """Alpha dropout (Klambauer et al. 2017): dropped units set to the SELU saturation value,
+        then an affine map restoring mean and variance."""
+        alpha = 1.6732632423543772848170429916717
+        scale = 1.0507009873554804934193349852946
+        alpha_p = -alpha * scale
+        features = tf.shape(x)[1:] if noise_features is None else noise_features
+        keep = tf.cast(self.uniform(features, x.dtype) >= rate, x.dtype)
+        a = ((1.0 - rate) * (1.0 + rate * alpha_p**2)) ** -0.5
+        b = -a * alpha_p * rate
+        xs = self.unflatten(x)
+        out = tf.cast(a, x.dtype) * (xs * keep + tf.cast(alpha_p, x.dtype) * (1.0 - keep)) + tf.cast(b, x.dtype)
+        return self.flatten(out)
+
+    def gaussian_noise(self, x, stddev: float):
+        """Additive noise :math:`\\mathcal N(0, stddev^2)` (only when the user opts in)."""
+        noise = tf.cast(stddev, x.dtype) * self.normal(tf.shape(x)[1:], x.dtype)
+        return self.flatten(self.unflatten(x) + noise)
+
+    def rnn_mask(self, step_input, rate: float, count: int | None):
+        """A recurrent-dropout mask for a step input of shape (Tc * n, units), fixed over time
+        steps (Gal & Ghahramani 2016); ``count`` independent masks when the cell asks for one per gate."""
+
+        def one():
+            keep = tf.cast(self.uniform(tf.shape(step_input)[1:], step_input.dtype) >= rate, step_input.dtype)
+            keep = keep * tf.cast(1.0 / (1.0 - rate), step_input.dtype)
+            full = tf.broadcast_to(keep, tf.concat([[self.num_passes, self.rows], tf.shape(step_input)[1:]], 0))
+            return self.flatten(full)
+
+        if count is None:
+            return one()
+        return [one() for _ in range(count)]

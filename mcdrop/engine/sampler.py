@@ -1,0 +1,172 @@
+"""The compiled sampler: one traced function per model and input signature.
+
+A call takes a chunk of rows and a range of absolute pass indices and returns the
+per-pass outputs, shaped (T_chunk, n, ...). The batch dimension and the number of
+passes are left unknown in the signature, so a new batch size or a shorter last
+pass chunk does not retrace. ``run_eagerly`` runs the same Python step without
+``tf.function``, for debugging.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from mcdrop.engine.graph import has_graph, run_model
+from mcdrop.engine.noise import PassContext
+from mcdrop.engine.view import StochasticView, patched
+
+__all__ = ["CompiledSampler", "plan_chunks", "widest_activation", "DEFAULT_BLOCK_ROWS"]
+
+#: Bytes of live activations budgeted per (row × pass × activation unit): the widest activation,
+#: its input and a temporary, in float32.
+_BYTES_PER_UNIT = 4 * 3
+
+
+def widest_activation(model) -> int:
+    """Largest number of values per row among the model's intermediate tensors (graph models),
+    or a conservative guess from inputs and outputs (models without a graph)."""
+    widest = 1
+    functional = getattr(model, "_functional", None) if isinstance(model, keras.Sequential) else model
+    nodes = getattr(functional, "_nodes_by_depth", None) if functional is not None else None
+    if nodes:
+        for depth_nodes in nodes.values():
+            for node in depth_nodes:
+                for t in node.outputs:
+                    dims = [d if d is not None else 64 for d in tuple(t.shape)[1:]]
+                    widest = max(widest, math.prod(dims) if dims else 1)
+        return widest
+    for t in list(getattr(model, "inputs", None) or []) + list(getattr(model, "outputs", None) or []):
+        dims = [d if d is not None else 64 for d in tuple(t.shape)[1:]]
+        widest = max(widest, math.prod(dims) if dims else 1)
+    return max(widest * 8, 1024)
+
+
+#: Default rows per compiled call. Every call is padded to the same number of rows (so results do
+#: not depend on how rows arrive); a moderate block keeps the padding of small inputs cheap while
+#: T passes per row still give the kernels thousands of rows to work on.
+DEFAULT_BLOCK_ROWS = 128
+
+
+def plan_chunks(num_rows: int | None, num_samples: int, widest: int, memory_budget: int,
+                batch_size: int | None = None, passes_per_chunk: int | None = None) -> tuple[int, int]:
+    """Rows per compiled call and passes per call under ``memory_budget`` bytes of activations.
+
+    All T passes go in one call whenever a few rows fit under all of them (then the layers no noise
+    reaches run exactly once per row); passes are chunked only when even 8 rows under all T passes
+    would exceed the budget. Explicit sizes win.
+
+    Every call of one ``predict`` has the same number of rows (the last block is padded). When the
+    number of rows ``num_rows`` is known, the blocks are balanced (``ceil(N / k)`` rows for the
+    fewest blocks ``k`` under the cap), so padding wastes fewer than ``k`` rows.
+    """
+    units = max(1, memory_budget // (widest * _BYTES_PER_UNIT))  # row-passes that fit
+    if passes_per_chunk is None:
+        passes_per_chunk = num_samples if units // num_samples >= 8 else max(1, units // 8)
+    passes_per_chunk = min(passes_per_chunk, num_samples)
+    if batch_size is None:
+        cap = max(1, min(units // passes_per_chunk, DEFAULT_BLOCK_ROWS))
+        if num_rows:
+            blocks = -(-num_rows // cap)
+            batch_size = -(-num_rows // blocks)
+        else:
+            batch_size = cap
+    return int(batch_size), int(passes_per_chunk)
+
+
+class CompiledSampler:
+    """Per-pass outputs of a model under keyed noise, traced once per input signature."""
+
+    def __init__(self, model, view: StochasticView, *, mask: str, run_eagerly: bool = False, strategy=None):
+        self.model = model
+        self.view = view
+        self.mask = mask
+        self.run_eagerly = run_eagerly
+        self.strategy = strategy
+        self._stochastic_ids = view.stochastic_ids
+        self._functions = {}
+        self.traces = 0  # how many times a step was traced (tests watch for retracing)
+
+    def _step(self, flat_inputs, structure, passes, seed, row_offset):
+        self.traces += 1
+        rows = tf.shape(flat_inputs[0])[0]
+        ctx = PassContext(passes, rows, seed, row_offset, self.mask)
+        with patched(self.view, ctx):
+            outputs = run_model(self.model, flat_inputs, structure, ctx, self._stochastic_ids)
+        return [ctx.unflatten(o) for o in outputs]
+
+    def _signature(self, flat, spec_shapes):
+        specs = []
+        for i, a in enumerate(flat):
+            declared = spec_shapes[i] if spec_shapes is not None else None
+            shape = (None, *(declared if declared is not None else tuple(a.shape[1:])))
+            specs.append(tf.TensorSpec(shape, tf.as_dtype(a.dtype)))
+        return specs
+
+    def function(self, flat, structure, spec_shapes=None):
+        specs = self._signature(flat, spec_shapes)
+        key = (tuple((s.shape.as_list().__repr__(), s.dtype.name) for s in specs), repr(tf.nest.map_structure(
+            lambda _: 0, structure)) if structure is not None else None)
+        if key not in self._functions:
+            def step(flat_inputs, passes, seed, row_offset):
+                return self._step(list(flat_inputs), structure, passes, seed, row_offset)
+
+            if self.run_eagerly:
+                fn = step
+            else:
+                fn = tf.function(step, input_signature=[
+                    specs,
+                    tf.TensorSpec([None], tf.int32),
+                    tf.TensorSpec([2], tf.int64),
+                    tf.TensorSpec([], tf.int64),
+                ], reduce_retracing=True)
+            self._functions[key] = fn
+        return self._functions[key]
+
+    def __call__(self, flat, structure, passes: np.ndarray, seed: np.ndarray, row_offset: int,
+                 spec_shapes=None) -> list[np.ndarray]:
+        fn = self.function(flat, structure, spec_shapes)
+        args = (
+            [tf.convert_to_tensor(a) for a in flat],
+            tf.constant(passes, tf.int32),
+            tf.constant(seed, tf.int64),
+            tf.constant(row_offset, tf.int64),
+        )
+        if self.strategy is not None:
+            outputs = _run_replicated(self.strategy, fn, args)
+        else:
+            outputs = fn(*args)
+        return [np.asarray(o) for o in outputs]
+
+    @property
+    def uses_graph(self) -> bool:
+        return has_graph(self.model)
+
+
+def _run_replicated(strategy, fn, args):
+    """Split the rows of a chunk across the strategy's replicas and join the per-pass outputs.
+
+    Keyed noise does not depend on which rows share a batch, so each replica's rows get
+    exactly the noise they would get on one device.
+    """
+    flat, passes, seed, row_offset = args
+    replicas = strategy.num_replicas_in_sync
+    n = int(flat[0].shape[0])
+    bounds = np.linspace(0, n, replicas + 1).astype(int)
+
+    def value_fn(ctx):
+        i = ctx.replica_id_in_sync_group
+        return [a[bounds[i]:bounds[i + 1]] for a in flat], row_offset + int(bounds[i])
+
+    per_replica = strategy.experimental_distribute_values_from_function(value_fn)
+
+    def replica_step(inputs):
+        rows, offset = inputs
+        return fn(rows, passes, seed, offset)
+
+    result = strategy.run(replica_step, args=(per_replica,))
+    parts = [strategy.experimental_local_results(r) for r in result]
+    return [tf.concat([tf.convert_to_tensor(p) for p in part], axis=1) for part in parts]

@@ -1,0 +1,119 @@
+"""Turn a model's raw per-pass outputs into what the accumulators take (numpy only).
+
+A *head* says how to read one model output, shaped ``(T, N, ...)``:
+
+=====================  =========================================================
+classification, probs  softmax rows as they are; one sigmoid unit p → [1 - p, p]
+classification, logits softmax per pass (one unit: sigmoid) — probabilities are
+                       averaged over passes, never logits
+regression             the outputs are the per-pass means
+regression, Gaussian   the last axis holds a mean half and a variance-parameter
+                       half; ``heteroscedastic`` names the parameterisation
+=====================  =========================================================
+
+Supported Gaussian-head parameterisations (second half ``s`` of the last axis):
+
+* ``"log_variance"``: σ² = exp(s)   (Kendall & Gal 2017)
+* ``"variance"``: σ² = s            (must be ≥ 0)
+* ``"std"``: σ² = s²
+* ``"softplus_std"``: σ² = softplus(s)², σ = log(1 + exp(s))   (Lakshminarayanan et al. 2017)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from mcdrop._validation import check_choice, invalid
+from mcdrop.accumulators import ClassificationAccumulator, RegressionAccumulator
+
+__all__ = ["Head", "HETEROSCEDASTIC", "TASKS", "OUTPUTS"]
+
+TASKS = ("classification", "regression")
+OUTPUTS = ("probs", "logits")
+HETEROSCEDASTIC = ("log_variance", "variance", "std", "softplus_std")
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    return np.where(x >= 0, 1.0 / (1.0 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1.0 + np.exp(-np.abs(x))))
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+    """How to read one model output."""
+
+    task: str
+    outputs: str | None = None  # classification only
+    heteroscedastic: str | None = None  # regression only
+
+    def __post_init__(self):
+        check_choice(self.task, "task", TASKS)
+        if self.task == "classification":
+            check_choice(self.outputs, "outputs", OUTPUTS)
+            if self.heteroscedastic is not None:
+                raise invalid("heteroscedastic", "None for a classification model (a Gaussian head is a "
+                              "regression head)", self.heteroscedastic)
+        elif self.heteroscedastic is not None:
+            check_choice(self.heteroscedastic, "heteroscedastic", HETEROSCEDASTIC)
+
+    def accumulator(self, *, keep_samples: bool, provenance: dict):
+        if self.task == "classification":
+            return ClassificationAccumulator(keep_samples=keep_samples,
+                                             provenance={**provenance, "outputs": self.outputs})
+        return RegressionAccumulator(heteroscedastic=self.heteroscedastic is not None,
+                                     keep_samples=keep_samples, provenance=provenance)
+
+    def update(self, accumulator, raw: np.ndarray) -> None:
+        """Feed one chunk of raw per-pass outputs (T_chunk, n, ...) to ``accumulator``."""
+        if self.task == "classification":
+            accumulator.update(self.probabilities(raw))
+        else:
+            accumulator.update(*self.gaussian(raw))
+
+    def probabilities(self, raw: np.ndarray) -> np.ndarray:
+        """Per-pass class probabilities (T, n, C) from raw outputs."""
+        raw = np.asarray(raw)
+        if raw.ndim == 2:
+            raw = raw[..., None]
+        if raw.shape[-1] == 1:
+            p = _sigmoid(raw) if self.outputs == "logits" else raw.astype(np.float64)
+            if self.outputs == "probs" and (np.any(p < -1e-6) or np.any(p > 1 + 1e-6)):
+                raise invalid("outputs", "'probs' outputs in [0, 1] for a single sigmoid unit", raw,
+                              detail="Pass outputs='logits' if the model returns unnormalised scores.")
+            p = np.clip(p, 0.0, 1.0)
+            return np.concatenate([1.0 - p, p], axis=-1)
+        return _softmax(raw) if self.outputs == "logits" else raw
+
+    def gaussian(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per-pass means and (for a Gaussian head) variances, each (T, n, D)."""
+        raw = np.asarray(raw)
+        if raw.ndim == 2:
+            raw = raw[..., None]
+        if self.heteroscedastic is None:
+            return raw, None
+        if raw.shape[-1] % 2:
+            raise invalid("heteroscedastic", "a model output with a mean half and a variance half (an even "
+                          "number of units on the last axis)", raw)
+        d = raw.shape[-1] // 2
+        mean, s = raw[..., :d], raw[..., d:].astype(np.float64)
+        if self.heteroscedastic == "log_variance":
+            var = np.exp(s)
+        elif self.heteroscedastic == "variance":
+            if np.any(s < 0):
+                raise invalid("heteroscedastic", "'variance' outputs >= 0 (use 'log_variance' or "
+                              "'softplus_std' for unconstrained outputs)", self.heteroscedastic)
+            var = s
+        elif self.heteroscedastic == "std":
+            var = s * s
+        else:
+            var = np.logaddexp(0.0, s) ** 2
+        return mean, var

@@ -1,0 +1,390 @@
+"""Safe loading of models and arrays, and atomic writing of results.
+
+Used by the command line, and reusable by any code that reads files it did not
+write or must never leave a half-written output behind.
+
+Loading
+    * :func:`load_model` opens a Keras model in Keras' *safe mode* (no deserialised
+      Python code, such as a ``Lambda`` layer's bytecode, is run) unless
+      ``unsafe=True``. It reads ``.keras`` files, legacy ``.h5`` files and
+      TensorFlow SavedModel folders (as an inference-only ``keras.layers.TFSMLayer``).
+      Only local paths are accepted: nothing is fetched from the network.
+    * :func:`load_array` / :func:`load_arrays` read ``.npy`` and ``.npz`` files with
+      ``allow_pickle=False`` (an object array is refused, never unpickled) and
+      ``.csv`` files with numpy's text reader.
+
+Writing
+    * :func:`atomic_write` yields a temporary file in the destination's folder and
+      renames it over the destination with :func:`os.replace` only when the block
+      finished without an exception; on failure the temporary file is removed and an
+      existing destination is left as it was.
+    * :func:`staged_directory` does the same for a set of files written into one
+      output folder: they are written to a hidden staging folder beside it and moved
+      in, each with :func:`os.replace`, only when all of them were written.
+
+Every failure raises :class:`InputError` (a ``ValueError``) whose message names the
+argument and the value received, in the package's one message shape.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import numpy as np
+
+from mcdrop._validation import invalid
+
+__all__ = [
+    "InputError",
+    "MODEL_SUFFIXES",
+    "ARRAY_SUFFIXES",
+    "load_model",
+    "load_array",
+    "load_arrays",
+    "atomic_write",
+    "staged_directory",
+    "save_npz",
+    "save_json",
+    "save_text",
+    "save_csv",
+]
+
+#: File suffixes :func:`load_model` reads (a SavedModel is a folder, named freely).
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+#: File suffixes :func:`load_array` reads.
+ARRAY_SUFFIXES = (".npy", ".npz", ".csv")
+
+
+class InputError(ValueError):
+    """A file could not be read as asked: missing, of an unknown format, unreadable or unsafe."""
+
+
+def _error(name: str, expected: str, value: Any, detail: str | None = None) -> InputError:
+    return invalid(name, expected, str(value), detail=detail, error=InputError)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of an exception's message, for quoting inside our own message."""
+    text = str(exc).strip().splitlines()
+    return text[0].strip() if text else type(exc).__name__
+
+
+def _existing(path: Any, name: str) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise invalid(name, "a path", path, error=TypeError)
+    path = Path(path)
+    if not path.exists():
+        raise _error(name, "an existing file or folder", path, "No such file or folder.")
+    return path
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _is_saved_model(path: Path) -> bool:
+    return path.is_dir() and (
+        (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file()
+    )
+
+
+def load_model(path, *, unsafe: bool = False, name: str = "model"):
+    """Load a Keras model from a local file or folder, in safe mode by default.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A Keras 3 ``.keras`` file (or an unzipped ``.keras`` folder holding
+        ``config.json``), a legacy ``.h5``/``.hdf5`` file, or a TensorFlow SavedModel
+        folder (``saved_model.pb`` inside).
+    unsafe : bool, default False
+        Allow deserialising Python code (``Lambda`` layers). Only for files you trust:
+        loading such a file can run arbitrary code.
+    name : str, default "model"
+        The argument name used in error messages.
+
+    Returns
+    -------
+    keras.Model
+        Uncompiled. A SavedModel comes back as a one-layer functional model around a
+        ``keras.layers.TFSMLayer``: it predicts, but its dropout layers are baked into
+        a traced graph in inference mode, so Monte Carlo dropout cannot switch them on
+        (the engine then reports that the model has no stochastic layer). Re-save
+        such a model as ``.keras`` to use it with :class:`mcdrop.MCDropout`.
+
+    Raises
+    ------
+    InputError
+        The path is missing, of an unknown format, unreadable, or needs ``unsafe``.
+    """
+    path = _existing(path, name)
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return _load_keras(path, unsafe=unsafe, name=name)
+        if _is_saved_model(path):
+            return _load_saved_model(path, name=name)
+        raise _error(name, "a .keras or .h5 file or a SavedModel folder", path,
+                     "The folder holds neither saved_model.pb nor a Keras config.json.")
+    if suffix not in MODEL_SUFFIXES:
+        raise _error(name, "a .keras or .h5 file or a SavedModel folder", path,
+                     f"Unknown model format {suffix or '(no suffix)'!r}.")
+    return _load_keras(path, unsafe=unsafe, name=name)
+
+
+def _load_keras(path: Path, *, unsafe: bool, name: str):
+    import keras
+
+    if path.suffix.lower() == ".keras" and path.is_file() and not zipfile.is_zipfile(path):
+        raise _error(name, "a readable Keras model", path, "It is not a .keras (zip) archive.")
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = keras.saving.load_model(str(path), compile=False, safe_mode=not unsafe)
+    except Exception as exc:  # Keras raises many types for a bad file; all mean "unreadable"
+        text = _one_line(exc)
+        if "safe_mode" in str(exc):
+            raise _error(
+                name, "a model that loads in safe mode", path,
+                "It holds Python code (e.g. a Lambda layer), which safe mode does not run; "
+                "pass unsafe=True (--unsafe on the command line) only if you trust the file.",
+            ) from None
+        raise _error(name, "a readable Keras model", path, f"Keras could not load it: {text}") from None
+    if not isinstance(model, keras.Model):
+        raise _error(name, "a Keras model", path, f"The file holds a {type(model).__name__}.")
+    return model
+
+
+def _load_saved_model(path: Path, *, name: str):
+    import keras
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
+            specs = _saved_model_input_specs(layer.call_endpoint_fn)
+            if len(specs) != 1:
+                raise ValueError(f"the serving signature takes {len(specs)} inputs; one is supported")
+            (spec,) = specs
+            inputs = keras.Input(shape=tuple(spec.shape[1:]), dtype=spec.dtype.name)
+            outputs = layer(inputs)
+            if isinstance(outputs, Mapping):
+                if len(outputs) != 1:
+                    raise ValueError(f"the serving signature returns {len(outputs)} outputs; one is supported")
+                outputs = next(iter(outputs.values()))
+            return keras.Model(inputs, outputs, name=path.name or "saved_model")
+    except Exception as exc:
+        raise _error(name, "a loadable SavedModel folder", path,
+                     f"TensorFlow could not load it: {_one_line(exc)}") from None
+
+
+def _saved_model_input_specs(fn):
+    """The TensorSpecs of a serving endpoint's inputs."""
+    args, kwargs = fn.structured_input_signature
+    return [*args, *kwargs.values()]
+
+
+# --------------------------------------------------------------------------- arrays
+
+
+def load_arrays(path, *, name: str = "data") -> dict[str, np.ndarray]:
+    """Every array of a ``.npz`` file by key; a ``.npy`` or ``.csv`` file as ``{"arr_0": ...}``.
+
+    Nothing is unpickled: an object array raises :class:`InputError`.
+    """
+    path = _existing(path, name)
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        raise _error(name, "a .npy, .npz or .csv file", path, "It is a folder.")
+    if suffix not in ARRAY_SUFFIXES:
+        raise _error(name, "a .npy, .npz or .csv file", path,
+                     f"Unknown array format {suffix or '(no suffix)'!r}.")
+    if suffix == ".csv":
+        return {"arr_0": _load_csv(path, name)}
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            return {"arr_0": loaded}
+        with loaded:
+            return {key: loaded[key] for key in loaded.files}
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise _error(name, "numeric arrays", path,
+                         "It holds Python objects, which are not loaded (no pickle).") from None
+        raise _error(name, f"a readable {suffix} file", path, _one_line(exc)) from None
+    except Exception as exc:  # zipfile.BadZipFile, OSError, EOFError, ...
+        raise _error(name, f"a readable {suffix} file", path, _one_line(exc)) from None
+
+
+def load_array(path, *, key: str | None = None, name: str = "data") -> np.ndarray:
+    """One numeric array from a ``.npy``, ``.npz`` or ``.csv`` file.
+
+    For a ``.npz`` holding several arrays, ``key`` chooses one; without it the file
+    must hold exactly one array, or one named ``x``. A ``.csv`` file is read with
+    ``numpy.loadtxt`` (comma separated, one header line skipped when it is not
+    numeric); a single column comes back with shape (N,).
+    """
+    arrays = load_arrays(path, name=name)
+    if key is not None:
+        if key not in arrays:
+            raise invalid("key", f"one of the arrays in {Path(path).name} ({', '.join(sorted(arrays))})",
+                          key, error=InputError)
+        array = arrays[key]
+    elif len(arrays) == 1:
+        (array,) = arrays.values()
+    elif "x" in arrays:
+        array = arrays["x"]
+    else:
+        raise _error(name, "a file with one array, or an array named 'x'", path,
+                     f"It holds {len(arrays)} arrays ({', '.join(sorted(arrays))}); choose one with a key.")
+    if array.dtype.kind not in "biuf":
+        raise _error(name, "a numeric array", path, f"Its dtype is {array.dtype}.")
+    return array
+
+
+def _load_csv(path: Path, name: str) -> np.ndarray:
+    def read(skip: int) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # an empty file warns in numpy; treat it as an error
+            return np.loadtxt(path, delimiter=",", skiprows=skip, dtype=np.float64, ndmin=2)
+
+    try:
+        try:
+            data = read(0)
+        except ValueError:
+            data = read(1)  # a header line
+    except Exception as exc:
+        raise _error(name, "a numeric .csv file", path, _one_line(exc)) from None
+    if data.size == 0:
+        raise _error(name, "a non-empty .csv file", path)
+    if data.shape[1] == 1:
+        data = data[:, 0]
+    if np.all(data == np.round(data)) and np.all(np.abs(data) < 2**53):
+        return data.astype(np.int64)
+    return data
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode: str = "wb", **open_kwargs) -> Iterator[Any]:
+    """Write ``path`` all or nothing.
+
+    Yields a file object for a temporary file in the same folder (so the final
+    :func:`os.replace` is a rename on one file system, atomic on POSIX). If the block
+    raises, the temporary file is removed and ``path`` is untouched.
+
+    >>> import os, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> with atomic_write(os.path.join(folder, "a.txt"), "w") as f:
+    ...     _ = f.write("done")
+    >>> sorted(os.listdir(folder))
+    ['a.txt']
+    """
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise _error("out", "a path in an existing folder", path, f"No such folder: {folder}.")
+    if path.is_dir():
+        raise _error("out", "a file path", path, "It is a folder.")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **open_kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def staged_directory(path) -> Iterator[Path]:
+    """Write a set of output files into folder ``path`` all or nothing.
+
+    Yields a hidden staging folder beside ``path``; write the files there. When the
+    block finishes, ``path`` is created if needed and each file is moved in with
+    :func:`os.replace` (replacing a file of the same name). If the block raises,
+    the staging folder is deleted and ``path`` is left as it was.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise _error("out", "a folder", path, "A file of that name exists.")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise _error("out", "a folder whose parent exists", path, f"No such folder: {parent}.")
+    stage = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield stage
+        path.mkdir(exist_ok=True)
+        for item in sorted(stage.rglob("*")):
+            if item.is_dir():
+                continue
+            target = path / item.relative_to(stage)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(item, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def save_npz(path, arrays: Mapping[str, Any], *, compressed: bool = True) -> None:
+    """Save arrays to a ``.npz`` atomically (exactly at ``path``: no suffix is added)."""
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    for key, value in arrays.items():
+        if value.dtype == object:
+            raise invalid(f"arrays[{key!r}]", "a numeric or string array", value)
+    with atomic_write(path, "wb") as handle:
+        (np.savez_compressed if compressed else np.savez)(handle, **arrays)
+
+
+def save_json(path, obj: Any) -> None:
+    """Save ``obj`` as indented JSON atomically (numpy scalars and arrays converted)."""
+    text = json.dumps(obj, indent=2, default=_json_default, allow_nan=True)
+    save_text(path, text + "\n")
+
+
+def save_text(path, text: str) -> None:
+    """Save a string as UTF-8 atomically."""
+    with atomic_write(path, "w", encoding="utf-8", newline="\n") as handle:
+        handle.write(text)
+
+
+def save_csv(path, columns: Mapping[str, Any]) -> None:
+    """Save equal-length columns as a CSV with a header line, atomically."""
+    names = list(columns)
+    arrays = [np.asarray(columns[n]).reshape(-1) for n in names]
+    if len({len(a) for a in arrays}) > 1:
+        raise invalid("columns", "columns of one length", {n: len(a) for n, a in zip(names, arrays)})
+    lines = [",".join(names)]
+    for row in zip(*arrays):
+        lines.append(",".join(_csv_cell(v) for v in row))
+    save_text(path, "\n".join(lines) + "\n")
+
+
+def _csv_cell(value: Any) -> str:
+    if isinstance(value, (np.integer, int)):
+        return str(int(value))
+    if isinstance(value, (np.floating, float)):
+        return repr(float(value))
+    return str(value)
+
+
+def _json_default(value: Any):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")

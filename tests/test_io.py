@@ -1,0 +1,221 @@
+"""Safe loading and atomic writing (mcdrop.io)."""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+from mcdrop import io
+
+
+def _listing(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+# --------------------------------------------------------------------------- arrays
+
+
+def test_npy_npz_and_csv_round_trip(tmp_path):
+    x = np.arange(12, dtype=np.float32).reshape(4, 3) / 7
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "one.npz", features=x)
+    np.savez(tmp_path / "many.npz", x=x, y=np.arange(4))
+    np.savetxt(tmp_path / "x.csv", x, delimiter=",")
+    np.savetxt(tmp_path / "header.csv", x, delimiter=",", header="a,b,c", comments="")
+
+    np.testing.assert_array_equal(io.load_array(tmp_path / "x.npy"), x)
+    np.testing.assert_array_equal(io.load_array(tmp_path / "one.npz"), x)
+    np.testing.assert_array_equal(io.load_array(tmp_path / "many.npz"), x)  # the array named x
+    np.testing.assert_array_equal(io.load_array(tmp_path / "many.npz", key="y"), np.arange(4))
+    np.testing.assert_allclose(io.load_array(tmp_path / "x.csv"), x, rtol=1e-6)
+    np.testing.assert_allclose(io.load_array(tmp_path / "header.csv"), x, rtol=1e-6)
+    assert sorted(io.load_arrays(tmp_path / "many.npz")) == ["x", "y"]
+
+
+def test_csv_single_column_of_integers_is_a_label_vector(tmp_path):
+    (tmp_path / "labels.csv").write_text("label\n3\n0\n2\n")
+    labels = io.load_array(tmp_path / "labels.csv")
+    assert labels.shape == (3,)
+    assert labels.dtype == np.int64
+    assert labels.tolist() == [3, 0, 2]
+
+
+def test_object_array_is_refused_not_unpickled(tmp_path):
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    with pytest.raises(io.InputError, match=r"argument `data`.*obj\.npy.*Python objects, which are not loaded"):
+        io.load_array(tmp_path / "obj.npy")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("missing.npy", None, r"expected an existing file or folder, received '.*missing\.npy'\. No such file"),
+        ("data.txt", b"1,2\n", r"expected a \.npy, \.npz or \.csv file.*Unknown array format '\.txt'"),
+        ("broken.npy", b"not numpy", r"expected a readable \.npy file"),
+        ("broken.npz", b"not a zip", r"expected a readable \.npz file"),
+        ("words.csv", b"a,b\nc,d\n", r"expected a numeric \.csv file"),
+        ("empty.csv", b"", r"expected a numeric \.csv file"),
+    ],
+)
+def test_unreadable_arrays_name_the_argument_and_file(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(io.InputError, match=message):
+        io.load_array(path, name="data")
+
+
+def test_npz_with_several_arrays_and_no_x_needs_a_key(tmp_path):
+    np.savez(tmp_path / "two.npz", a=np.zeros(2), b=np.ones(2))
+    with pytest.raises(io.InputError, match=r"holds 2 arrays \(a, b\); choose one with a key"):
+        io.load_array(tmp_path / "two.npz")
+    with pytest.raises(io.InputError, match=r"argument `key`: expected one of the arrays in two\.npz \(a, b\)"):
+        io.load_array(tmp_path / "two.npz", key="c")
+
+
+def test_non_numeric_array_is_refused(tmp_path):
+    np.save(tmp_path / "s.npy", np.array(["a", "b"]))
+    with pytest.raises(io.InputError, match=r"expected a numeric array.*dtype <U1"):
+        io.load_array(tmp_path / "s.npy")
+
+
+def test_a_path_that_is_not_a_path_is_a_type_error():
+    with pytest.raises(TypeError, match=r"argument `data`: expected a path, received 3"):
+        io.load_array(3)
+
+
+# --------------------------------------------------------------------------- models
+
+
+@pytest.fixture(scope="module")
+def keras_models(tmp_path_factory):
+    keras = pytest.importorskip("keras")
+    folder = tmp_path_factory.mktemp("models")
+    plain = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Dropout(0.5),
+                              keras.layers.Dense(3, activation="softmax")])
+    with_code = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8), keras.layers.Lambda(lambda t: t * 2.0),
+                                  keras.layers.Dense(3, activation="softmax")])
+    plain.save(folder / "plain.keras")
+    plain.save(folder / "plain.h5")
+    plain.export(str(folder / "saved"), verbose=False)
+    with_code.save(folder / "code.keras")
+    with_code.save(folder / "code.h5")
+    return folder, plain
+
+
+@pytest.mark.parametrize("name", ["plain.keras", "plain.h5", "saved"])
+def test_models_load_and_predict_as_saved(keras_models, name):
+    folder, plain = keras_models
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    model = io.load_model(folder / name)
+    np.testing.assert_allclose(model.predict(x, verbose=0), plain.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["code.keras", "code.h5"])
+def test_python_code_in_a_model_needs_unsafe(keras_models, name):
+    folder, _ = keras_models
+    with pytest.raises(io.InputError, match=r"argument `MODEL`: expected a model that loads in safe mode.*--unsafe"):
+        io.load_model(folder / name, name="MODEL")
+    model = io.load_model(folder / name, unsafe=True)
+    assert [type(layer).__name__ for layer in model.layers][1] == "Lambda"
+
+
+def test_unknown_or_broken_models_are_refused(tmp_path):
+    (tmp_path / "fake.keras").write_text("not a zip")
+    (tmp_path / "model.pt").write_bytes(b"\x00")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(io.InputError, match=r"expected a readable Keras model.*not a \.keras \(zip\) archive"):
+        io.load_model(tmp_path / "fake.keras")
+    with pytest.raises(io.InputError, match=r"Unknown model format '\.pt'"):
+        io.load_model(tmp_path / "model.pt")
+    with pytest.raises(io.InputError, match=r"neither saved_model\.pb nor a Keras config\.json"):
+        io.load_model(tmp_path / "folder")
+    with pytest.raises(io.InputError, match=r"expected an existing file or folder.*nowhere\.keras"):
+        io.load_model(tmp_path / "nowhere.keras")
+
+
+def test_a_zip_that_is_not_a_model_is_unreadable(tmp_path):
+    with zipfile.ZipFile(tmp_path / "other.keras", "w") as archive:
+        archive.writestr("hello.txt", "hi")
+    with pytest.raises(io.InputError, match=r"expected a readable Keras model.*Keras could not load it"):
+        io.load_model(tmp_path / "other.keras")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def test_atomic_write_replaces_only_on_success(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError, match="boom"):
+        with io.atomic_write(target, "w") as handle:
+            handle.write("half of the new cont")
+            raise RuntimeError("boom")
+    assert target.read_text() == "old"
+    assert _listing(tmp_path) == ["out.txt"]  # no temporary file left
+    with io.atomic_write(target, "w") as handle:
+        handle.write("new")
+    assert target.read_text() == "new"
+    assert _listing(tmp_path) == ["out.txt"]
+
+
+def test_atomic_write_refuses_a_missing_folder(tmp_path):
+    with pytest.raises(io.InputError, match=r"argument `out`: expected a path in an existing folder"):
+        with io.atomic_write(tmp_path / "no" / "such.txt", "w"):
+            pass
+
+
+def test_save_npz_writes_exactly_the_named_file(tmp_path):
+    io.save_npz(tmp_path / "preds.bin", {"mean": np.eye(2), "task": np.array("classification")})
+    assert _listing(tmp_path) == ["preds.bin"]  # numpy would have appended .npz to a path
+    with np.load(tmp_path / "preds.bin", allow_pickle=False) as loaded:
+        assert loaded["task"].item() == "classification"
+        np.testing.assert_array_equal(loaded["mean"], np.eye(2))
+
+
+def test_save_npz_refuses_objects_and_leaves_nothing(tmp_path):
+    with pytest.raises(ValueError, match=r"argument `arrays\['bad'\]`"):
+        io.save_npz(tmp_path / "p.npz", {"bad": np.array([None, 1], dtype=object)})
+    assert _listing(tmp_path) == []
+
+
+def test_save_json_and_csv(tmp_path):
+    io.save_json(tmp_path / "m.json", {"a": np.float32(0.5), "b": np.arange(3), "c": np.int64(2)})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"a": 0.5, "b": [0, 1, 2], "c": 2}
+    io.save_csv(tmp_path / "i.csv", {"rank": np.arange(3), "index": np.array([7, 2, 5])})
+    assert (tmp_path / "i.csv").read_text() == "rank,index\n0,7\n1,2\n2,5\n"
+    with pytest.raises(ValueError, match=r"argument `columns`: expected columns of one length"):
+        io.save_csv(tmp_path / "j.csv", {"a": [1, 2], "b": [1]})
+    assert not (tmp_path / "j.csv").exists()
+
+
+def test_staged_directory_is_all_or_nothing(tmp_path):
+    out = tmp_path / "report"
+    with pytest.raises(RuntimeError, match="half-way"):
+        with io.staged_directory(out) as stage:
+            (stage / "a.txt").write_text("a")
+            raise RuntimeError("half-way")
+    assert _listing(tmp_path) == []  # neither the folder nor the staging folder
+    with io.staged_directory(out) as stage:
+        (stage / "a.txt").write_text("a")
+        (stage / "sub").mkdir()
+        (stage / "sub" / "b.txt").write_text("b")
+    assert _listing(tmp_path) == ["report"]
+    assert (out / "a.txt").read_text() == "a" and (out / "sub" / "b.txt").read_text() == "b"
+    # a second run replaces files it writes and keeps the others
+    (out / "keep.txt").write_text("k")
+    with io.staged_directory(out) as stage:
+        (stage / "a.txt").write_text("A")
+    assert (out / "a.txt").read_text() == "A" and (out / "keep.txt").read_text() == "k"
+
+
+def test_staged_directory_refuses_a_file(tmp_path):
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(io.InputError, match=r"argument `out`: expected a folder.*A file of that name exists"):
+        with io.staged_directory(tmp_path / "taken"):
+            pass
+    assert os.listdir(tmp_path) == ["taken"]
