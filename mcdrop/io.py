@@ -209,6 +209,11 @@ def load_arrays(path, *, name: str = "data") -> dict[str, np.ndarray]:
                      f"Unknown array format {suffix or '(no suffix)'!r}.")
     if suffix == ".csv":
         return {"arr_0": _load_csv(path, name)}
+    magic = {".npy": b"\x93NUMPY", ".npz": b"PK"}[suffix]
+    with open(path, "rb") as handle:
+        if handle.read(len(magic)) != magic:
+            kind = "a NumPy .npy file" if suffix == ".npy" else "a NumPy .npz (zip) archive"
+            raise _error(name, f"a readable {suffix} file", path, f"It is not {kind}.")
     try:
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.ndarray):
@@ -246,7 +251,7 @@ def load_array(path, *, key: str | None = None, name: str = "data") -> np.ndarra
         raise _error(name, "a file with one array, or an array named 'x'", path,
                      f"It holds {len(arrays)} arrays ({', '.join(sorted(arrays))}); choose one with a key.")
     if array.dtype.kind not in "biuf":
-        raise _error(name, "a numeric array", path, f"Its dtype is {array.dtype}.")
+        raise _error(name, "a numeric array", path, f"Its dtype is {array.dtype.str}.")
     return array
 
 
