@@ -26,7 +26,7 @@ import dataclasses
 from typing import Any
 
 import numpy as np
-from scipy import optimize, special
+from scipy import optimize
 
 from mcdrop._validation import (
     PROB_ATOL,
@@ -90,15 +90,23 @@ def _pass_logits(x: Any, inputs: str, name: str = "x") -> np.ndarray:
     return array
 
 
+def _logsumexp(z: np.ndarray, axis: int = -1, keepdims: bool = False) -> np.ndarray:
+    """log(sum(exp(z))) along ``axis``, stable; plain numpy (several times faster than scipy's here)."""
+    m = np.max(z, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    out = np.log(np.sum(np.exp(z - m), axis=axis, keepdims=True)) + m
+    return out if keepdims else np.squeeze(out, axis=axis)
+
+
 def _log_softmax(z: np.ndarray) -> np.ndarray:
-    return z - special.logsumexp(z, axis=-1, keepdims=True)
+    return z - _logsumexp(z, axis=-1, keepdims=True)
 
 
 def _mc_nll(scaled: np.ndarray, labels: np.ndarray) -> float:
     """NLL of the average over passes of softmax(scaled), scaled of shape (T, N, C)."""
     t, n, _ = scaled.shape
-    picked = _log_softmax(scaled)[:, np.arange(n), labels]  # (T, N)
-    return float(-np.mean(special.logsumexp(picked, axis=0) - np.log(t)))
+    picked = scaled[:, np.arange(n), labels] - _logsumexp(scaled, axis=-1)  # (T, N) log p_t(y)
+    return float(-np.mean(_logsumexp(picked, axis=0) - np.log(t)))
 
 
 class _LogitScaler:
@@ -242,7 +250,7 @@ class VectorScaling(_LogitScaler):
             w, b = theta[:c], theta[c:]
             logp = _log_softmax(logits * w + b)
             picked = logp[:, rows, labels]  # (T, N)
-            mix = special.logsumexp(picked, axis=0)
+            mix = _logsumexp(picked, axis=0)
             value = -np.mean(mix - np.log(t))
             resp = np.exp(picked - mix)  # (T, N) responsibility of each pass for the true class
             delta = -np.exp(logp) * resp[..., None]
@@ -296,7 +304,7 @@ def _mixture_nll(comp: _Components, y: np.ndarray, scale: float) -> float:
     z = (y[None] - means) / stds
     logpdf = -0.5 * z * z - np.log(stds) - 0.5 * np.log(2 * np.pi)
     k = comp.means.shape[0]
-    return float(-np.mean(special.logsumexp(logpdf, axis=0) - np.log(k)))
+    return float(-np.mean(_logsumexp(logpdf, axis=0) - np.log(k)))
 
 
 class VarianceScaling:

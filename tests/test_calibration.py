@@ -31,8 +31,8 @@ def test_temperature_recovered_single_pass(true_t):
 def test_temperature_recovered_mc_passes():
     rng = np.random.default_rng(1)
     true_t = 2.5
-    base = rng.normal(size=(20000, 4)) * 3.0
-    passes = base[None] + rng.normal(size=(8, 20000, 4))  # (T, N, C) per-pass logits
+    base = rng.normal(size=(12000, 4)) * 3.0
+    passes = base[None] + rng.normal(size=(8, 12000, 4))  # (T, N, C) per-pass logits
     y = draw_labels(rng, softmax(passes / true_t).mean(0))
     assert abs(TemperatureScaling().fit(passes, y).temperature_ / true_t - 1) < 0.05
     # the same passes given as probabilities, and as a prediction with samples, give the same fit
@@ -162,7 +162,6 @@ def test_variance_scaling_never_raises_nll():
     mean, std = rng.normal(size=200), np.ones(200)
     y = mean + rng.normal(size=200)  # already calibrated
     vs = VarianceScaling().fit((mean, std), y)
-    assert metrics.gaussian_nll(y, *vs.transform((mean, std)) ) if False else True
     new_mean, new_std = vs.transform((mean, std))
     assert metrics.gaussian_nll(y, new_mean, new_std**2) <= metrics.gaussian_nll(y, mean, std**2) + 1e-12
 
