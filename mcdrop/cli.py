@@ -257,6 +257,14 @@ def _import_tensorflow_quietly() -> None:
 # --------------------------------------------------------------------------- helpers
 
 
+def _show_progress(args) -> bool:
+    """Progress bars go to stderr, only when it is a terminal and --quiet is not given."""
+    try:
+        return not args.quiet and sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def _emit(args, table: str | None, payload: Any) -> None:
     """Print the JSON payload with --json, else the table unless --quiet."""
     if args.json:
@@ -333,7 +341,7 @@ def _fit_to_model(model, x: np.ndarray, from_csv: bool) -> np.ndarray:
 def _make_engine(args, model, **options):
     import mcdrop
 
-    kwargs = dict(num_samples=args.num_samples, seed=args.seed, verbose=0 if args.quiet else 1)
+    kwargs = dict(num_samples=args.num_samples, seed=args.seed, verbose=1 if _show_progress(args) else 0)
     if args.batch_size is not None:
         kwargs["batch_size"] = args.batch_size
     kwargs.update({k: v for k, v in options.items() if v is not None})
@@ -359,7 +367,7 @@ def _cmd_demo(args) -> int:
     from mcdrop import demo
 
     out = _check_out_dir(args.out)
-    results = demo.run(out, fast=args.fast, seed=args.seed, progress=not args.quiet)
+    results = demo.run(out, fast=args.fast, seed=args.seed, progress=_show_progress(args))
     _emit(args, demo.format_results(results), results)
     return 0
 

@@ -122,7 +122,7 @@ class CompiledSampler:
                     tf.TensorSpec([None], tf.int32),
                     tf.TensorSpec([2], tf.int64),
                     tf.TensorSpec([], tf.int64),
-                ], reduce_retracing=True)
+                ], reduce_retracing=True, autograph=False)
             self._functions[key] = fn
         return self._functions[key]
 

@@ -21,6 +21,8 @@ import keras
 
 from mcdrop._validation import invalid
 
+from keras.src.layers.regularization.spatial_dropout import BaseSpatialDropout
+
 try:  # the mixin Keras' dropout-capable RNN cells share
     from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 except ImportError:  # pragma: no cover - very old or very new Keras
@@ -115,9 +117,8 @@ def _noise_shape(layer, x):
     """Non-batch noise shape of a dropout-family layer applied to ``x`` (None: the input's own)."""
     import tensorflow as tf
 
-    if hasattr(layer, "_get_noise_shape") and isinstance(layer, keras.layers.Dropout) and \
-            type(layer)._get_noise_shape is not keras.layers.Dropout._get_noise_shape:
-        shape = layer._get_noise_shape(x)  # spatial dropout: (batch, 1, ..., channels)
+    if isinstance(layer, BaseSpatialDropout):
+        shape = layer._get_noise_shape(x)  # (batch, 1, ..., channels): one draw per feature map
     else:
         shape = getattr(layer, "noise_shape", None)
         if shape is None:
