@@ -1,0 +1,165 @@
+import base64
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+from scipy import special
+
+import mcdrop
+from mcdrop import metrics
+from mcdrop.calibration import TemperatureScaling
+from mcdrop.predictive import ClassificationPrediction, RegressionPrediction
+from mcdrop.report import evaluate
+
+
+@pytest.fixture(scope="module")
+def classification():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(600, 3)) * 3
+    passes = np.exp(special.log_softmax(logits[None] + rng.normal(size=(5, 600, 3)), axis=-1))
+    y = (rng.random((600, 1)) > np.exp(special.log_softmax(logits / 2, axis=-1)).cumsum(1)).sum(1).clip(0, 2)
+    mc = ClassificationPrediction.from_samples(passes)
+    deterministic = np.exp(special.log_softmax(logits, axis=-1))
+    scaled = TemperatureScaling().fit(mc, y).transform_prediction(mc)
+    return y, {"deterministic": deterministic, "mc": mc, "mc+temperature": scaled}
+
+
+@pytest.fixture(scope="module")
+def regression():
+    rng = np.random.default_rng(1)
+    means = rng.normal(size=(1, 200)) + 0.3 * rng.normal(size=(6, 200))
+    variances = rng.uniform(0.1, 0.3, size=(6, 200))
+    pred = RegressionPrediction.from_samples(means, variances)
+    y = pred.mean[:, 0] + 1.3 * pred.std[:, 0] * rng.normal(size=200)
+    return y, pred
+
+
+def test_single_classification_matches_metrics(classification):
+    y, preds = classification
+    report = evaluate(preds["mc"], y, n_bins=10)
+    row = report.metrics["model"]
+    mc = preds["mc"]
+    assert report.task == "classification" and report.n_rows == 600
+    assert row["accuracy"] == np.mean(mc.mean.argmax(1) == y)
+    assert row["nll"] == metrics.negative_log_likelihood(y, mc)
+    assert row["ece"] == metrics.expected_calibration_error(y, mc, n_bins=10)
+    assert row["aurc"] == metrics.aurc(y, mc)
+    assert row["error_auroc"] == metrics.uncertainty_auroc(mc.mean.argmax(1) != y, mc.entropy)
+    assert row["mean_mutual_information"] == pytest.approx(mc.mutual_information.mean())
+    assert row["num_samples"] == 5
+
+
+def test_top_level_lazy_export(classification):
+    y, preds = classification
+    assert mcdrop.evaluate is evaluate
+
+
+def test_side_by_side(classification):
+    y, preds = classification
+    report = evaluate(preds, y)
+    assert report.models == ["deterministic", "mc", "mc+temperature"]
+    assert report.metrics["deterministic"]["mean_mutual_information"] is None
+    assert report.metrics["mc+temperature"]["nll"] <= report.metrics["mc"]["nll"]
+    nlls = {m: report.metrics[m]["nll"] for m in report.models}
+    assert report.best("nll") == min(nlls, key=nlls.get)
+    text = str(report)
+    assert text.splitlines()[1].split() == ["metric", *report.models]
+    nll_line = next(line for line in text.splitlines() if line.startswith("nll"))
+    assert nll_line.count("*") == 1
+    assert f"{report.metrics[report.best('nll')]['nll']:.4f}*" in nll_line
+
+
+def test_to_dict_and_json(classification, tmp_path):
+    y, preds = classification
+    report = evaluate(preds, y)
+    path = tmp_path / "report.json"
+    report.to_json(path)
+    loaded = json.loads(path.read_text())
+    assert loaded == json.loads(json.dumps(report.to_dict()))
+    assert loaded["metrics"]["mc"]["brier"] == report.metrics["mc"]["brier"]
+    assert loaded["directions"]["ece"] == -1 and loaded["directions"]["accuracy"] == 1
+    assert os.listdir(tmp_path) == ["report.json"]
+
+
+def test_to_html_is_self_contained(classification, tmp_path):
+    y, preds = classification
+    report = evaluate({"mc": preds["mc"], "mc+temperature": preds["mc+temperature"]}, y)
+    path = tmp_path / "report.html"
+    report.to_html(path)
+    text = path.read_text()
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
+    # one shared risk-coverage figure, then a reliability diagram and an uncertainty plot per model
+    assert len(images) == 1 + 2 * 2
+    assert all(base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n" for data in images)
+    assert not re.search(r'(src|href)="(?!data:)', text)  # nothing fetched from outside
+    assert "mc+temperature" in text and 'class="best"' in text
+    assert os.listdir(tmp_path) == ["report.html"]
+
+
+def test_atomic_write_keeps_old_file_on_failure(classification, tmp_path, monkeypatch):
+    y, preds = classification
+    report = evaluate(preds["mc"], y)
+    path = tmp_path / "report.json"
+    path.write_text("old")
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken)
+    with pytest.raises(OSError, match="disk full"):
+        report.to_json(path)
+    assert path.read_text() == "old"
+    assert os.listdir(tmp_path) == ["report.json"]
+
+
+def test_regression_report(regression, tmp_path):
+    y, pred = regression
+    report = evaluate({"mc": pred, "mc (pass means only)": pred.samples}, y, level=0.9)
+    row = report.metrics["mc"]
+    assert report.task == "regression"
+    assert row["rmse"] == metrics.rmse(y, pred)
+    assert row["crps"] == metrics.crps_samples(y, pred)
+    assert row["coverage"] == metrics.interval_coverage(y, pred, level=0.9)
+    assert row["coverage_error"] == pytest.approx(abs(row["coverage"] - 0.9))
+    assert row["miscalibration_area"] == metrics.miscalibration_area(y, pred)
+    # the exact mixture NLL is available only with a Gaussian head
+    from scipy import stats
+    dens = stats.norm.pdf(y[None], pred.samples[..., 0], np.sqrt(pred.sample_variances[..., 0])).mean(0)
+    assert row["mixture_nll"] == pytest.approx(-np.mean(np.log(dens)), rel=1e-10)
+    assert report.metrics["mc (pass means only)"]["mixture_nll"] is None
+    report.to_html(tmp_path / "r.html")
+    assert (tmp_path / "r.html").read_text().count("data:image/png;base64,") == 1 + 2
+    assert "rmse" in str(report)
+
+
+def test_error_empty_dict():
+    with pytest.raises(ValueError, match=r"`prediction_or_predictions`: expected a non-empty dict"):
+        evaluate({}, [0, 1])
+
+
+def test_error_non_string_name():
+    with pytest.raises(TypeError, match=r"`prediction_or_predictions`: expected a dict keyed by model names"):
+        evaluate({1: np.eye(2)}, [0, 1])
+
+
+def test_error_task():
+    with pytest.raises(ValueError, match=r"`task`: expected one of 'classification', 'regression'"):
+        evaluate(np.eye(2), [0, 1], task="ranking")
+
+
+def test_error_level():
+    with pytest.raises(ValueError, match=r"`level`: expected a number in \(0.0, 1.0\), received 1.0"):
+        evaluate(np.eye(2), [0, 1], level=1.0)
+
+
+def test_error_mixed_tasks(regression):
+    y, pred = regression
+    with pytest.raises(TypeError, match=r"`prediction_or_predictions\['r'\]`: expected a classification prediction"):
+        evaluate({"c": np.full((200, 2), 0.5), "r": pred}, np.zeros(200, dtype=int))
+
+
+def test_error_bad_labels_propagate():
+    with pytest.raises(ValueError, match=r"`y_true`: expected labels >= 0 and < 2"):
+        evaluate(np.eye(2), [0, 2])
