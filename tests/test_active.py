@@ -1,0 +1,182 @@
+"""The active-learning loop: reproducibility, interrupt/resume, no label paid twice, streaming
+scoring, and bad input leaving the saved state untouched. Tiny models, few epochs, T small."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from mcdrop import acquisition as acq  # noqa: E402
+from mcdrop.active import ActiveLearningLoop  # noqa: E402
+
+
+def make_data(seed=0, n_pool=160, n_test=60, d=8, c=3):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(scale=2.0, size=(c, d))
+    y = rng.integers(0, c, size=n_pool + n_test)
+    x = (centers[y] + rng.normal(size=(y.size, d))).astype("float32")
+    return x[:n_pool], y[:n_pool], x[n_pool:], y[n_pool:]
+
+
+def train(x, y, *, seed):
+    model = keras.Sequential([
+        keras.Input((x.shape[1],)),
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dropout(0.3),
+        keras.layers.Dense(3, activation="softmax"),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(0.02), loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=3, batch_size=16, verbose=0, shuffle=True)
+    return model
+
+
+class CountingOracle:
+    """Knows every label; records each answered query; can fail on a chosen call."""
+
+    def __init__(self, labels, fail_on_call=None, wrong_count_on_call=None):
+        self.labels = labels
+        self.asked: list[list[int]] = []
+        self.calls = 0
+        self.fail_on_call = fail_on_call
+        self.wrong_count_on_call = wrong_count_on_call
+
+    def __call__(self, indices):
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise KeyboardInterrupt("interrupted while labelling")
+        if self.calls == self.wrong_count_on_call:
+            return self.labels[indices][:-1]
+        self.asked.append(list(map(int, indices)))
+        return self.labels[indices]
+
+
+DATA = make_data()
+
+
+def make_loop(oracle, state_dir=None, **kwargs):
+    x_pool, y_pool, x_test, y_test = DATA
+    options = dict(initial=12, method="batch_bald", batch_size=4, budget=8, x_test=x_test, y_test=y_test,
+                   num_samples=6, candidates=40, pool_chunk_size=64, state_dir=state_dir, seed=3)
+    options.update(kwargs)
+    return ActiveLearningLoop(train, x_pool, oracle, **options)
+
+
+def files(directory):
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    oracle = CountingOracle(DATA[1])
+    loop = make_loop(oracle, tmp_path_factory.mktemp("whole"))
+    return loop.run(), oracle, loop
+
+
+def test_history_shape(uninterrupted):
+    history, oracle, loop = uninterrupted
+    assert [h["num_labels"] for h in history] == [12, 16, 20]
+    assert [len(h["acquired"]) for h in history] == [4, 4, 0]
+    assert loop.done and loop.labeled.size == 20 and loop.labels_paid == 20
+    for h in history:
+        assert 0.0 <= h["accuracy"] <= 1.0 and h["nll"] > 0 and 0.0 <= h["ece"] <= 1.0
+    # the oracle was asked for the initial set, then each batch, never twice for an index
+    asked = [i for query in oracle.asked for i in query]
+    assert len(asked) == len(set(asked)) == 20
+    np.testing.assert_array_equal(loop.labels, DATA[1][loop.labeled])
+
+
+def test_interrupted_run_resumes_with_the_same_history(uninterrupted, tmp_path):
+    history, _, _ = uninterrupted
+    # session 1: initial labels (call 1), round 0 (call 2), then interrupted inside round 1 (call 3)
+    oracle = CountingOracle(DATA[1], fail_on_call=3)
+    with pytest.raises(KeyboardInterrupt):
+        make_loop(oracle, tmp_path).run()
+    saved = json.loads((tmp_path / "state.json").read_text())
+    assert saved["round"] == 1 and len(saved["history"]) == 1 and not saved["done"]
+    # session 2: a fresh loop object on the same state directory picks up at round 1
+    oracle.fail_on_call = None
+    resumed = make_loop(oracle, tmp_path)
+    assert resumed.round == 1 and resumed.labeled.size == 16
+    assert resumed.run() == history
+    asked = [i for query in oracle.asked for i in query]
+    assert len(asked) == len(set(asked)) == 20  # across both sessions: nothing paid twice
+    # a finished run, opened again, does nothing more
+    again = make_loop(oracle, tmp_path)
+    assert again.done and again.run() == history and oracle.calls == 4
+
+
+def test_oracle_returning_wrong_number_of_labels_leaves_state_untouched(uninterrupted, tmp_path):
+    oracle = CountingOracle(DATA[1])
+    make_loop(oracle, tmp_path).run(rounds=1)
+    before = files(tmp_path)
+    bad = CountingOracle(DATA[1], wrong_count_on_call=1)
+    with pytest.raises(ValueError, match=r"`oracle`: expected 4 labels \(one per queried index\), "
+                                         r"received an array of shape \(3,\)"):
+        make_loop(bad, tmp_path).run()
+    assert files(tmp_path) == before
+
+
+def test_changed_configuration_refuses_the_saved_state(tmp_path):
+    make_loop(DATA[1], tmp_path, method="bald").run(rounds=1)
+    before = files(tmp_path)
+    with pytest.raises(ValueError, match=r"`state_dir`: expected a saved run with the same configuration.*"
+                                         r"method: saved 'bald', given 'random'"):
+        make_loop(DATA[1], tmp_path, method="random")
+    assert files(tmp_path) == before
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"batch_size": 0}, r"`batch_size`: expected an integer >= 1 and <= 160, received 0"),
+    ({"batch_size": 161}, r"`batch_size`: expected an integer >= 1 and <= 160, received 161"),
+    ({"method": "bold"}, r"`method`: expected one of 'bald'.*received 'bold'"),
+    ({"budget": 149}, r"`budget`: expected an integer >= 1 and <= 148, received 149"),
+    ({"initial": [0, 0, 1]}, r"`initial`: expected distinct pool indices"),
+    ({"initial": [0, 160]}, r"`initial`: expected pool indices in \[0, 160\)"),
+    ({"method": "batch_bald", "stochastic": "power"}, r"`stochastic`: expected None with method='batch_bald'"),
+    ({"initial_labels": [0, 1]}, r"`initial_labels`: expected 12 labels"),
+])
+def test_bad_arguments(kwargs, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        make_loop(DATA[1], tmp_path, **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_oracle_array_of_wrong_length():
+    with pytest.raises(ValueError, match=r"`oracle`: expected a callable or 160 labels"):
+        make_loop(DATA[1][:100])
+
+
+def test_oracle_returning_non_integer_labels(tmp_path):
+    with pytest.raises(ValueError, match=r"`oracle`: expected integer class labels"):
+        make_loop(lambda idx: np.full(len(idx), 0.5), tmp_path).run()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_streaming_scores_do_not_depend_on_chunking():
+    loop = make_loop(DATA[1], initial_labels=None)
+    loop._add(loop.initial, DATA[1][loop.initial])
+    model = train(DATA[0][loop.initial], DATA[1][loop.initial], seed=0)
+    mc = loop._engine(model, seed=11)
+    unlabeled = np.setdiff1d(np.arange(160), loop.labeled)
+    whole = acq.bald(mc.predict(DATA[0][unlabeled], return_samples=True))
+    loop.pool_chunk_size = 37
+    np.testing.assert_allclose(loop._scores(mc, unlabeled, acq.bald), whole, rtol=1e-6, atol=1e-7)
+    chunked = loop._select(mc, 4, seed=5)
+    loop.pool_chunk_size = 10_000
+    np.testing.assert_array_equal(loop._select(mc, 4, seed=5), chunked)
+    assert not np.intersect1d(chunked, loop.labeled).size
+
+
+def test_stochastic_and_random_rounds(tmp_path):
+    oracle = CountingOracle(DATA[1])
+    loop = make_loop(oracle, None, method="bald", stochastic="power", budget=4, x_test=None, y_test=None)
+    history = loop.run()
+    assert [h["num_labels"] for h in history] == [12]  # no test set: no training after the last batch
+    assert "accuracy" not in history[0] and loop.done and loop.labeled.size == 16
+    rand = make_loop(DATA[1], None, method="random", budget=4, x_test=None, y_test=None).run()
+    assert len(set(rand[0]["acquired"])) == 4
+    assert rand[0]["acquired"] != history[0]["acquired"]
