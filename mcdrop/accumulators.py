@@ -1,10 +1,10 @@
 """Running sums over Monte Carlo passes, fed chunk by chunk (numpy only).
 
 The engine hands each chunk of per-pass outputs, shaped ``(T_chunk, N, ...)``, to an
-accumulator; the accumulator adds the passes one at a time, in pass order, into
-float64 sums. Adding pass by pass (rather than ``sum(axis=0)`` over a chunk, whose
-pairwise summation depends on the chunk's length) makes the final statistics
-bit-identical whatever the pass-chunk size.
+accumulator; the accumulator adds the passes into float64 sums strictly in pass
+order, ``((s + x_0) + x_1) + ...``, continuing from the running sum. The sums are
+therefore bit-identical whatever the pass-chunk size (a chunk's own ``sum(axis=0)``
+added to the running sum would associate differently).
 
 Memory is O(N·C) unless samples are kept.
 """
@@ -17,6 +17,12 @@ from mcdrop._validation import PROB_ATOL, invalid
 from mcdrop.predictive import ClassificationPrediction, RegressionPrediction
 
 __all__ = ["ClassificationAccumulator", "RegressionAccumulator", "entropy", "nonfinite_rows"]
+
+
+def _add_in_order(running: np.ndarray, chunk: np.ndarray) -> np.ndarray:
+    """``running + chunk[0] + chunk[1] + ...``, left to right (numpy reduces a leading axis
+    sequentially; the chunk-size invariance tests pin this down)."""
+    return np.add.reduce(np.concatenate([running[None], chunk], axis=0), axis=0)
 
 
 def entropy(probs: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -76,12 +82,12 @@ class ClassificationAccumulator(_Accumulator):
         elif probs.shape[1:] != self._sum.shape:
             raise invalid("probs", f"passes of shape (T, {', '.join(map(str, self._sum.shape))})", probs)
         n_classes = probs.shape[-1]
-        for p in probs:  # pass by pass: the sums do not depend on the chunking
-            p = p.astype(np.float64)
-            self._sum += p
-            self._sum_sq += p * p
-            self._sum_entropy += entropy(p)
-            self._votes += np.eye(n_classes, dtype=np.int64)[np.argmax(p, axis=-1)]
+        p = probs.astype(np.float64)
+        self._sum = _add_in_order(self._sum, p)
+        self._sum_sq = _add_in_order(self._sum_sq, p * p)
+        self._sum_entropy = _add_in_order(self._sum_entropy, entropy(p))
+        winners = np.argmax(p, axis=-1)  # (T_chunk, N, ...): integer counts are exact in any order
+        self._votes += (winners[..., None] == np.arange(n_classes)).sum(axis=0)
         self.count += probs.shape[0]
         self._keep(probs)
 
@@ -133,12 +139,11 @@ class RegressionAccumulator(_Accumulator):
                 raise invalid("variances", f"an array of the means' shape {means.shape}", variances)
             if np.any(variances < 0):
                 raise invalid("variances", "non-negative variances", variances)
-        for t in range(means.shape[0]):
-            m = means[t].astype(np.float64)
-            self._sum += m
-            self._sum_sq += m * m
-            if variances is not None:
-                self._sum_var += variances[t].astype(np.float64)
+        m = means.astype(np.float64)
+        self._sum = _add_in_order(self._sum, m)
+        self._sum_sq = _add_in_order(self._sum_sq, m * m)
+        if variances is not None:
+            self._sum_var = _add_in_order(self._sum_var, variances.astype(np.float64))
         self.count += means.shape[0]
         self._keep(means)
         if self.keep_samples and variances is not None:

@@ -98,8 +98,9 @@ class PassContext:
         axis, as for spatial dropout); the input's own shape when None.
         """
         features = tf.shape(x)[1:] if noise_features is None else noise_features
-        keep = tf.cast(self.uniform(features, x.dtype) >= rate, x.dtype)
-        return self.flatten(self.unflatten(x) * keep * tf.cast(1.0 / (1.0 - rate), x.dtype))
+        scale = tf.cast(1.0 / (1.0 - rate), x.dtype)
+        keep = tf.cast(self.uniform(features, x.dtype) >= rate, x.dtype) * scale  # scale the small mask
+        return self.flatten(self.unflatten(x) * keep)
 
     def gaussian_dropout(self, x, rate: float):
         """Multiplicative noise :math:`\\mathcal N(1, rate / (1 - rate))`."""
