@@ -55,7 +55,7 @@ def _minimise_log_scale(objective) -> tuple[float, float]:
     i = int(np.argmin(values))
     lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, _GRID - 1)]
     result = optimize.minimize_scalar(objective, bounds=(lo, hi), method="bounded",
-                                      options={"xatol": 1e-7})
+                                      options={"xatol": 1e-6})
     if np.isfinite(result.fun) and result.fun <= values[i]:
         return float(result.x), float(result.fun)
     return float(grid[i]), float(values[i])
@@ -216,7 +216,21 @@ class TemperatureScaling(_LogitScaler):
         return logits / self.temperature_
 
     def _fit(self, logits, labels):
-        log_t, best = _minimise_log_scale(lambda u: _mc_nll(logits * np.exp(-u), labels))
+        t, n, _ = logits.shape
+        # max_c(z / tau) = max_c(z) / tau for tau > 0: shift once, then each evaluation is one
+        # multiply, exp and sum over a preallocated buffer
+        shifted = logits - logits.max(axis=-1, keepdims=True)  # (T, N, C), <= 0
+        picked = shifted[:, np.arange(n), labels]  # (T, N)
+        buffer = np.empty_like(shifted)
+
+        def nll(u):
+            k = np.exp(-u)
+            np.multiply(shifted, k, out=buffer)
+            np.exp(buffer, out=buffer)
+            log_p = k * picked - np.log(buffer.sum(axis=-1))  # (T, N) per-pass log p_t(y)
+            return float(-np.mean(_logsumexp(log_p, axis=0) - np.log(t)))
+
+        log_t, best = _minimise_log_scale(nll)
         self.temperature_ = float(np.exp(log_t)) if best < self.nll_before_ else 1.0
 
 
