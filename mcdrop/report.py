@@ -20,7 +20,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from typing import Any, Mapping
 
 import numpy as np
@@ -203,20 +202,10 @@ def _format(value) -> str:
 
 
 def _write_atomic(path, text: str) -> None:
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for the temporary file, not the report
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """All-or-nothing write, through the package's one implementation (:func:`mcdrop.io.save_text`)."""
+    from mcdrop.io import save_text
+
+    save_text(path, text)
 
 
 def _as_prediction(value: Any, task: str | None, name: str):
@@ -236,11 +225,21 @@ def _as_prediction(value: Any, task: str | None, name: str):
 
 
 def _task_of(value: Any, y_true: Any) -> str:
+    """The task of a prediction; for an array, classification when its last axis holds probability
+    vectors and ``y_true`` holds integer-valued labels, regression otherwise."""
     task = getattr(value, "task", None)
     if task in TASKS:
         return task
-    y = np.asarray(y_true)
-    return "classification" if y.dtype.kind in "iub" else "regression"
+    try:
+        array = np.asarray(value.numpy() if hasattr(value, "numpy") else value, dtype=np.float64)
+        y = np.asarray(y_true, dtype=np.float64)
+    except (TypeError, ValueError):
+        return "classification"  # let the checks name the bad argument
+    from mcdrop.calibration import _looks_like_probs
+
+    labels_like = y.ndim == 1 and bool(np.all(np.isfinite(y) & (y == np.round(y))))
+    probs_like = array.ndim in (2, 3) and array.shape[-1] >= 2 and _looks_like_probs(array)
+    return "classification" if labels_like and probs_like else "regression"
 
 
 def _optional(fn, *args, **kwargs):

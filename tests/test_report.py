@@ -163,3 +163,11 @@ def test_error_mixed_tasks(regression):
 def test_error_bad_labels_propagate():
     with pytest.raises(ValueError, match=r"`y_true`: expected labels >= 0 and < 2"):
         evaluate(np.eye(2), [0, 2])
+
+
+def test_task_read_from_arrays():
+    probs = np.array([[0.9, 0.1], [0.2, 0.8]])
+    assert evaluate(probs, np.array([0.0, 1.0])).task == "classification"  # float labels, e.g. from a CSV
+    samples = np.array([[0.1, 0.9], [0.3, 0.5], [0.2, 0.7]])  # (T, N) regression samples
+    assert evaluate(samples, np.array([0.25, 0.6])).task == "regression"
+    assert evaluate(np.array([[0.5, 0.5], [0.5, 0.5]]), [0.3, 0.7]).task == "regression"
