@@ -69,8 +69,8 @@ __all__ = [
     "STOCHASTIC_MODES",
 ]
 
-#: Rows of a samples array processed at once hold about this many float64 values (32 MiB).
-_CHUNK_VALUES = 4 * 2**20
+#: Rows of a samples array processed at once hold about this many float64 values (8 MiB).
+_CHUNK_VALUES = 2**20
 
 
 # ---------------------------------------------------------------------------------------------
@@ -553,29 +553,43 @@ def _bald_samples(x, name: str = "samples") -> tuple[np.ndarray, Any]:
 
 
 def _conditional_entropy(weights: np.ndarray, posterior: np.ndarray, probs: np.ndarray,
-                         max_memory: int) -> np.ndarray:
+                         max_memory: int, workspace: dict | None = None) -> np.ndarray:
     r""":math:`\sum_m w_m H[\sum_t R_{t,m}\, p_{t,n,\cdot}]` for every candidate n.
 
     ``posterior`` R (T, M) holds, per configuration m of the batch's labels, the posterior
     weights of the passes given that configuration (columns sum to 1); ``probs`` is (T, n, C)
     and sets the working precision (float32 is used for sampled configurations, whose
     Monte Carlo error is orders of magnitude above float32 rounding). Candidates are
-    processed in chunks so the (M, chunk, C) product stays within ``max_memory``.
+    processed in chunks so the two (M, chunk, C) work buffers stay within ``max_memory``;
+    the buffers are kept in ``workspace`` and reused across greedy steps (allocating fresh
+    pages each step costs more than the arithmetic).
     """
     t, n, c = probs.shape
     m = posterior.shape[1]
-    chunk = max(1, int(max_memory // (m * c * 8 * 2)))  # the product and its x log x
+    chunk = max(1, min(n, int(max_memory // (m * c * 8 * 2))))
+    workspace = {} if workspace is None else workspace
+    key = (m, chunk * c, probs.dtype.str)
+    if workspace.get("key") != key:
+        workspace.clear()  # release the old buffers before allocating new ones
+        workspace.update(key=key, product=np.empty(m * chunk * c, probs.dtype),
+                         logs=np.empty(m * chunk * c, probs.dtype))
     out = np.empty(n)
     rt = np.ascontiguousarray(posterior.T, dtype=probs.dtype)  # (M, T)
+    w = weights.astype(probs.dtype)
     tiny = np.finfo(probs.dtype).tiny
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
+        width = (stop - start) * c
         block = probs[:, start:stop, :].reshape(t, -1)  # (T, chunk*C)
-        predictive = rt @ block  # (M, chunk*C): p(y_n | configuration m)
-        logs = np.log(np.maximum(predictive, tiny))
+        # contiguous (M, width) views of the flat buffers (BLAS needs a contiguous output)
+        predictive = workspace["product"][: m * width].reshape(m, width)
+        logs = workspace["logs"][: m * width].reshape(m, width)
+        np.matmul(rt, block, out=predictive)  # (M, chunk*C): p(y_n | configuration m)
+        np.maximum(predictive, tiny, out=logs)
+        np.log(logs, out=logs)
         logs *= predictive  # p log p, 0 where p = 0
         # sum over m first (one matrix-vector product), then over the C classes of each candidate
-        weighted = weights.astype(probs.dtype) @ logs  # (chunk*C,)
+        weighted = w @ logs  # (chunk*C,)
         out[start:stop] = -weighted.reshape(stop - start, c).sum(axis=-1, dtype=np.float64)
     return out
 
@@ -670,12 +684,13 @@ def batch_bald(samples, k: int, *, num_configurations: int = 4096, max_memory: i
     posterior = np.full((t, 1), 1.0 / t)  # R_{t,m}
     exact = True
     probs32 = None
+    workspace: dict = {}
     for step in range(k):
         if step > 0:
             if not exact and probs32 is None:
                 probs32 = probs.astype(np.float32)
             working = probs if exact else probs32
-            gain = _conditional_entropy(weights, posterior, working, max_memory) - expected
+            gain = _conditional_entropy(weights, posterior, working, max_memory, workspace) - expected
         gain = np.where(available, gain, -np.inf)
         pick = int(np.argmax(gain))
         chosen.append(pick)

@@ -301,8 +301,8 @@ def test_batch_bald_sampled_conditional_entropies_close_to_exact(monkeypatch):
     seen = []
     real = acq._conditional_entropy
 
-    def spy(weights, posterior, probs, max_memory):
-        out = real(weights, posterior, probs, max_memory)
+    def spy(weights, posterior, probs, max_memory, workspace=None):
+        out = real(weights, posterior, probs, max_memory, workspace)
         seen.append((weights.copy(), out))
         return out
 
