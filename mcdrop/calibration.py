@@ -29,7 +29,6 @@ import numpy as np
 from scipy import optimize
 
 from mcdrop._validation import (
-    PROB_ATOL,
     check_array,
     check_choice,
     check_labels,
@@ -37,6 +36,7 @@ from mcdrop._validation import (
     check_same_length,
     invalid,
 )
+from mcdrop.metrics._common import looks_like_probs
 
 __all__ = ["TemperatureScaling", "VectorScaling", "VarianceScaling"]
 
@@ -63,11 +63,6 @@ def _minimise_log_scale(objective) -> tuple[float, float]:
 
 # --- classification ------------------------------------------------------------------------------
 
-def _looks_like_probs(array: np.ndarray) -> bool:
-    return bool(np.all(array >= -PROB_ATOL) and np.all(array <= 1 + PROB_ATOL)
-                and np.all(np.abs(array.sum(axis=-1) - 1.0) <= PROB_ATOL))
-
-
 def _pass_logits(x: Any, inputs: str, name: str = "x") -> np.ndarray:
     """Per-pass logits of shape (T, N, C), float64, from a prediction or an (N, C) / (T, N, C) array."""
     inputs = check_choice(inputs, "inputs", INPUTS)
@@ -84,7 +79,7 @@ def _pass_logits(x: Any, inputs: str, name: str = "x") -> np.ndarray:
         raise invalid(name, "at least two classes on the last axis", array)
     if array.ndim == 2:
         array = array[None]
-    if inputs == "probs" or (inputs == "auto" and _looks_like_probs(array)):
+    if inputs == "probs" or (inputs == "auto" and looks_like_probs(array)):
         array = check_probs(array, name, ndim=3)
         return np.log(np.maximum(array, np.finfo(np.float64).tiny))
     return array

@@ -30,6 +30,7 @@ from mcdrop.metrics._common import (
     is_classification_prediction,
     is_regression_prediction,
     labels_and_probs,
+    looks_like_probs,
     targets,
 )
 
@@ -235,10 +236,8 @@ def _task_of(value: Any, y_true: Any) -> str:
         y = np.asarray(y_true, dtype=np.float64)
     except (TypeError, ValueError):
         return "classification"  # let the checks name the bad argument
-    from mcdrop.calibration import _looks_like_probs
-
     labels_like = y.ndim == 1 and bool(np.all(np.isfinite(y) & (y == np.round(y))))
-    probs_like = array.ndim in (2, 3) and array.shape[-1] >= 2 and _looks_like_probs(array)
+    probs_like = array.ndim in (2, 3) and array.shape[-1] >= 2 and looks_like_probs(array)
     return "classification" if labels_like and probs_like else "regression"
 
 

@@ -17,6 +17,14 @@ def is_regression_prediction(value: Any) -> bool:
     return getattr(value, "task", None) == "regression" and hasattr(value, "cdf")
 
 
+def looks_like_probs(array: np.ndarray) -> bool:
+    """Whether every row along the last axis is a probability vector (within the package tolerance)."""
+    from mcdrop._validation import PROB_ATOL
+
+    return bool(np.all(array >= -PROB_ATOL) and np.all(array <= 1 + PROB_ATOL)
+                and np.all(np.abs(array.sum(axis=-1) - 1.0) <= PROB_ATOL))
+
+
 def probs_of(value: Any, name: str = "probs") -> np.ndarray:
     """Class probabilities (N, C) from a ClassificationPrediction (its ``mean``) or an array."""
     if is_classification_prediction(value):

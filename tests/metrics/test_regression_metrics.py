@@ -224,3 +224,37 @@ def test_error_level():
 def test_error_empty_targets():
     with pytest.raises(ValueError, match=r"`y_true`: expected a non-empty array"):
         metrics.rmse([], [])
+
+
+# --- properties ----------------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 8), st.integers(1, 30), st.booleans(), st.integers(0, 2**32 - 1))
+def test_regression_properties(t, n, gaussian_head, seed):
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(t, n)) * rng.uniform(0.1, 3)
+    variances = rng.uniform(0.01, 2.0, size=(t, n)) if gaussian_head else None
+    y = rng.normal(size=n) * 2
+    pred = RegressionPrediction.from_samples(means, variances)
+    area = metrics.miscalibration_area(y, pred)
+    crps = metrics.crps_samples(y, pred)
+    assert 0.0 <= area <= 0.5
+    assert crps >= -1e-12
+    # CRPS = E|X - y| - E|X - X'| / 2 <= E|X - y| <= E|mu_t - y| + E[sigma_t |Z|]
+    spread = np.sqrt(variances) * np.sqrt(2 / np.pi) if gaussian_head else np.zeros_like(means)
+    assert crps <= np.mean(np.abs(means - y).mean(0) + spread.mean(0)) + 1e-9
+    # pass order does not matter
+    order = rng.permutation(t)
+    shuffled = RegressionPrediction.from_samples(means[order], None if variances is None else variances[order])
+    assert metrics.crps_samples(y, shuffled) == pytest.approx(crps, rel=1e-10, abs=1e-12)
+    assert metrics.miscalibration_area(y, shuffled) == pytest.approx(area, abs=1e-12)
+    # row order does not matter
+    rows = rng.permutation(n)
+    moved = RegressionPrediction.from_samples(means[:, rows], None if variances is None else variances[:, rows])
+    assert metrics.crps_samples(y[rows], moved) == pytest.approx(crps, rel=1e-10, abs=1e-12)
+    assert metrics.miscalibration_area(y[rows], moved) == pytest.approx(area, abs=1e-12)
+    assert metrics.rmse(y[rows], moved) == pytest.approx(metrics.rmse(y, pred), rel=1e-12)
