@@ -195,8 +195,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _import_tensorflow_quietly()
             return int(args.func(args) or 0)
     except CommandError as exc:
-        print(str(exc), file=sys.stderr)
+        message = str(exc)
+        if not message.startswith("mcdrop"):
+            message = f"{prog}: error: {message}"
+        print(message, file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:  # the reader of stdout went away (e.g. `| head`): not an error of ours
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"{prog}: error: interrupted", file=sys.stderr)
         return EXIT_ERROR
@@ -442,8 +449,8 @@ def _cmd_evaluate(args) -> int:
     from mcdrop import io
 
     out = _check_out_dir(args.out)
-    pred = _load_prediction(args.preds)
     y = io.load_array(args.labels, name="LABELS")
+    pred = _load_prediction(args.preds)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if len(y) != len(pred):
@@ -464,6 +471,7 @@ def _cmd_evaluate(args) -> int:
 def _load_prediction(path: str):
     """A prediction from an .npz of `mcdrop predict`, or from an array of probabilities."""
     from mcdrop import io
+    from mcdrop._validation import check_probs
     from mcdrop.predictive import ClassificationPrediction, RegressionPrediction
 
     arrays = io.load_arrays(path, name="PREDS")
@@ -478,7 +486,8 @@ def _load_prediction(path: str):
         if probs.ndim != 3:
             raise CommandError(f"Invalid value for argument `PREDS`: expected probabilities of shape (N, C) or "
                                f"(T, N, C), received an array of shape {probs.shape}.")
-        return ClassificationPrediction.from_samples(probs.astype(np.float64), keep_samples=False)
+        probs = check_probs(probs, "PREDS", ndim=3)
+        return ClassificationPrediction.from_samples(probs, keep_samples=False)
 
     def meta(key, default=None):
         return arrays[key].item() if key in arrays else default

@@ -303,6 +303,7 @@ def atomic_write(path, mode: str = "wb", **open_kwargs) -> Iterator[Any]:
         raise _error("out", "a file path", path, "It is a folder.")
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, mode, **open_kwargs) as handle:
             yield handle
             handle.flush()
@@ -312,6 +313,12 @@ def atomic_write(path, mode: str = "wb", **open_kwargs) -> Iterator[Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
