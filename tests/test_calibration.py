@@ -223,3 +223,24 @@ def test_error_variance_scaling_target_shape():
 def test_error_negative_std():
     with pytest.raises(ValueError, match=r"`std`: expected standard deviations >= 0"):
         VarianceScaling().fit((np.zeros(2), np.array([1.0, -1.0])), np.zeros(2))
+
+
+def test_error_regression_prediction_to_temperature():
+    pred = RegressionPrediction.from_samples(np.zeros((2, 3)))
+    with pytest.raises(TypeError, match=r"`x`: expected classification outputs"):
+        TemperatureScaling().fit(pred, [0, 1, 0])
+
+
+def test_error_one_class_logits():
+    with pytest.raises(ValueError, match=r"`x`: expected at least two classes on the last axis"):
+        TemperatureScaling().fit(np.zeros((3, 1)), [0, 0, 0])
+
+
+def test_error_std_shape():
+    with pytest.raises(ValueError, match=r"`std`: expected an array of the mean's shape \(3,\)"):
+        VarianceScaling().fit((np.zeros(3), np.ones(4)), np.zeros(3))
+
+
+def test_error_target_shape_variance_scaling():
+    with pytest.raises(ValueError, match=r"`y_true`: expected targets of shape \(3, 1\)"):
+        VarianceScaling().fit((np.zeros(3), np.ones(3)), np.zeros((3, 2)))

@@ -258,3 +258,14 @@ def test_regression_properties(t, n, gaussian_head, seed):
     assert metrics.crps_samples(y[rows], moved) == pytest.approx(crps, rel=1e-10, abs=1e-12)
     assert metrics.miscalibration_area(y[rows], moved) == pytest.approx(area, abs=1e-12)
     assert metrics.rmse(y[rows], moved) == pytest.approx(metrics.rmse(y, pred), rel=1e-12)
+
+
+def test_error_same_rows_other_shape():
+    with pytest.raises(ValueError, match=r"`mean`: expected an array of the shape of `y_true` \(4, 2\)"):
+        metrics.rmse(np.zeros((4, 2)), np.zeros((4, 3)))
+
+
+def test_error_upper_with_prediction():
+    pred = RegressionPrediction.from_samples(np.zeros((2, 3)))
+    with pytest.raises(TypeError, match=r"`upper`: expected None when `lower` is a prediction"):
+        metrics.interval_coverage(np.zeros(3), pred, np.ones(3))
