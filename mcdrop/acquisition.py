@@ -676,7 +676,7 @@ def batch_bald(samples, k: int, *, num_configurations: int = 4096, max_memory: i
     # E_w H[y_n | w] per candidate, and the BALD scores for the first pick
     expected = special.entr(probs).sum(axis=-1).mean(axis=0)  # (N,)
     marginal_entropy = special.entr(probs.mean(axis=0)).sum(axis=-1)
-    gain = marginal_entropy - expected
+    gain = np.maximum(marginal_entropy - expected, 0.0)  # BALD, clipped as `bald` does
     available = np.ones(n, dtype=bool)
     chosen: list[int] = []
 
