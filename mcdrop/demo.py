@@ -33,12 +33,15 @@ import numpy as np
 from mcdrop._text import format_table
 from mcdrop._validation import check_int
 
-__all__ = ["run", "format_results", "load_digits_split", "build_model", "IN_CLASSES", "OOD_CLASSES"]
+__all__ = ["run", "format_results", "load_digits_split", "build_model", "joint_mutual_information_estimate",
+           "IN_CLASSES", "OOD_CLASSES"]
 
 #: Digit classes the model is trained on.
 IN_CLASSES = tuple(range(8))
 #: Digit classes held out of training: the out-of-distribution inputs.
 OOD_CLASSES = (8, 9)
+#: Labeled training images: few, so that the network makes mistakes worth flagging.
+TRAIN_SIZE = 200
 
 _MODELS = {"deterministic": "deterministic", "mc_dropout": "MC dropout", "mc_temperature": "MC + temperature"}
 _METRICS = {"accuracy": "accuracy", "nll": "NLL", "brier": "Brier", "ece": "ECE", "aurc": "AURC"}
@@ -54,11 +57,12 @@ FIGURES = ("reliability.png", "risk_coverage.png", "uncertainty.png", "selection
 # --------------------------------------------------------------------------- data and model
 
 
-def load_digits_split(seed: int = 0) -> dict[str, np.ndarray]:
+def load_digits_split(seed: int = 0, *, train_size: int = TRAIN_SIZE) -> dict[str, np.ndarray]:
     """scikit-learn's digits as (N, 8, 8, 1) float32 images in [0, 1], split for the demo.
 
-    Classes 0–7 are split, stratified, into train (400), validation (200), pool (400)
-    and test (the rest, 437); classes 8 and 9 form the out-of-distribution set (360).
+    Classes 0–7 (1,443 images) are split, stratified, into train (``train_size``, 200 by
+    default), validation (200), pool (400) and test (the rest, 643 by default); classes 8
+    and 9 form the out-of-distribution set (354).
     """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -68,7 +72,8 @@ def load_digits_split(seed: int = 0) -> dict[str, np.ndarray]:
     labels = digits.target.astype(np.int64)
     inside = np.isin(labels, IN_CLASSES)
     x, y = images[inside], labels[inside]
-    x_train, x_rest, y_train, y_rest = train_test_split(x, y, train_size=400, stratify=y, random_state=seed)
+    x_train, x_rest, y_train, y_rest = train_test_split(x, y, train_size=train_size, stratify=y,
+                                                          random_state=seed)
     x_val, x_rest, y_val, y_rest = train_test_split(x_rest, y_rest, train_size=200, stratify=y_rest,
                                                     random_state=seed)
     x_pool, x_test, y_pool, y_test = train_test_split(x_rest, y_rest, train_size=400, stratify=y_rest,
@@ -114,7 +119,7 @@ def run(out=None, *, fast: bool = False, seed: int = 0, progress: bool = True,
         missing; files are written to a staging folder and moved in only when all are
         written.
     fast : bool, default False
-        8 epochs, T = 10 passes and a batch of 5 (for tests) instead of 150 epochs,
+        8 epochs, T = 10 passes and a batch of 5 (for tests) instead of 200 epochs,
         T = 50 and a batch of 10.
     seed : int, default 0
         Seeds the split, the weights, the training order and the dropout masks.
@@ -131,16 +136,18 @@ def run(out=None, *, fast: bool = False, seed: int = 0, progress: bool = True,
         ``metrics.json``.
     """
     seed = check_int(seed, "seed", minimum=0)
-    epochs = check_int(epochs if epochs is not None else (8 if fast else 150), "epochs", minimum=1)
+    epochs = check_int(epochs if epochs is not None else (8 if fast else 200), "epochs", minimum=1)
     num_samples = check_int(num_samples if num_samples is not None else (10 if fast else 50), "num_samples",
                             minimum=2)
     k = check_int(k if k is not None else (5 if fast else 10), "k", minimum=1, maximum=400)
-    if out is not None:
+    if out is not None:  # fail before a minute of training, not after
         out = Path(out)
         from mcdrop.io import _error
 
         if out.exists() and not out.is_dir():
             raise _error("out", "a folder", out, "A file of that name exists.")
+        if not (out.parent if str(out.parent) else Path(".")).is_dir():
+            raise _error("out", "a folder whose parent exists", out, f"No such folder: {out.parent}.")
 
     from tqdm.auto import tqdm
 
@@ -188,7 +195,7 @@ def _run(out, *, fast, seed, epochs, num_samples, k, bar):
     # 2. calibration: temperature fitted on the validation split, per pass before averaging
     scaler = TemperatureScaling().fit(mc_pred["val"], data["y_val"])
     predictions = {"deterministic": det["test"], "mc_dropout": mc_pred["test"],
-                   "mc_temperature": scaler.transform(mc_pred["test"])}
+                   "mc_temperature": scaler.transform_prediction(mc_pred["test"])}
     y_test = data["y_test"]
     comparison = {
         name: {
@@ -227,7 +234,7 @@ def _run(out, *, fast, seed, epochs, num_samples, k, bar):
             "classes": classes.tolist(),
             "distinct_classes": int(np.unique(classes).size),
             "bald_sum": float(np.sum(pool.mutual_information[indices])),
-            "joint_mutual_information": float(acquisition.joint_mutual_information(pool.samples, indices)),
+            "joint_mutual_information": joint_mutual_information_estimate(pool.samples, indices, seed=seed),
         }
     step("figures")
 
@@ -259,6 +266,51 @@ def _run(out, *, fast, seed, epochs, num_samples, k, bar):
     return results, figures
 
 
+def joint_mutual_information_estimate(samples, indices, *, num_draws: int = 10000, seed: int = 0) -> float:
+    r"""Monte Carlo estimate of the joint mutual information :math:`\mathbb{I}[y_A; \omega]` of a batch.
+
+    .. math::
+
+        \mathbb{I}[y_A; \omega] = H[y_A] - \sum_{i \in A} \frac1T \sum_t H[p_t(\cdot \mid x_i)],
+        \qquad \hat H[y_A] = -\frac1M \sum_{m=1}^M \log p(y_A^{(m)}),
+
+    where :math:`p(y_A) = \frac1T \sum_t \prod_{i\in A} p_t(y_i \mid x_i)` and each draw
+    :math:`y_A^{(m)}` picks a pass t uniformly, then every label from :math:`p_t(\cdot \mid x_i)`
+    — an exact draw from the joint. The exact value
+    (:func:`mcdrop.acquisition.joint_mutual_information`) enumerates :math:`C^{|A|}`
+    configurations, out of reach beyond a handful of points; this costs O(M·T·|A|).
+
+    Parameters
+    ----------
+    samples : ndarray of shape (T, N, C)
+        Per-pass probabilities drawn with consistent masks.
+    indices : array-like of int, shape (K,)
+    num_draws : int, default 10000
+    seed : int, default 0
+
+    Returns
+    -------
+    float
+        In nats (standard error about :math:`\mathrm{sd}(\log p(y_A)) / \sqrt M`).
+    """
+    from scipy import special
+
+    probs = np.asarray(samples, dtype=np.float64)[:, np.asarray(indices, dtype=np.int64), :]  # (T, K, C)
+    t, k, c = probs.shape
+    rng = np.random.default_rng(seed)
+    passes = rng.integers(0, t, size=num_draws)
+    cdf = np.cumsum(probs[passes], axis=-1)  # (M, K, C)
+    u = rng.random((num_draws, k, 1)) * cdf[..., -1:]
+    labels = np.minimum((cdf < u).sum(axis=-1), c - 1)  # (M, K)
+    # log p(y_A) = log mean_t prod_i p_t(y_i | x_i), in logs for stability
+    with np.errstate(divide="ignore"):
+        log_p = np.log(probs[:, np.arange(k)[None, :], labels])  # (T, M, K)
+    log_joint = special.logsumexp(log_p.sum(axis=-1), axis=0) - np.log(t)  # (M,)
+    joint_entropy = float(-np.mean(log_joint))
+    conditional = float(special.entr(probs).sum(axis=-1).mean(axis=0).sum())
+    return joint_entropy - conditional
+
+
 # --------------------------------------------------------------------------- figures
 
 
@@ -277,57 +329,34 @@ def _subplots(rows: int, cols: int, **kwargs):
 
 
 def _figures(data, det, mc_pred, predictions, selection) -> dict[str, bytes]:
-    from mcdrop import metrics
+    from mcdrop.plotting import ReliabilityDisplay, RiskCoverageDisplay, UncertaintyDisplay
 
     y_test = data["y_test"]
     figures = {}
 
-    # reliability diagrams: accuracy against confidence per bin, gap to the diagonal shaded
-    fig, axes = _subplots(1, 3, figsize=(12, 4), sharey=True)
-    for ax, (name, pred) in zip(axes, predictions.items()):
-        curve = metrics.reliability_curve(y_test, pred, n_bins=10)
-        filled = curve.count > 0
-        centers = 0.5 * (curve.edges[:-1] + curve.edges[1:])
-        width = np.diff(curve.edges)
-        ax.bar(centers[filled], curve.accuracy[filled], width=width[filled], color="#4c72b0",
-               edgecolor="white", label="accuracy")
-        ax.bar(centers[filled], (curve.confidence - curve.accuracy)[filled], bottom=curve.accuracy[filled],
-               width=width[filled], color="#dd8452", alpha=0.6, edgecolor="white", label="gap to confidence")
-        ax.plot([0, 1], [0, 1], "k--", lw=1)
-        ece = metrics.expected_calibration_error(y_test, pred)
-        ax.set_title(f"{_MODELS[name]} (ECE {ece:.3f})")
-        ax.set_xlabel("confidence")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-    axes[0].set_ylabel("accuracy")
-    axes[0].legend(loc="upper left")
-    fig.suptitle("Reliability diagrams on the test split (digits 0-7)")
+    # reliability diagrams, with the confidence histogram under each
+    fig = _subplots(1, 1, figsize=(15, 5.6))[0]
+    fig.clear()
+    grid = fig.add_gridspec(2, 3, height_ratios=(3, 1))
+    for col, (name, pred) in enumerate(predictions.items()):
+        ax = fig.add_subplot(grid[0, col])
+        hist_ax = fig.add_subplot(grid[1, col], sharex=ax)
+        ReliabilityDisplay.from_predictions(y_test, pred, n_bins=10, name=_MODELS[name], ax=ax, hist_ax=hist_ax)
     figures["reliability.png"] = _png(fig)
 
-    # risk-coverage: error among the most confident fraction kept
-    fig, ax = _subplots(1, 1, figsize=(6, 4))
+    # risk-coverage: the error rate among the most confident fraction kept
+    fig, ax = _subplots(1, 1, figsize=(6, 4.5))
     for name, pred in predictions.items():
-        curve = metrics.risk_coverage_curve(y_test, pred)
-        ax.plot(curve.coverage, curve.risk, label=f"{_MODELS[name]} (AURC {metrics.aurc(y_test, pred):.4f})")
-    ax.set_xlabel("coverage (most confident first)")
-    ax.set_ylabel("selective risk (error rate)")
+        RiskCoverageDisplay.from_predictions(y_test, pred, name=_MODELS[name], ax=ax)
     ax.set_title("Risk-coverage on the test split")
-    ax.legend()
     figures["risk_coverage.png"] = _png(fig)
 
-    # uncertainty distributions: in-distribution test digits vs held-out digits
-    fig, axes = _subplots(1, 3, figsize=(13, 3.8))
-    panels = [("deterministic entropy", det["test"].entropy, det["ood"].entropy),
-              ("MC entropy", mc_pred["test"].entropy, mc_pred["ood"].entropy),
-              ("MC mutual information", mc_pred["test"].mutual_information, mc_pred["ood"].mutual_information)]
-    for ax, (label, u_in, u_out) in zip(axes, panels):
-        bins = np.linspace(0.0, max(float(np.max(u_in)), float(np.max(u_out)), 1e-6), 30)
-        ax.hist(u_in, bins=bins, alpha=0.6, density=True, label="digits 0-7 (in)", color="#4c72b0")
-        ax.hist(u_out, bins=bins, alpha=0.6, density=True, label="digits 8-9 (out)", color="#c44e52")
-        ax.set_title(f"{label}: AUROC {metrics.ood_auroc(u_in, u_out):.3f}")
-        ax.set_xlabel("nats")
-    axes[0].set_ylabel("density")
-    axes[0].legend()
+    # uncertainty of in-distribution test digits vs held-out digits
+    fig, axes = _subplots(1, 3, figsize=(15, 4))
+    panels = [("deterministic", det, "entropy"), ("MC dropout", mc_pred, "entropy"),
+              ("MC dropout", mc_pred, "mutual_information")]
+    for ax, (label, preds, measure) in zip(axes, panels):
+        UncertaintyDisplay.from_ood(preds["test"], preds["ood"], measure=measure, name=label, ax=ax)
     figures["uncertainty.png"] = _png(fig)
 
     # the picked batches

@@ -1,0 +1,114 @@
+"""The main demo job (`mcdrop demo`), end to end in its fast mode."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mcdrop import cli, demo
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """One fast run through the command line: its JSON on stdout and its output folder."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("demo") / "out"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        status = cli.main(["demo", "--fast", "--seed", "0", "--out", str(out), "--json"])
+    assert status == 0
+    return json.loads(stdout.getvalue()), out
+
+
+def test_writes_report_metrics_and_figures(demo_run):
+    results, out = demo_run
+    expected = {"report.html", "metrics.json", *demo.FIGURES}
+    assert {p.name for p in out.iterdir()} == expected
+    assert sorted(results["files"]) == sorted(expected)
+    for name in demo.FIGURES:
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
+    html = (out / "report.html").read_text()
+    assert html.count("src='data:image/png;base64,") == len(demo.FIGURES)
+    assert "MC + temperature" in html and "BatchBALD" in html
+
+
+def test_metrics_json_is_what_was_printed(demo_run):
+    results, out = demo_run
+    assert json.loads((out / "metrics.json").read_text()) == results
+
+
+def test_comparison_covers_three_models_and_five_metrics(demo_run):
+    results, _ = demo_run
+    comparison = results["comparison"]
+    assert list(comparison) == ["deterministic", "mc_dropout", "mc_temperature"]
+    for name, values in comparison.items():
+        assert set(values) == {"accuracy", "nll", "brier", "ece", "aurc"}
+        assert 0.5 < values["accuracy"] <= 1.0, name  # 8 classes: chance is 0.125
+        assert 0.0 <= values["ece"] <= 1.0 and 0.0 <= values["brier"] <= 2.0 and values["nll"] > 0.0
+    assert results["temperature"] > 0.0
+    # the temperature was fitted to lower the NLL of MC dropout; on the test split it must not blow up
+    assert comparison["mc_temperature"]["nll"] < 2 * comparison["mc_dropout"]["nll"]
+
+
+def test_ood_and_selection(demo_run):
+    results, _ = demo_run
+    assert set(results["ood"]) == {"deterministic_entropy", "mc_entropy", "mc_mutual_information"}
+    for name, scores in results["ood"].items():
+        assert 0.5 < scores["auroc"] <= 1.0, name  # held-out digits are more uncertain than chance says
+        assert 0.0 <= scores["fpr_at_95_tpr"] <= 1.0
+    config = results["config"]
+    assert config["k"] == 5 and config["fast"] is True
+    assert config["sizes"] == {"train": 200, "val": 200, "test": 643, "pool": 400, "ood": 354}
+    selection = results["selection"]
+    assert list(selection) == ["random", "bald", "batch_bald"]
+    for method, picked in selection.items():
+        assert len(set(picked["indices"])) == 5, method
+        assert all(0 <= i < 400 for i in picked["indices"])
+        assert all(c in demo.IN_CLASSES for c in picked["classes"])
+    # BatchBALD starts from the BALD argmax, and an informed batch beats a random one
+    assert selection["batch_bald"]["indices"][0] == selection["bald"]["indices"][0]
+    assert selection["batch_bald"]["joint_mutual_information"] > selection["random"]["joint_mutual_information"]
+
+
+def test_table_lists_every_model_and_measure(demo_run):
+    results, _ = demo_run
+    text = demo.format_results(results)
+    for label in ("deterministic", "MC dropout", "MC + temperature", "MC mutual information", "BatchBALD",
+                  "accuracy", "NLL", "Brier", "ECE", "AURC", "AUROC"):
+        assert label in text
+
+
+def test_split_is_stratified_and_disjoint():
+    data = demo.load_digits_split(0)
+    assert set(np.unique(data["y_train"])) == set(demo.IN_CLASSES)
+    assert set(np.unique(data["y_ood"])) == set(demo.OOD_CLASSES)
+    assert data["x_train"].shape[1:] == (8, 8, 1) and data["x_train"].dtype == np.float32
+    assert 0.0 <= data["x_test"].min() and data["x_test"].max() <= 1.0
+    rows = {part: {arr.tobytes() for arr in data[f"x_{part}"]} for part in ("train", "val", "pool", "test")}
+    assert not rows["train"] & rows["test"] and not rows["train"] & rows["pool"] and not rows["val"] & rows["test"]
+
+
+@pytest.mark.parametrize("indices", [[0, 1, 2], [3, 4, 5, 6, 7], [9]])
+def test_joint_mutual_information_estimate_matches_the_exact_value(indices):
+    from mcdrop.acquisition import joint_mutual_information
+
+    probs = np.random.default_rng(0).dirichlet(np.full(4, 0.5), size=(20, 12))
+    exact = joint_mutual_information(probs, indices)
+    estimate = demo.joint_mutual_information_estimate(probs, indices, num_draws=40000, seed=1)
+    assert estimate == pytest.approx(exact, abs=0.02)
+
+
+def test_bad_output_folder_fails_before_training(tmp_path):
+    with pytest.raises(ValueError, match=r"argument `out`: expected a folder whose parent exists"):
+        demo.run(tmp_path / "no" / "such", fast=True, progress=False)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"argument `out`: expected a folder.*A file of that name exists"):
+        demo.run(tmp_path / "file", fast=True, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
