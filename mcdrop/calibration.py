@@ -42,9 +42,10 @@ __all__ = ["TemperatureScaling", "VectorScaling", "VarianceScaling"]
 
 INPUTS = ("auto", "logits", "probs")
 
-#: Log-scale search interval for temperature and variance factors: [1e-2, 1e2].
-_LOG_BOUNDS = (np.log(1e-2), np.log(1e2))
-_GRID = 25
+#: Log-scale search interval for temperature and variance factors: [1e-4, 1e4], 33 grid points
+#: (neighbours a factor of about 1.8 apart).
+_LOG_BOUNDS = (np.log(1e-4), np.log(1e4))
+_GRID = 33
 
 
 def _minimise_log_scale(objective) -> tuple[float, float]:
@@ -186,7 +187,7 @@ class TemperatureScaling(_LogitScaler):
         \hat\tau = \arg\min_{\tau} -\frac1N \sum_i \log \bar p_\tau(x_i)_{y_i}
 
     The fit searches :math:`\log\tau` (so :math:`\tau` stays positive) on a coarse grid over
-    :math:`[10^{-2}, 10^2]` and refines with bounded Brent; :math:`\tau = 1` is kept when it is at least as
+    :math:`[10^{-4}, 10^4]` and refines with bounded Brent; :math:`\tau = 1` is kept when it is at least as
     good, so the NLL on the fitting data never rises. Temperature scaling preserves each pass's argmax.
 
     Attributes
@@ -334,7 +335,7 @@ class VarianceScaling:
         \hat s = \arg\min_s -\frac1N\sum_i \log \frac1T \sum_t
         \mathcal N\big(y_i;\ \mu_i + s(\mu_{t,i} - \mu_i),\ s^2\sigma_{t,i}^2\big),
 
-    searched in :math:`\log s` on :math:`[10^{-2}, 10^2]`; :math:`s = 1` is kept when it is at least as
+    searched in :math:`\log s` on :math:`[10^{-4}, 10^4]`; :math:`s = 1` is kept when it is at least as
     good. For a single Gaussian this is :math:`\hat s^2 = \frac1N\sum_i (y_i-\mu_i)^2/\sigma_i^2`.
 
     Which density is fitted:

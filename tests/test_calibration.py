@@ -19,10 +19,10 @@ def draw_labels(rng, probs):
 
 # --- temperature scaling -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("true_t", [0.5, 2.0, 3.0])
-def test_temperature_recovered_single_pass(true_t):
+@pytest.mark.parametrize("true_t, logit_scale", [(0.5, 3.0), (2.0, 3.0), (3.0, 3.0), (400.0, 1000.0)])
+def test_temperature_recovered_single_pass(true_t, logit_scale):
     rng = np.random.default_rng(int(true_t * 10))
-    logits = rng.normal(size=(20000, 5)) * 3.0
+    logits = rng.normal(size=(20000, 5)) * logit_scale
     y = draw_labels(rng, softmax(logits / true_t))
     fitted = TemperatureScaling().fit(logits, y).temperature_
     assert abs(fitted / true_t - 1) < 0.05
