@@ -52,6 +52,12 @@ def _axes(ax, figsize=(5.0, 4.0)):
     return fig, fig.add_subplot()
 
 
+def _diagonal(ax) -> None:
+    """The y = x reference line, drawn once per axes however many curves share it."""
+    if not any(line.get_label() == "Perfect calibration" for line in ax.get_lines()):
+        ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="Perfect calibration")
+
+
 class ReliabilityDisplay:
     """Reliability diagram with gap bars, above a histogram of the top-label confidence.
 
@@ -109,7 +115,7 @@ class ReliabilityDisplay:
         gap_bottom = np.minimum(acc, conf)[filled]
         ax.bar(left[filled], np.abs(conf - acc)[filled], bottom=gap_bottom, width=width[filled], align="edge",
                color=_ERROR_COLOR, alpha=0.35, edgecolor=_ERROR_COLOR, hatch="//", linewidth=0.6, label="Gap")
-        ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="Perfect calibration")
+        _diagonal(ax)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_ylabel("Accuracy")
@@ -278,7 +284,7 @@ class RegressionCalibrationDisplay:
             label += f" (area {self.area:.3f})"
         (line,) = ax.plot(self.expected, self.observed, marker="o", markersize=3, label=label)
         ax.fill_between(self.expected, self.expected, self.observed, color=line.get_color(), alpha=0.15)
-        ax.plot([0, 1], [0, 1], linestyle="--", color="gray", label="Perfect calibration")
+        _diagonal(ax)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("Expected proportion below quantile")

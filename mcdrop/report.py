@@ -85,12 +85,22 @@ class EvaluationReport:
         pick = max if direction > 0 else min
         return pick(values, key=values.get)
 
+    def _best_models(self, metric: str) -> set[str]:
+        """Every model tied with the best value of ``metric`` (empty for one model or no direction)."""
+        best = self.best(metric) if len(self.models) > 1 else None
+        if best is None:
+            return set()
+        top = self.metrics[best][metric]
+        return {m for m in self.models
+                if self.metrics[m][metric] is not None and math.isclose(self.metrics[m][metric], top,
+                                                                         rel_tol=1e-12, abs_tol=1e-15)}
+
     def __str__(self) -> str:
         rows = [["metric", *self.models]]
         for name in self.metric_names:
             arrow = {1: " (↑)", -1: " (↓)"}.get(DIRECTIONS.get(name, 0), "")
-            best = self.best(name) if len(self.models) > 1 else None
-            cells = [_format(self.metrics[m][name]) + ("*" if m == best else "") for m in self.models]
+            best = self._best_models(name)
+            cells = [_format(self.metrics[m][name]) + ("*" if m in best else "") for m in self.models]
             rows.append([name + arrow, *cells])
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = [f"{self.task} report, {self.n_rows} rows"]
@@ -156,11 +166,11 @@ class EvaluationReport:
         head = "".join(f"<th>{html.escape(m)}</th>" for m in self.models)
         body = []
         for name in self.metric_names:
-            best = self.best(name) if len(self.models) > 1 else None
+            best = self._best_models(name)
             arrow = {1: " ↑", -1: " ↓"}.get(DIRECTIONS.get(name, 0), "")
             best_attr = ' class="best"'
             cells = "".join(
-                f"<td{best_attr if m == best else ''}>{_format(self.metrics[m][name])}</td>"
+                f"<td{best_attr if m in best else ''}>{_format(self.metrics[m][name])}</td>"
                 for m in self.models)
             body.append(f"<tr><th>{html.escape(name)}{arrow}</th>{cells}</tr>")
         images = []

@@ -171,3 +171,25 @@ def test_task_read_from_arrays():
     samples = np.array([[0.1, 0.9], [0.3, 0.5], [0.2, 0.7]])  # (T, N) regression samples
     assert evaluate(samples, np.array([0.25, 0.6])).task == "regression"
     assert evaluate(np.array([[0.5, 0.5], [0.5, 0.5]]), [0.3, 0.7]).task == "regression"
+
+
+def test_ties_are_all_marked_best(regression):
+    from mcdrop.calibration import VarianceScaling
+
+    y, pred = regression
+    scaled = VarianceScaling().fit(pred, y).transform(pred)  # same mean, so the same RMSE
+    report = evaluate({"mc": pred, "scaled": scaled}, y)
+    rmse_line = next(line for line in str(report).splitlines() if line.startswith("rmse"))
+    assert rmse_line.count("*") == 2
+    crps_line = next(line for line in str(report).splitlines() if line.startswith("crps"))
+    assert crps_line.count("*") == 1
+
+
+def test_overlaid_calibration_curves_share_one_diagonal(regression):
+    from mcdrop import plotting
+
+    y, pred = regression
+    first = plotting.RegressionCalibrationDisplay.from_predictions(y, pred, name="a")
+    plotting.RegressionCalibrationDisplay.from_predictions(y, pred.samples, name="b", ax=first.ax_)
+    labels = [t.get_text() for t in first.ax_.get_legend().get_texts()]
+    assert labels.count("Perfect calibration") == 1 and len(labels) == 3
