@@ -188,7 +188,8 @@ class TemperatureScaling(_LogitScaler):
 
     The fit searches :math:`\log\tau` (so :math:`\tau` stays positive) on a coarse grid over
     :math:`[10^{-4}, 10^4]` and refines with bounded Brent; :math:`\tau = 1` is kept when it is at least as
-    good, so the NLL on the fitting data never rises. Temperature scaling preserves each pass's argmax.
+    good, so the NLL on the fitting data never rises. Temperature scaling preserves each pass's argmax;
+    the argmax of the pass average can change.
 
     Attributes
     ----------
