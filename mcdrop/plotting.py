@@ -78,8 +78,8 @@ class ReliabilityDisplay:
     --------
     >>> import numpy as np
     >>> disp = ReliabilityDisplay.from_predictions([0, 1, 1], [[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]], n_bins=5)
-    >>> disp.ax_.get_xlabel(), disp.hist_ax_.get_ylabel()
-    ('Confidence', 'Fraction of rows')
+    >>> disp.ax_.get_ylabel(), disp.hist_ax_.get_xlabel()
+    ('Accuracy', 'Confidence')
     """
 
     def __init__(self, *, confidence, accuracy, count, edges, ece=None, name=None):
