@@ -45,8 +45,8 @@ def describe(value: Any) -> str:
             return repr(np.asarray(value).item())
         return f"an array of shape {shape} and dtype {getattr(value, 'dtype', '?')}"
     text = repr(value)
-    if len(text) > 80:
-        text = text[:77] + "..."
+    if len(text) > 240:  # long enough for a file path, short enough for one line
+        text = text[:237] + "..."
     if isinstance(value, (str, numbers.Number, bool, type(None), tuple, list)):
         return text
     return f"{text} (of type {type(value).__name__})"
