@@ -387,7 +387,8 @@ def _cmd_predict(args) -> int:
     model = io.load_model(args.model, unsafe=args.unsafe, name="MODEL")
     x = _fit_to_model(model, x, from_csv=Path(args.data).suffix.lower() == ".csv")
     mc = _make_engine(args, model, task=args.task, outputs=args.outputs, heteroscedastic=args.heteroscedastic)
-    pred = mc.predict(x, return_samples=args.samples)
+    # None: the engine's default, which keeps the per-pass outputs for regression (its mixture needs them)
+    pred = mc.predict(x, return_samples=True if args.samples else None)
     arrays = {**pred.to_dict(), **_provenance(pred)}
     if out is not None:
         io.save_npz(out, arrays)

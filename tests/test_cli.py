@@ -116,6 +116,7 @@ def test_predict_regression(files, tmp_path, capsys):
         assert saved["task"].item() == "regression"
         assert saved["mean"].shape == (24, 1)
         np.testing.assert_allclose(saved["variance"], saved["epistemic_variance"] + saved["aleatoric_variance"])
+        assert saved["samples"].shape == (6, 24, 1)  # regression keeps its passes: the predictive mixture
 
 
 # --------------------------------------------------------------------------- select
