@@ -220,12 +220,12 @@ class MCDropout:
             chunks.append((idx, valid))
         return chunks
 
-    def _run(self, x, *, batch_size, verbose, on_chunk):
+    def _run(self, x, *, batch_size, verbose, on_chunk, seed=None):
         """Stream blocks of rows through all pass chunks; call ``on_chunk(list of per-pass-chunk
         outputs)`` once per block with the valid rows only. Returns the seed used."""
         n = None if _inputs.is_streaming(x) else _count_rows(x)
         rows, passes = self._plan(batch_size, n)
-        seed, seed_pair = self._seed_pair()
+        seed, seed_pair = seed if seed is not None else self._seed_pair()
         pass_chunks = self._pass_chunks(passes)
         shapes = self._spec.shapes if self._spec is not None else None
         size, warned = rows, False
@@ -283,7 +283,8 @@ class MCDropout:
                 raise _nonfinite_error(bad, out.shape[1])
         return self._pack_outputs(outputs)
 
-    def predict(self, x, *, return_samples: bool | None = None, batch_size: int | None = None, verbose=None):
+    def predict(self, x, *, return_samples: bool | None = None, batch_size: int | None = None, verbose=None,
+                out=None, overwrite: bool = False):
         """Run T stochastic passes over ``x`` and summarise them.
 
         Parameters
@@ -295,6 +296,13 @@ class MCDropout:
             memory stays O(N·C).
         batch_size : int, optional
             Rows per compiled call (overrides the memory-budget choice).
+        out : str or Path, optional
+            Write the per-row results block by block to this folder (see :mod:`mcdrop.store`) instead
+            of holding them in memory, and return the prediction memory-mapped from it: a pool of any
+            length is scored in memory independent of its size. A multi-output model gets one
+            sub-folder per output.
+        overwrite : bool, default False
+            Replace an existing, non-empty ``out`` folder.
 
         Returns
         -------
@@ -302,34 +310,48 @@ class MCDropout:
         """
         if return_samples is not None and not isinstance(return_samples, bool):
             raise invalid("return_samples", "True, False or None", return_samples, error=TypeError)
-        chunk_predictions = []
-        state = {}
+        seed, seed_pair = self._seed_pair()
+        collected, writers = [], None
 
         def summarise(per_pass_chunks):
+            nonlocal writers
             if self._heads is None:
                 self._heads = self._decide_heads(per_pass_chunks[0])
             accs = []
-            for i, head in enumerate(self._heads):
+            for head in self._heads:
                 keep = return_samples if return_samples is not None else head.task == "regression"
-                accs.append(head.accumulator(keep_samples=keep,
-                                             provenance={"mask": self.mask, "seed": state.get("seed")}))
+                accs.append(head.accumulator(keep_samples=keep, provenance={"mask": self.mask, "seed": seed}))
             for outputs in per_pass_chunks:
                 for head, acc, raw in zip(self._heads, accs, outputs):
                     bad = nonfinite_rows(raw)
                     if bad:
                         raise _nonfinite_error(bad, raw.shape[1])
                     head.update(acc, raw)
-            chunk_predictions.append([acc.result() for acc in accs])
+            results = [acc.result() for acc in accs]
+            if out is None:
+                collected.append(results)
+                return
+            if writers is None:
+                writers = self._writers(out, len(results), overwrite)
+            for writer, result in zip(writers, results):
+                writer.append(result)
 
-        state["seed"] = None
-        seed = self._run(x, batch_size=batch_size, verbose=verbose, on_chunk=summarise)
-        if not chunk_predictions:
-            raise invalid("x", "at least one row", x)
-        joined = [concatenate(parts) for parts in zip(*chunk_predictions)]
-        import dataclasses
+        self._run(x, batch_size=batch_size, verbose=verbose, on_chunk=summarise, seed=(seed, seed_pair))
+        if out is not None:
+            if writers is None:
+                raise invalid("x", "at least one row", x)
+            return self._pack_outputs([writer.close() for writer in writers])
+        return self._pack_outputs([concatenate(parts) for parts in zip(*collected)])
 
-        joined = [dataclasses.replace(p, seed=seed) for p in joined]
-        return self._pack_outputs(joined)
+    def _writers(self, out, n_outputs, overwrite):
+        from pathlib import Path
+
+        from mcdrop.store import PredictionWriter
+
+        if n_outputs == 1:
+            return [PredictionWriter(out, overwrite=overwrite)]
+        names = self._output_names() if len(self._output_names()) == n_outputs else range(n_outputs)
+        return [PredictionWriter(Path(out) / str(name), overwrite=overwrite) for name in names]
 
     def _pack_outputs(self, flat):
         if len(flat) == 1:

@@ -1,0 +1,98 @@
+"""Streaming predictions to disk: equal to in-memory results, memory independent of the pool, and a
+full disk leaves what was written readable."""
+
+import errno
+import json
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import mcdrop
+from mcdrop import store
+from tests.engine.conftest import mlp
+
+X = np.random.default_rng(0).standard_normal((300, 8)).astype("float32")
+
+
+def test_store_round_trips_classification_with_samples(tmp_path):
+    mc = mcdrop.MCDropout(mlp(), num_samples=7, seed=0, verbose=0, batch_size=64)
+    in_memory = mc.predict(X, return_samples=True)
+    on_disk = mc.predict(X, return_samples=True, out=tmp_path / "preds")
+    assert isinstance(on_disk.mean, np.memmap) or isinstance(on_disk.mean.base, np.memmap)
+    for name in ("mean", "variance", "expected_entropy", "votes", "samples"):
+        np.testing.assert_array_equal(getattr(on_disk, name), getattr(in_memory, name))
+    np.testing.assert_array_equal(on_disk.mutual_information, in_memory.mutual_information)
+    assert (on_disk.num_samples, on_disk.seed, on_disk.mask) == (7, 0, "consistent")
+    np.testing.assert_array_equal(store.load(tmp_path / "preds").mean, in_memory.mean)
+    # every file is a plain .npy numpy reads without us
+    assert np.load(tmp_path / "preds" / "mean.npy").shape == (300, 3)
+
+
+def test_store_round_trips_heteroscedastic_regression(tmp_path):
+    model = mlp(n_out=2, activation=None)
+    mc = mcdrop.MCDropout(model, num_samples=5, seed=1, verbose=0, heteroscedastic="log_variance", batch_size=50)
+    ref = mc.predict(X)
+    got = mc.predict(X, out=tmp_path / "reg")
+    assert got.heteroscedastic and got.sample_variances.shape == (5, 300, 1)
+    np.testing.assert_array_equal(got.samples, ref.samples)
+    np.testing.assert_array_equal(got.interval(0.9)[0], ref.interval(0.9)[0])
+
+
+def test_existing_store_is_not_overwritten_unless_asked(tmp_path):
+    mc = mcdrop.MCDropout(mlp(), num_samples=2, seed=0, verbose=0)
+    mc.predict(X[:10], out=tmp_path / "p")
+    with pytest.raises(FileExistsError, match=r"argument `out`: expected a new or empty folder"):
+        mc.predict(X[:10], out=tmp_path / "p")
+    assert mc.predict(X[:20], out=tmp_path / "p", overwrite=True).mean.shape == (20, 3)
+
+
+def test_streaming_to_disk_keeps_memory_independent_of_pool_size(tmp_path):
+    mc = mcdrop.MCDropout(mlp(n_out=10), num_samples=5, seed=0, verbose=0, batch_size=100)
+
+    def pool(n):  # a generator: the engine never sees the whole pool
+        rng = np.random.default_rng(0)
+        for _ in range(n // 500):
+            yield rng.standard_normal((500, 8)).astype("float32")
+
+    mc.predict(pool(1000), out=tmp_path / "warm")
+
+    def peak(n, out):
+        tracemalloc.start()
+        mc.predict(pool(n), out=out)
+        peak_bytes = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return peak_bytes
+
+    in_memory = peak(40_000, None)  # holds per-row arrays: >= 40,000 x 10 x 8 bytes x 3
+    small, large = peak(2_000, tmp_path / "small"), peak(40_000, tmp_path / "large")
+    assert in_memory > 40_000 * 10 * 8 * 3
+    assert large < 0.1 * in_memory  # no per-row array held in memory
+    assert large < 3 * small        # 20x the rows: only small garbage awaiting collection grows
+    assert store.load(tmp_path / "large").mean.shape == (40_000, 10)
+
+
+def test_full_disk_raises_clearly_and_leaves_written_rows_readable(tmp_path, monkeypatch):
+    mc = mcdrop.MCDropout(mlp(), num_samples=4, seed=0, verbose=0, batch_size=50)
+    ref = mc.predict(X)
+    original = store._Appender.append
+    calls = {"n": 0}
+
+    def append(self, block):
+        calls["n"] += 1
+        if calls["n"] > 2 * 4:  # four files per classification block; fail in the third block
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, block)
+
+    monkeypatch.setattr(store._Appender, "append", append)
+    with pytest.raises(store.StoreFullError, match=r"disk is full .* the 100 row\(s\) written before stay readable"):
+        mc.predict(X, out=tmp_path / "full")
+    partial = store.load(tmp_path / "full")
+    assert json.loads((tmp_path / "full" / "meta.json").read_text())["rows"] == 100
+    np.testing.assert_array_equal(partial.mean, ref.mean[:100])
+    np.testing.assert_array_equal(np.load(tmp_path / "full" / "votes.npy"), ref.votes[:100])
+
+
+def test_load_refuses_a_folder_that_is_not_a_store(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"argument `path`: expected a prediction store folder"):
+        store.load(tmp_path)
