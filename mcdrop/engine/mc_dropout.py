@@ -222,48 +222,77 @@ class MCDropout:
 
     def _run(self, x, *, batch_size, verbose, on_chunk, seed=None):
         """Stream blocks of rows through all pass chunks; call ``on_chunk(list of per-pass-chunk
-        outputs)`` once per block with the valid rows only. Returns the seed used."""
+        outputs)`` once per block, in row order, with the valid rows only. Returns the seed used.
+
+        Every compiled call gets exactly ``size`` rows. Under a distribution strategy each replica
+        gets its own block of that size (so a replica computes what one device would). On a
+        resource-exhausted error the block size halves, a warning is given once, and the same
+        rows are run again: nothing is lost or duplicated.
+        """
         n = None if _inputs.is_streaming(x) else _count_rows(x)
         rows, passes = self._plan(batch_size, n)
         seed, seed_pair = seed if seed is not None else self._seed_pair()
         pass_chunks = self._pass_chunks(passes)
         shapes = self._spec.shapes if self._spec is not None else None
-        size, warned = rows, False
+        replicas = self.sampler.replicas
+        state = {"size": rows, "warned": False}
+
+        def pieces(block, offset, valid, size):
+            return [(_inputs.pad([a[s:s + size] for a in block], size), offset + s, min(size, valid - s))
+                    for s in range(0, valid, size)]
+
+        def run_group(group, structure):
+            """Run up to `replicas` pieces of one size; return (outputs, valid rows) per piece, in row
+            order (more pieces than given when the block size had to halve)."""
+            try:
+                per_pass = [self._call([p for p, _, _ in group], structure, idx, seed_pair,
+                                       [o for _, o, _ in group], shapes) for idx, _ in pass_chunks]
+            except tf.errors.ResourceExhaustedError:
+                size = len(group[0][0][0])
+                if size == 1:
+                    raise
+                state["size"] = max(1, size // 2)
+                if not state["warned"]:
+                    warnings.warn(f"mcdrop ran out of memory; retrying with {state['size']} rows per call.",
+                                  ResourceWarning, stacklevel=4)
+                    state["warned"] = True
+                smaller = [q for piece, offset, used in group
+                           for q in pieces(piece, offset, used, state["size"])]
+                return run_all(smaller, structure)
+            return [([[o[i][:k, :used] for o in out] for out, (_, k) in zip(per_pass, pass_chunks)], used)
+                    for i, (_, _, used) in enumerate(group)]
+
+        def run_all(items, structure):
+            results = []
+            for g in range(0, len(items), replicas):
+                results.extend(run_group(items[g:g + replicas], structure))
+            return results
+
         with self._progress(verbose, n) as bar:
+            pending, structure = [], None
             for block, structure, offset, valid in _inputs.iter_blocks(x, self._spec, rows):
-                start = 0
-                while start < valid:
-                    piece = _inputs.pad([a[start:start + size] for a in block], size)
-                    used = min(size, valid - start)
-                    try:
-                        outputs = [
-                            [o[:k, :used] for o in
-                             self._call(piece, structure, idx, seed_pair, offset + start, shapes)]
-                            for idx, k in pass_chunks
-                        ]
-                    except tf.errors.ResourceExhaustedError:  # back off: halve the rows, retry
-                        if size == 1:
-                            raise
-                        size = max(1, size // 2)
-                        if not warned:
-                            warnings.warn(f"mcdrop ran out of memory; retrying with {size} rows per call.",
-                                          ResourceWarning, stacklevel=3)
-                            warned = True
-                        continue
-                    on_chunk(outputs)
-                    start += used
-                    bar.update(used)
+                pending.extend(pieces(block, offset, valid, state["size"]))
+                while len(pending) >= replicas:
+                    group, pending = pending[:replicas], pending[replicas:]
+                    for result, used in run_group(group, structure):
+                        on_chunk(result)
+                        bar.update(used)
+            for result, used in run_all(pending, structure):
+                on_chunk(result)
+                bar.update(used)
         return seed
 
-    def _call(self, flat, structure, passes, seed_pair, offset, shapes):
+    def _call(self, flats, structure, passes, seed_pair, offsets, shapes):
+        """Per-pass outputs for one piece per replica: a list (per output) of (replicas, Tc, n, ...)."""
         try:
-            return self.sampler(flat, structure, passes, seed_pair, offset, shapes)
+            return self.sampler(flats, structure, passes, seed_pair, offsets, shapes)
         except tf.errors.ResourceExhaustedError:
             raise
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as err:
             if isinstance(err, ValueError) and str(err).startswith("Invalid value for argument"):
                 raise
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            flat = flats[0]
             raise invalid("x", "input the model can take", flat[0] if len(flat) == 1 else
                           f"{len(flat)} arrays", detail=f"The model failed on it: {first}") from err
 

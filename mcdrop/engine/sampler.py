@@ -126,47 +126,44 @@ class CompiledSampler:
             self._functions[key] = fn
         return self._functions[key]
 
-    def __call__(self, flat, structure, passes: np.ndarray, seed: np.ndarray, row_offset: int,
-                 spec_shapes=None) -> list[np.ndarray]:
-        fn = self.function(flat, structure, spec_shapes)
-        args = (
-            [tf.convert_to_tensor(a) for a in flat],
-            tf.constant(passes, tf.int32),
-            tf.constant(seed, tf.int64),
-            tf.constant(row_offset, tf.int64),
-        )
-        if self.strategy is not None:
-            outputs = _run_replicated(self.strategy, fn, args)
-        else:
-            outputs = fn(*args)
-        return [np.asarray(o) for o in outputs]
+    @property
+    def replicas(self) -> int:
+        return 1 if self.strategy is None else int(self.strategy.num_replicas_in_sync)
+
+    def __call__(self, flats, structure, passes: np.ndarray, seed: np.ndarray, offsets, spec_shapes=None):
+        """Per-pass outputs of one block per replica (one block without a strategy): a list, per model
+        output, of arrays shaped (blocks, T_chunk, n, ...). All blocks have the same number of rows."""
+        fn = self.function(flats[0], structure, spec_shapes)
+        passes = tf.constant(passes, tf.int32)
+        seed = tf.constant(seed, tf.int64)
+        if self.strategy is None:
+            (flat,), (offset,) = flats, offsets
+            outputs = fn([tf.convert_to_tensor(a) for a in flat], passes, seed, tf.constant(offset, tf.int64))
+            return [np.asarray(o)[None] for o in outputs]
+        return self._replicated(fn, flats, passes, seed, offsets)
+
+    def _replicated(self, fn, flats, passes, seed, offsets):
+        """One block per replica (the last group padded with copies of its last block).
+
+        Keyed noise does not depend on which device draws it, and each replica's block has the shape
+        a single device would use, so the results are the single-device results.
+        """
+        used = len(flats)
+        flats = list(flats) + [flats[-1]] * (self.replicas - used)
+        offsets = list(offsets) + [offsets[-1]] * (self.replicas - used)
+
+        def value_fn(ctx):
+            i = ctx.replica_id_in_sync_group
+            return [tf.convert_to_tensor(a) for a in flats[i]], tf.constant(offsets[i], tf.int64)
+
+        per_replica = self.strategy.experimental_distribute_values_from_function(value_fn)
+        result = self.strategy.run(lambda inputs: fn(inputs[0], passes, seed, inputs[1]), args=(per_replica,))
+        out = []
+        for per_output in result:
+            local = self.strategy.experimental_local_results(per_output)
+            out.append(np.stack([np.asarray(v) for v in local[:used]]))
+        return out
 
     @property
     def uses_graph(self) -> bool:
         return has_graph(self.model)
-
-
-def _run_replicated(strategy, fn, args):
-    """Split the rows of a chunk across the strategy's replicas and join the per-pass outputs.
-
-    Keyed noise does not depend on which rows share a batch, so each replica's rows get
-    exactly the noise they would get on one device.
-    """
-    flat, passes, seed, row_offset = args
-    replicas = strategy.num_replicas_in_sync
-    n = int(flat[0].shape[0])
-    bounds = np.linspace(0, n, replicas + 1).astype(int)
-
-    def value_fn(ctx):
-        i = ctx.replica_id_in_sync_group
-        return [a[bounds[i]:bounds[i + 1]] for a in flat], row_offset + int(bounds[i])
-
-    per_replica = strategy.experimental_distribute_values_from_function(value_fn)
-
-    def replica_step(inputs):
-        rows, offset = inputs
-        return fn(rows, passes, seed, offset)
-
-    result = strategy.run(replica_step, args=(per_replica,))
-    parts = [strategy.experimental_local_results(r) for r in result]
-    return [tf.concat([tf.convert_to_tensor(p) for p in part], axis=1) for part in parts]

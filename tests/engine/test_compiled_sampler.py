@@ -97,8 +97,9 @@ def test_run_eagerly_gives_the_compiled_results():
     compiled = mcdrop.MCDropout(mlp(), num_samples=6, seed=1, verbose=0)
     eager = mcdrop.MCDropout(compiled.model, num_samples=6, seed=1, verbose=0, run_eagerly=True)
     np.testing.assert_allclose(eager.sample(x), compiled.sample(x), rtol=1e-6, atol=1e-7)
-    assert eager.sampler.traces == 1  # the eager step ran once per block, untraced
-    assert compiled.sampler.function([x], x, None) is not eager.sampler.function([x], x, None)
+    assert eager.sampler.traces == 1  # the eager step ran once (one block), untraced
+    assert not hasattr(eager.sampler.function([x], x, None), "get_concrete_function")
+    assert hasattr(compiled.sampler.function([x], x, None), "get_concrete_function")
 
 
 def _peak_numpy_bytes(fn):
@@ -148,11 +149,12 @@ def test_out_of_memory_back_off_halves_the_block_and_loses_nothing(monkeypatch):
     original = CompiledSampler.__call__
     seen = []
 
-    def limited(self, flat, *args, **kwargs):
-        seen.append(int(flat[0].shape[0]))
-        if flat[0].shape[0] > 4:
+    def limited(self, flats, *args, **kwargs):
+        rows = int(flats[0][0].shape[0])
+        seen.append(rows)
+        if rows > 4:
             raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
-        return original(self, flat, *args, **kwargs)
+        return original(self, flats, *args, **kwargs)
 
     monkeypatch.setattr(CompiledSampler, "__call__", limited)
     with pytest.warns(ResourceWarning, match="ran out of memory; retrying with 8 rows"):
