@@ -66,30 +66,30 @@ def main(argv=None) -> None:
 
     samples = synthetic_samples(n_big, t, c)
     print(f"\npool samples: {samples.shape} float32 = {mib(samples.nbytes).strip()}")
-    print(f"{'function':<34}{'time':>10}{'peak extra':>16}")
+    print(f"{'function':<44}{'time':>10}{'peak extra':>16}")
     for name in ("bald", "max_entropy", "variation_ratio", "mean_std", "margin", "least_confidence"):
         fn = acq.SCORES[name]
         secs, peak, _ = measure(lambda fn=fn: fn(samples), args.repeat)
-        print(f"{name + f' ({n_big:,} x T={t} x C={c})':<34}{secs:9.3f}s{mib(peak):>16}")
+        print(f"{name + f' ({n_big:,} x T={t} x C={c})':<44}{secs:9.3f}s{mib(peak):>16}")
     scores = acq.bald(samples)
     secs, peak, _ = measure(lambda: acq.top_k(scores, 10), args.repeat)
-    print(f"{'top_k(bald, 10)':<34}{secs:9.3f}s{mib(peak):>16}")
+    print(f"{'top_k(bald, 10)':<44}{secs:9.3f}s{mib(peak):>16}")
     for mode in acq.STOCHASTIC_MODES:
         secs, peak, _ = measure(lambda mode=mode: acq.stochastic_batch(scores, 10, mode=mode, seed=0), args.repeat)
-        print(f"{'stochastic_batch ' + mode:<34}{secs:9.3f}s{mib(peak):>16}")
+        print(f"{'stochastic_batch ' + mode:<44}{secs:9.3f}s{mib(peak):>16}")
     del samples
 
     pool = synthetic_samples(n_bb, t, c, seed=1)
     print(f"\nBatchBALD pool: {pool.shape} float32 = {mib(pool.nbytes).strip()}, picking 10")
-    print(f"{'setting':<34}{'time':>10}{'peak extra':>16}  joint MI (exact)")
+    print(f"{'setting':<44}{'time':>10}{'peak extra':>16}  joint MI (exact)")
     for m in (1024, 4096):
         secs, peak, idx = measure(lambda m=m: acq.batch_bald(pool, 10, num_configurations=m, seed=0),
                                   max(1, args.repeat - 2))
         label = f"num_configurations={m}" + (" (default)" if m == 4096 else "")
-        print(f"{label:<34}{secs:9.3f}s{mib(peak):>16}  {acq.joint_mutual_information(pool, idx[:5]):.3f} "
+        print(f"{label:<44}{secs:9.3f}s{mib(peak):>16}  {acq.joint_mutual_information(pool, idx[:5]):.3f} "
               f"(first 5)")
     secs, peak, idx = measure(lambda: acq.batch_bald(pool, 10, max_memory=2**25, seed=0), 1)
-    print(f"{'max_memory=32 MiB':<34}{secs:9.3f}s{mib(peak):>16}")
+    print(f"{'max_memory=32 MiB':<44}{secs:9.3f}s{mib(peak):>16}")
     top = acq.top_k(acq.bald(pool), 10)
     print(f"top-10 BALD for comparison: joint MI of first 5 = {acq.joint_mutual_information(pool, top[:5]):.3f}")
 

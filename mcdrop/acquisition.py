@@ -643,8 +643,8 @@ def batch_bald(samples, k: int, *, num_configurations: int = 4096, max_memory: i
         (T, M) posterior table and the (M, chunk, C) block of candidate predictives, counted
         as float64 and twice over for temporaries. Candidates are processed in chunks sized
         from it, and M is lowered to :math:`\lfloor \text{max\_memory} / (8 (2T + 2C)) \rfloor`
-        if it does not fit. Peak extra memory is therefore about ``max_memory`` plus the
-        copy of ``samples`` (8·T·N·C bytes).
+        if it does not fit. Peak extra memory is therefore about ``max_memory`` plus a float64
+        copy of ``samples`` and, once configurations are sampled, a float32 one (12·T·N·C bytes).
     seed : int, numpy Generator or None
         Seeds the configuration sampling (unused while exact).
 
