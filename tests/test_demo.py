@@ -54,7 +54,9 @@ def test_comparison_covers_three_models_and_five_metrics(demo_run):
         assert 0.0 <= values["ece"] <= 1.0 and 0.0 <= values["brier"] <= 2.0 and values["nll"] > 0.0
     assert results["temperature"] > 0.0
     # the temperature was fitted to lower the NLL of MC dropout; on the test split it must not blow up
-    assert comparison["mc_temperature"]["nll"] < 2 * comparison["mc_dropout"]["nll"]
+    assert comparison["mc_temperature"]["nll"] < 1.5 * comparison["mc_dropout"]["nll"]
+    # a temperature rescales the probabilities but keeps their order: the predicted classes stay
+    assert comparison["mc_temperature"]["accuracy"] == comparison["mc_dropout"]["accuracy"]
 
 
 def test_ood_and_selection(demo_run):
@@ -65,12 +67,12 @@ def test_ood_and_selection(demo_run):
         assert 0.0 <= scores["fpr_at_95_tpr"] <= 1.0
     config = results["config"]
     assert config["k"] == 5 and config["fast"] is True
-    assert config["sizes"] == {"train": 200, "val": 200, "test": 643, "pool": 400, "ood": 354}
+    assert config["sizes"] == {"train": 200, "val": 400, "test": 643, "pool": 200, "ood": 354}
     selection = results["selection"]
     assert list(selection) == ["random", "bald", "batch_bald"]
     for method, picked in selection.items():
         assert len(set(picked["indices"])) == 5, method
-        assert all(0 <= i < 400 for i in picked["indices"])
+        assert all(0 <= i < 200 for i in picked["indices"])
         assert all(c in demo.IN_CLASSES for c in picked["classes"])
     # BatchBALD starts from the BALD argmax, and an informed batch beats a random one
     assert selection["batch_bald"]["indices"][0] == selection["bald"]["indices"][0]
