@@ -348,7 +348,7 @@ def _figures(data, det, mc_pred, predictions, selection) -> dict[str, bytes]:
     for col, (name, pred) in enumerate(predictions.items()):
         ax = fig.add_subplot(grid[0, col])
         hist_ax = fig.add_subplot(grid[1, col], sharex=ax)
-        ReliabilityDisplay.from_predictions(y_test, pred, n_bins=10, name=_MODELS[name], ax=ax, hist_ax=hist_ax)
+        ReliabilityDisplay.from_predictions(y_test, pred, name=_MODELS[name], ax=ax, hist_ax=hist_ax)
     figures["reliability.png"] = _png(fig)
 
     # risk-coverage: the error rate among the most confident fraction kept
