@@ -10,6 +10,8 @@ decomposition. Downstream modules work on those predictions or on plain arrays:
 ``mcdrop.acquisition``   acquisition functions for active learning
 ``mcdrop.active``        the labeling loop
 ``mcdrop.plotting``      Display objects (matplotlib, imported lazily)
+``mcdrop.store``         predictions streamed to disk (``predict(x, out=...)``)
+``mcdrop.distributed``   scoring huge pools on a Ray cluster
 
 Attributes are imported on first use, so ``import mcdrop`` does not load TensorFlow.
 """
@@ -27,8 +29,8 @@ _ATTRIBUTES = {
     "evaluate": "mcdrop.report",
 }
 _SUBMODULES = (
-    "engine", "predictive", "accumulators", "metrics", "calibration", "acquisition",
-    "active", "plotting", "report", "distributed", "cli",
+    "engine", "predictive", "accumulators", "heads", "store", "metrics", "calibration", "acquisition",
+    "active", "plotting", "report", "distributed", "io", "cli",
 )
 
 __all__ = [*_ATTRIBUTES, *_SUBMODULES, "__version__"]
