@@ -32,7 +32,6 @@ Acquisition: A Simple Baseline for Deep Active Learning. TMLR.
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -482,7 +481,8 @@ def stochastic_batch(scores, k: int, *, mode: str = "power", beta: float = 1.0, 
     :math:`\beta\text{-}\log \pi_i + g_i` with :math:`g_i \sim \mathrm{Gumbel}(0, 1)` i.i.d.
     (Kool et al. 2019). ``beta = 0`` is uniform sampling; as ``beta`` grows the draw tends to
     the top-k. Power mode needs non-negative scores (BALD, entropy...); points scoring 0 come
-    after every positive one, in random order.
+    after every positive one, in random order. Points whose weight underflows to 0 (huge
+    ``beta``) come last in score order.
 
     Parameters
     ----------
@@ -515,19 +515,26 @@ def stochastic_batch(scores, k: int, *, mode: str = "power", beta: float = 1.0, 
         if np.any(scores < 0):
             raise invalid("scores", "non-negative scores for mode='power'", scores,
                           detail=f"The smallest is {scores.min():.6g}; use mode='softmax' or 'softrank'.")
-        with np.errstate(divide="ignore"):
-            log_weight = beta * np.log(scores) if beta > 0 else np.zeros(n)
-    elif mode == "softmax":
-        log_weight = beta * scores
-    else:
-        ranks = np.empty(n)
-        ranks[np.argsort(-scores, kind="stable")] = np.arange(1, n + 1)
-        log_weight = -beta * np.log(ranks)
+    # log-weights shifted so the largest is 0: a large beta can only underflow to -inf, never
+    # overflow to +inf (the shift does not change the distribution)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        if mode == "power":
+            if beta == 0 or scores.max() == 0:
+                log_weight = np.zeros(n)
+            else:
+                log_weight = beta * (np.log(scores) - np.log(scores.max()))
+        elif mode == "softmax":
+            log_weight = beta * (scores - scores.max())
+        else:
+            ranks = np.empty(n)
+            ranks[np.argsort(-scores, kind="stable")] = np.arange(1, n + 1)
+            log_weight = -beta * np.log(ranks)
     gumbel = np.random.default_rng(seed).gumbel(size=n)
     key = log_weight + gumbel
     possible = np.isfinite(key)
-    # descending by key; impossible (weight 0) points last, ordered by their own Gumbel noise
-    order = np.lexsort((-gumbel, -np.where(possible, key, 0.0), ~possible))
+    # descending by key; points whose weight is 0 (or underflowed to 0) come last, by score and
+    # then at random: the limit of the draw as their weights shrink
+    order = np.lexsort((-gumbel, -scores, -np.where(possible, key, 0.0), ~possible))
     return order[:k].astype(np.int64)
 
 

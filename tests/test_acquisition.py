@@ -398,6 +398,17 @@ def test_stochastic_batch_samples_the_stated_distribution():
     np.testing.assert_allclose(np.bincount(draws, minlength=4) / 8000, scores**2 / (scores**2).sum(), atol=0.02)
 
 
+@pytest.mark.parametrize("mode, scores, beta", [
+    ("softmax", [1e300, 5e299, -1e300, 0.0], 1e10),  # beta * score overflows
+    ("power", [10.0, 5.0, 0.0, 1.0], 1e308),         # beta * log(score) overflows
+    ("softrank", [3.0, 2.0, 0.0, 1.0], 1e308),
+])
+def test_huge_beta_is_top_k_without_overflow(mode, scores, beta):
+    with np.errstate(all="raise"):
+        for s in range(5):
+            assert acq.stochastic_batch(scores, 3, mode=mode, beta=beta, seed=s).tolist() == [0, 1, 3]
+
+
 def test_power_mode_zero_scores_come_last():
     scores = np.array([0.0, 0.3, 0.0, 0.2, 0.0])
     for s in range(20):
