@@ -722,7 +722,8 @@ def batch_bald(samples, k: int, *, num_configurations: int = 4096, max_memory: i
         else:  # ancestral sampling: extend each configuration by one label
             cdf = np.cumsum(predictive, axis=1)
             u = rng.random(predictive.shape[0]) * cdf[:, -1]
-            label = np.minimum((cdf < u[:, None]).sum(axis=1), c - 1)
+            # the class whose cdf interval [cdf_{y-1}, cdf_y) holds u: never a zero-probability one
+            label = np.minimum((cdf <= u[:, None]).sum(axis=1), c - 1)
             parent = np.arange(predictive.shape[0])
         posterior = posterior[:, parent] * p_new[:, label]
         posterior /= posterior.sum(axis=0, keepdims=True)
