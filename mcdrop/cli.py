@@ -352,7 +352,18 @@ def _make_engine(args, model, **options):
     if args.batch_size is not None:
         kwargs["batch_size"] = args.batch_size
     kwargs.update({k: v for k, v in options.items() if v is not None})
-    return mcdrop.MCDropout(model, **kwargs)
+    try:
+        return mcdrop.MCDropout(model, **kwargs)
+    except ValueError as exc:
+        if _is_tfsm(model):
+            raise CommandError(f"{_message(exc)} MODEL is a SavedModel folder, which Keras 3 loads as an "
+                               "inference-only TFSMLayer with its dropout traced off: save the model as "
+                               ".keras to use MC dropout.") from None
+        raise
+
+
+def _is_tfsm(model) -> bool:
+    return any(type(layer).__name__ == "TFSMLayer" for layer in getattr(model, "layers", ()))
 
 
 def _provenance(pred) -> dict[str, Any]:

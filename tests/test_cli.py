@@ -33,8 +33,16 @@ def files(tmp_path_factory):
     with_code = keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda t: t + 1.0),
                                   keras.layers.Dropout(0.5), keras.layers.Dense(3, activation="softmax")])
     clf.save(folder / "clf.keras")
+    clf.export(str(folder / "saved"), verbose=False)
+    cnn = keras.Sequential([keras.Input((2, 2, 1)), keras.layers.Conv2D(2, 2), keras.layers.Flatten(),
+                            keras.layers.Dropout(0.5), keras.layers.Dense(3, activation="softmax")])
+    cnn.save(folder / "cnn.keras")
     clf.save(folder / "clf.h5")
     reg.save(folder / "reg.keras")
+    gauss = keras.Sequential([keras.Input((4,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dropout(0.5), keras.layers.Dense(2)])  # mean, log-variance
+    gauss.save(folder / "gauss.keras")
+    np.save(folder / "targets.npy", np.random.default_rng(5).normal(size=24))
     with_code.save(folder / "code.keras")
     rng = np.random.default_rng(0)
     x = rng.normal(size=(24, 4)).astype(np.float32)
@@ -107,6 +115,17 @@ def test_predict_json_without_out_prints_per_row_statistics(files, capsys):
     assert all(0 <= c < 3 for c in payload["rows"]["predicted_class"])
 
 
+def test_predict_reshapes_csv_rows_to_the_model_input(files, tmp_path, capsys):
+    images = np.random.default_rng(1).random((5, 2, 2, 1)).astype(np.float32)
+    np.savetxt(tmp_path / "images.csv", images.reshape(5, 4), delimiter=",")
+    np.save(tmp_path / "images.npy", images)
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    assert run(capsys, "predict", files / "cnn.keras", tmp_path / "images.csv", "-T", 4, "--seed", 0, "--out", a)[0] == 0
+    assert run(capsys, "predict", files / "cnn.keras", tmp_path / "images.npy", "-T", 4, "--seed", 0, "--out", b)[0] == 0
+    with np.load(a) as from_csv, np.load(b) as from_npy:
+        np.testing.assert_allclose(from_csv["mean"], from_npy["mean"], rtol=1e-5, atol=1e-6)
+
+
 def test_predict_regression(files, tmp_path, capsys):
     out = tmp_path / "r.npz"
     status, stdout, _ = run(capsys, "predict", files / "reg.keras", files / "x.npy", "-T", 6, "--seed", 0,
@@ -117,6 +136,22 @@ def test_predict_regression(files, tmp_path, capsys):
         assert saved["mean"].shape == (24, 1)
         np.testing.assert_allclose(saved["variance"], saved["epistemic_variance"] + saved["aleatoric_variance"])
         assert saved["samples"].shape == (6, 24, 1)  # regression keeps its passes: the predictive mixture
+
+
+def test_heteroscedastic_regression_predict_then_evaluate(files, tmp_path, capsys):
+    preds = tmp_path / "g.npz"
+    status, _, err = run(capsys, "predict", files / "gauss.keras", files / "x.npy", "-T", 8, "--seed", 0,
+                         "--task", "regression", "--heteroscedastic", "log_variance", "--out", preds, "-q")
+    assert status == 0, err
+    with np.load(preds) as saved:
+        assert saved["heteroscedastic"].item() is True
+        assert saved["mean"].shape == (24, 1) and saved["sample_variances"].shape == (8, 24, 1)
+        assert np.all(saved["aleatoric_variance"] > 0)
+    status, stdout, err = run(capsys, "evaluate", preds, files / "targets.npy", "--json")
+    assert status == 0, err
+    metrics = json.loads(stdout)
+    text = json.dumps(metrics)
+    assert "rmse" in text and "mixture_nll" in text and "crps" in text
 
 
 # --------------------------------------------------------------------------- select
@@ -189,6 +224,9 @@ def test_every_subcommand_has_help_with_an_example(command, capsys):
         (["predict", "{f}/y.npy", "{f}/x.npy"], r"argument `MODEL`: .*Unknown model format '\.npy'"),
         (["predict", "{f}/empty", "{f}/x.npy"], r"argument `MODEL`: .*neither saved_model\.pb nor"),
         (["predict", "{f}/code.keras", "{f}/x.npy"], r"argument `MODEL`: expected a model that loads in safe mode"),
+        (["predict", "{f}/saved", "{f}/x.npy"],
+         r"argument `model`: expected a model with at least one stochastic layer.*SavedModel folder.*save the model "
+         r"as \.keras"),
         (["predict", "{f}/clf.keras", "{f}/clf.keras"], r"argument `DATA`: .*Unknown array format '\.keras'"),
         (["predict", "{f}/clf.keras", "{f}/x5.npy"],
          r"argument `x`: expected an array of shape \(None, 4\), received an array of shape \(24, 5\)"),
