@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/python examples/quickstart.py
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 tests
+	$(BIN)/python -m pytest -q -n 2 tests --doctest-modules mcdrop
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/engine.py

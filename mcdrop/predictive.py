@@ -100,7 +100,7 @@ class ClassificationPrediction:
         >>> p = np.array([[[0.9, 0.1]], [[0.1, 0.9]]])  # two passes that disagree
         >>> pred = ClassificationPrediction.from_samples(p)
         >>> round(float(pred.mutual_information[0]), 4)
-        0.368
+        0.3681
         """
         from mcdrop.accumulators import ClassificationAccumulator
 
