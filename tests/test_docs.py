@@ -58,6 +58,7 @@ def test_formulas_are_typeset_as_mathml(site):
         assert html.count("<math") > 20, page
         assert ".. math::" not in html and ":math:<code>" not in html, page  # docstring maths converted
         assert not re.search(r'class="arithmatex">\\[(\[]', html), page  # no TeX source left
+        assert ":func:<code>" not in html and ":class:<code>" not in html, page  # reST roles tidied
 
 
 def test_cli_page_documents_every_option():
