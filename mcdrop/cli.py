@@ -56,11 +56,15 @@ class CommandError(Exception):
     """An error to print as one line, with exit status 2."""
 
 
+class _UsageError(CommandError):
+    """A usage error found by argparse; its message already names the (sub)command."""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error as one line instead of usage text and exit."""
 
     def error(self, message: str):  # noqa: D401 - argparse's API
-        raise CommandError(f"{self.prog}: error: {message} (see `{self.prog} --help`)")
+        raise _UsageError(f"{self.prog}: error: {message} (see `{self.prog} --help`)")
 
 
 # --------------------------------------------------------------------------- option types
@@ -195,10 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _import_tensorflow_quietly()
             return int(args.func(args) or 0)
     except CommandError as exc:
-        message = str(exc)
-        if not message.startswith("mcdrop"):
-            message = f"{prog}: error: {message}"
-        print(message, file=sys.stderr)
+        print(str(exc) if isinstance(exc, _UsageError) else f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:  # the reader of stdout went away (e.g. `| head`): not an error of ours
         with open(os.devnull, "w") as null:

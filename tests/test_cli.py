@@ -299,3 +299,29 @@ def test_console_script_error_is_one_clean_line(files, tmp_path):
     assert result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("mcdrop predict: error: Invalid value for argument `x`")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unexpected_exception_is_one_line_unless_tracebacks_are_asked_for(monkeypatch, tmp_path, capsys):
+    from mcdrop import demo
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom\n  with a second line")
+
+    monkeypatch.setattr(demo, "run", explode)
+    status, out, err = run(capsys, "demo", "--out", tmp_path / "d")
+    assert_one_line_error(status, out, err, r"^mcdrop demo: error: RuntimeError: boom with a second line$")
+    monkeypatch.setenv("MCDROP_TRACEBACK", "1")
+    with pytest.raises(RuntimeError, match="boom"):
+        cli.main(["demo", "--out", str(tmp_path / "d")])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupt_exits_2(monkeypatch, tmp_path, capsys):
+    from mcdrop import demo
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "run", interrupted)
+    status, out, err = run(capsys, "demo", "--out", tmp_path / "d")
+    assert_one_line_error(status, out, err, r"^mcdrop demo: error: interrupted$")
