@@ -176,7 +176,8 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
                    help="rows per batch (default: chosen under a memory budget)")
     p.add_argument("--key", default=None, help="which array of an .npz file to read (default: the only one, or x)")
     p.add_argument("--unsafe", action="store_true",
-                   help="allow models holding Python code (Lambda layers); only for files you trust")
+                   help="allow models holding Python code (Lambda layers) and SavedModel graphs; "
+                        "only for files you trust")
 
 
 # --------------------------------------------------------------------------- entry point

@@ -105,15 +105,16 @@ def load_model(path, *, unsafe: bool = False, name: str = "model"):
         ``config.json``), a legacy ``.h5``/``.hdf5`` file, or a TensorFlow SavedModel
         folder (``saved_model.pb`` inside).
     unsafe : bool, default False
-        Allow deserialising Python code (``Lambda`` layers). Only for files you trust:
-        loading such a file can run arbitrary code.
+        Allow deserialising Python code (``Lambda`` layers) and loading SavedModel folders,
+        whose graphs may hold file-system operations. Only for files you trust: loading
+        such a file can run arbitrary code.
     name : str, default "model"
         The argument name used in error messages.
 
     Returns
     -------
     keras.Model
-        Uncompiled. A SavedModel comes back as a one-layer functional model around a
+        Uncompiled. A SavedModel (only with ``unsafe=True``) comes back as a one-layer functional model around a
         ``keras.layers.TFSMLayer``: it predicts, but its dropout layers are baked into
         a traced graph in inference mode, so Monte Carlo dropout cannot switch them on
         (the engine then reports that the model has no stochastic layer). Re-save
@@ -130,6 +131,13 @@ def load_model(path, *, unsafe: bool = False, name: str = "model"):
         if (path / "config.json").is_file():
             return _load_keras(path, unsafe=unsafe, name=name)
         if _is_saved_model(path):
+            if not unsafe:
+                raise _error(
+                    name, "a model that loads in safe mode", path,
+                    "It is a TensorFlow SavedModel: a graph whose operations can read and write files when "
+                    "run, which safe mode does not load; pass unsafe=True (--unsafe on the command line) only "
+                    "if you trust it.",
+                )
             return _load_saved_model(path, name=name)
         raise _error(name, "a .keras or .h5 file or a SavedModel folder", path,
                      "The folder holds neither saved_model.pb nor a Keras config.json.")

@@ -225,6 +225,8 @@ def test_every_subcommand_has_help_with_an_example(command, capsys):
         (["predict", "{f}/empty", "{f}/x.npy"], r"argument `MODEL`: .*neither saved_model\.pb nor"),
         (["predict", "{f}/code.keras", "{f}/x.npy"], r"argument `MODEL`: expected a model that loads in safe mode"),
         (["predict", "{f}/saved", "{f}/x.npy"],
+         r"argument `MODEL`: expected a model that loads in safe mode.*TensorFlow SavedModel.*--unsafe"),
+        (["predict", "{f}/saved", "{f}/x.npy", "--unsafe"],
          r"argument `model`: expected a model with at least one stochastic layer.*SavedModel folder.*save the model "
          r"as \.keras"),
         (["predict", "{f}/clf.keras", "{f}/clf.keras"], r"argument `DATA`: .*Unknown array format '\.keras'"),

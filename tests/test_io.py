@@ -107,11 +107,11 @@ def keras_models(tmp_path_factory):
     return folder, plain
 
 
-@pytest.mark.parametrize("name", ["plain.keras", "plain.h5", "saved"])
-def test_models_load_and_predict_as_saved(keras_models, name):
+@pytest.mark.parametrize(("name", "unsafe"), [("plain.keras", False), ("plain.h5", False), ("saved", True)])
+def test_models_load_and_predict_as_saved(keras_models, name, unsafe):
     folder, plain = keras_models
     x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
-    model = io.load_model(folder / name)
+    model = io.load_model(folder / name, unsafe=unsafe)
     np.testing.assert_allclose(model.predict(x, verbose=0), plain.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
 
 
@@ -122,6 +122,13 @@ def test_python_code_in_a_model_needs_unsafe(keras_models, name):
         io.load_model(folder / name, name="MODEL")
     model = io.load_model(folder / name, unsafe=True)
     assert [type(layer).__name__ for layer in model.layers][1] == "Lambda"
+
+
+def test_a_saved_model_graph_needs_unsafe(keras_models):
+    folder, _ = keras_models
+    with pytest.raises(io.InputError, match=r"argument `MODEL`: expected a model that loads in safe mode.*"
+                                            r"TensorFlow SavedModel.*--unsafe"):
+        io.load_model(folder / "saved", name="MODEL")
 
 
 def test_unknown_or_broken_models_are_refused(tmp_path):
