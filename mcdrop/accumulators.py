@@ -12,6 +12,7 @@ Memory is O(N·C) unless samples are kept.
 from __future__ import annotations
 
 import numpy as np
+from scipy import special
 
 from mcdrop._validation import PROB_ATOL, invalid
 from mcdrop.predictive import ClassificationPrediction, RegressionPrediction
@@ -27,9 +28,7 @@ def _add_in_order(running: np.ndarray, chunk: np.ndarray) -> np.ndarray:
 
 def entropy(probs: np.ndarray, axis: int = -1) -> np.ndarray:
     r"""Shannon entropy in nats, :math:`-\sum_c p_c \log p_c`, with :math:`0 \log 0 = 0`."""
-    probs = np.asarray(probs, dtype=np.float64)
-    logs = np.log(np.where(probs > 0, probs, 1.0))
-    return -np.sum(probs * logs, axis=axis)
+    return special.entr(np.asarray(probs, dtype=np.float64)).sum(axis=axis)
 
 
 class _Accumulator:

@@ -46,6 +46,7 @@ from mcdrop._validation import (
     check_samples,
     invalid,
 )
+from mcdrop.accumulators import ClassificationAccumulator
 from mcdrop.predictive import ClassificationPrediction, RegressionPrediction
 
 __all__ = [
@@ -113,18 +114,21 @@ def _classification(x: Any, name: str = "samples") -> ClassificationPrediction |
     return None
 
 
-def _from_chunks(x: Any, per_chunk: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+def _statistic(x: Any, per_prediction: Callable[[ClassificationPrediction], np.ndarray]) -> np.ndarray:
+    """``per_prediction`` of a prediction, or of the predictions built from a samples array chunk by
+    chunk of rows (the statistics are the prediction's own; nothing is computed twice)."""
+    pred = _classification(x)
+    if pred is not None:
+        return np.asarray(per_prediction(pred), dtype=np.float64)
     out = None
     for n, rows, chunk in _sample_chunks(x):
+        accumulator = ClassificationAccumulator(validate=False)  # the chunk was validated above
+        accumulator.update(chunk)
+        value = per_prediction(accumulator.result())
         if out is None:
-            out = np.empty(n)
-        out[rows] = per_chunk(chunk)
+            out = np.empty((n, *np.shape(value)[1:]))
+        out[rows] = value
     return out
-
-
-def _entropy(probs: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Entropy in nats along ``axis`` (``special.entr`` sets 0 log 0 = 0)."""
-    return special.entr(probs).sum(axis=axis)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,10 +157,7 @@ def max_entropy(x) -> np.ndarray:
     >>> max_entropy(p).round(4)
     array([0.6931, 0.    ])
     """
-    pred = _classification(x)
-    if pred is not None:
-        return np.asarray(pred.entropy, dtype=np.float64)
-    return _from_chunks(x, lambda p: _entropy(p.mean(axis=0)))
+    return _statistic(x, lambda pred: pred.entropy)
 
 
 def bald(x) -> np.ndarray:
@@ -185,14 +186,7 @@ def bald(x) -> np.ndarray:
     >>> bald(p).round(4)
     array([0.3681])
     """
-    pred = _classification(x)
-    if pred is not None:
-        return np.asarray(pred.mutual_information, dtype=np.float64)
-
-    def score(p):
-        return np.maximum(_entropy(p.mean(axis=0)) - _entropy(p).mean(axis=0), 0.0)
-
-    return _from_chunks(x, score)
+    return _statistic(x, lambda pred: pred.mutual_information)
 
 
 def variation_ratio(x) -> np.ndarray:
@@ -216,18 +210,7 @@ def variation_ratio(x) -> np.ndarray:
     >>> variation_ratio(p)
     array([0.25])
     """
-    pred = _classification(x)
-    if pred is not None:
-        return np.asarray(pred.variation_ratio, dtype=np.float64)
-
-    def score(p):
-        winners = np.argmax(p, axis=-1)  # (T, n)
-        votes = np.zeros(p.shape[1:], dtype=np.int64)
-        for w in winners:
-            votes[np.arange(p.shape[1]), w] += 1
-        return 1.0 - votes.max(axis=-1) / p.shape[0]
-
-    return _from_chunks(x, score)
+    return _statistic(x, lambda pred: pred.variation_ratio)
 
 
 def mean_std(x) -> np.ndarray:
@@ -252,22 +235,11 @@ def mean_std(x) -> np.ndarray:
     >>> mean_std(p)
     array([0.5])
     """
-    pred = _classification(x)
-    if pred is not None:
-        return np.asarray(pred.std, dtype=np.float64).mean(axis=-1)
-    return _from_chunks(x, lambda p: p.std(axis=0).mean(axis=-1))
+    return _statistic(x, lambda pred: pred.std.mean(axis=-1))
 
 
 def _mean_probs(x) -> np.ndarray:
-    pred = _classification(x)
-    if pred is not None:
-        return np.asarray(pred.mean, dtype=np.float64)
-    out = None
-    for n, rows, chunk in _sample_chunks(x):
-        if out is None:
-            out = np.empty((n, chunk.shape[-1]))
-        out[rows] = chunk.mean(axis=0)
-    return out
+    return _statistic(x, lambda pred: pred.mean)
 
 
 def margin(x) -> np.ndarray:
@@ -681,9 +653,9 @@ def batch_bald(samples, k: int, *, num_configurations: int = 4096, max_memory: i
     rng = np.random.default_rng(seed)
 
     # E_w H[y_n | w] per candidate, and the BALD scores for the first pick
-    expected = special.entr(probs).sum(axis=-1).mean(axis=0)  # (N,)
-    marginal_entropy = special.entr(probs.mean(axis=0)).sum(axis=-1)
-    gain = np.maximum(marginal_entropy - expected, 0.0)  # BALD, clipped as `bald` does
+    summary = ClassificationPrediction.from_samples(probs, keep_samples=False)
+    expected = summary.expected_entropy  # (N,)
+    gain = summary.mutual_information.copy()
     available = np.ones(n, dtype=bool)
     chosen: list[int] = []
 
