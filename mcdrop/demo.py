@@ -155,13 +155,12 @@ def run(out=None, *, fast: bool = False, seed: int = 0, progress: bool = True,
 
     from tqdm.auto import tqdm
 
-    stages = ["train", "predict", "calibrate", "detect", "select", "figures", "write"]
-    bar = tqdm(total=epochs + len(stages) - 1, disable=not progress, desc="train", unit="step", leave=False)
+    # one step per epoch, then one per stage after training (see the step(...) calls in _run)
+    bar = tqdm(total=epochs + 6, disable=not progress, desc="train", unit="step", leave=False)
     try:
-        results, figures = _run(out, fast=fast, seed=seed, epochs=epochs, num_samples=num_samples, k=k, bar=bar)
+        return _run(out, fast=fast, seed=seed, epochs=epochs, num_samples=num_samples, k=k, bar=bar)
     finally:
         bar.close()
-    return results
 
 
 def _run(out, *, fast, seed, epochs, num_samples, k, bar):
@@ -270,7 +269,8 @@ def _run(out, *, fast, seed, epochs, num_samples, k, bar):
                 (stage / name).write_bytes(png)
             save_text(stage / "report.html", _html(results, figures))
             save_json(stage / "metrics.json", results)
-    return results, figures
+    step("done")
+    return results
 
 
 def joint_mutual_information_estimate(samples, indices, *, num_draws: int = 10000, seed: int = 0) -> float:
