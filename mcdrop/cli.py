@@ -11,7 +11,6 @@ Set ``MCDROP_TRACEBACK=1`` in the environment to see the full traceback of an er
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import warnings
@@ -277,17 +276,11 @@ def _show_progress(args) -> bool:
 def _emit(args, table: str | None, payload: Any) -> None:
     """Print the JSON payload with --json, else the table unless --quiet."""
     if args.json:
-        print(json.dumps(payload, indent=2, default=_jsonable, allow_nan=True))
+        from mcdrop.io import to_json
+
+        print(to_json(payload))
     elif not args.quiet and table:
         print(table)
-
-
-def _jsonable(value: Any):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
 
 
 def _check_out_file(path: str | None, suffix: str) -> Path | None:
@@ -427,7 +420,7 @@ def _prediction_summary(pred) -> dict[str, Any]:
             mean_confidence=float(np.mean(pred.confidence)),
             mean_entropy=float(np.mean(pred.entropy)),
             mean_mutual_information=float(np.mean(pred.mutual_information)),
-            max_standard_error=float(np.nanmax(pred.standard_error)) if pred.num_samples > 1 else None,
+            max_standard_error=float(np.max(pred.standard_error)),  # NaN for T = 1: undefined
         )
     else:
         summary.update(

@@ -53,6 +53,7 @@ __all__ = [
     "staged_directory",
     "save_npz",
     "save_json",
+    "to_json",
     "save_text",
     "save_csv",
 ]
@@ -369,9 +370,36 @@ def save_npz(path, arrays: Mapping[str, Any], *, compressed: bool = True) -> Non
 
 
 def save_json(path, obj: Any) -> None:
-    """Save ``obj`` as indented JSON atomically (numpy scalars and arrays converted)."""
-    text = json.dumps(obj, indent=2, default=_json_default, allow_nan=True)
-    save_text(path, text + "\n")
+    """Save ``obj`` as indented, standard JSON atomically (see :func:`to_json`)."""
+    save_text(path, to_json(obj) + "\n")
+
+
+def to_json(obj: Any, *, indent: int | None = 2) -> str:
+    """``obj`` as standard JSON: numpy scalars and arrays become numbers and lists, paths strings,
+    and NaN or infinite floats ``null`` (JSON has no NaN; most parsers other than Python's reject it).
+
+    >>> import numpy as np
+    >>> to_json({"ece": np.float32(0.5), "auroc": float("nan"), "counts": np.arange(2)}, indent=None)
+    '{"ece": 0.5, "auroc": null, "counts": [0, 1]}'
+    """
+    return json.dumps(_finite(obj), indent=indent, allow_nan=False)
+
+
+def _finite(value: Any):
+    """A copy of ``value`` with plain-Python containers and numbers, non-finite floats as None."""
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _finite(value.tolist())
+    if isinstance(value, np.generic):
+        return _finite(value.item())
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, (str, int, bool, type(None))):
+        return value
+    return _json_default(value)
 
 
 def save_text(path, text: str) -> None:
@@ -405,6 +433,6 @@ def _json_default(value: Any):
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")

@@ -106,10 +106,17 @@ def test_predict_is_reproducible_with_a_seed_and_reads_csv_and_h5(files, tmp_pat
         assert "samples" not in first
 
 
+def strict_json(text):
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
 def test_predict_json_without_out_prints_per_row_statistics(files, capsys):
     status, stdout, _ = run(capsys, "predict", files / "clf.keras", files / "x.npy", "-T", 5, "--json")
     assert status == 0
-    payload = json.loads(stdout)
+    payload = strict_json(stdout)
     assert payload["summary"]["rows"] == 24 and payload["summary"]["num_samples"] == 5
     assert len(payload["rows"]["entropy"]) == 24
     assert all(0 <= c < 3 for c in payload["rows"]["predicted_class"])
@@ -124,6 +131,13 @@ def test_predict_reshapes_csv_rows_to_the_model_input(files, tmp_path, capsys):
     assert run(capsys, "predict", files / "cnn.keras", tmp_path / "images.npy", "-T", 4, "--seed", 0, "--out", b)[0] == 0
     with np.load(a) as from_csv, np.load(b) as from_npy:
         np.testing.assert_allclose(from_csv["mean"], from_npy["mean"], rtol=1e-5, atol=1e-6)
+
+
+def test_json_is_standard_even_where_a_statistic_is_undefined(files, capsys):
+    # one pass: the Monte Carlo standard error is undefined (NaN), which JSON spells null
+    status, stdout, _ = run(capsys, "predict", files / "clf.keras", files / "x.npy", "-T", 1, "--json")
+    assert status == 0
+    assert strict_json(stdout)["summary"]["max_standard_error"] is None
 
 
 def test_predict_regression(files, tmp_path, capsys):
@@ -196,7 +210,7 @@ def test_evaluate_writes_report_and_metrics(files, tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())
     assert "<html" in (out / "report.html").read_text().lower()
     status, stdout, _ = run(capsys, "evaluate", files / "probs.npy", files / "y.npy", "--json")
-    assert status == 0 and json.loads(stdout)
+    assert status == 0 and strict_json(stdout)
 
 
 # --------------------------------------------------------------------------- help

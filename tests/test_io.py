@@ -191,8 +191,13 @@ def test_save_npz_refuses_objects_and_leaves_nothing(tmp_path):
 
 
 def test_save_json_and_csv(tmp_path):
-    io.save_json(tmp_path / "m.json", {"a": np.float32(0.5), "b": np.arange(3), "c": np.int64(2)})
-    assert json.loads((tmp_path / "m.json").read_text()) == {"a": 0.5, "b": [0, 1, 2], "c": 2}
+    io.save_json(tmp_path / "m.json", {"a": np.float32(0.5), "b": np.arange(3), "c": np.int64(2),
+                                       "d": [float("nan"), np.inf, 1.0], "e": tmp_path})
+    text = (tmp_path / "m.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text  # standard JSON: non-finite numbers are null
+    assert json.loads(text) == {"a": 0.5, "b": [0, 1, 2], "c": 2, "d": [None, None, 1.0], "e": str(tmp_path)}
+    with pytest.raises(TypeError, match="Object of type object is not JSON serializable"):
+        io.to_json({"x": object()})
     io.save_csv(tmp_path / "i.csv", {"rank": np.arange(3), "index": np.array([7, 2, 5])})
     assert (tmp_path / "i.csv").read_text() == "rank,index\n0,7\n1,2\n2,5\n"
     with pytest.raises(ValueError, match=r"argument `columns`: expected columns of one length"):
