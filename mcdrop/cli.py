@@ -134,13 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--samples", action="store_true",
                          help="also save the per-pass outputs, shape (T, N, ...)")
     predict.add_argument("--out", metavar="FILE", help="write the statistics to this .npz file")
-    predict.add_argument("--task", choices=("classification", "regression"),
-                         help="state the task instead of detecting it from the model")
-    predict.add_argument("--outputs", choices=("probs", "logits"),
-                         help="state whether a classifier outputs probabilities or logits")
-    predict.add_argument("--heteroscedastic", metavar="PARAM",
-                         help="regression model with a Gaussian head, e.g. log_variance "
-                              "(outputs are mean and log-variance halves)")
     predict.set_defaults(func=_cmd_predict)
 
     evaluate = add("evaluate", "Evaluate saved predictions against labels: calibration and uncertainty quality.")
@@ -174,6 +167,13 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=None, metavar="B",
                    help="rows per batch (default: chosen under a memory budget)")
     p.add_argument("--key", default=None, help="which array of an .npz file to read (default: the only one, or x)")
+    p.add_argument("--task", choices=("classification", "regression"),
+                   help="state the task instead of detecting it from the model")
+    p.add_argument("--outputs", choices=("probs", "logits"),
+                   help="state whether a classifier outputs probabilities or logits")
+    p.add_argument("--heteroscedastic", metavar="PARAM",
+                   help="regression model with a Gaussian head, e.g. log_variance "
+                        "(outputs are mean and log-variance halves)")
     p.add_argument("--unsafe", action="store_true",
                    help="allow models holding Python code (Lambda layers) and SavedModel graphs; "
                         "only for files you trust")
@@ -535,8 +535,8 @@ def _cmd_select(args) -> int:
                            f"size), received {args.k}.")
     model = io.load_model(args.model, unsafe=args.unsafe, name="MODEL")
     pool = _fit_to_model(model, pool, from_csv=Path(args.pool).suffix.lower() == ".csv")
-    mc = _make_engine(args, model)
-    pred = mc.predict(pool, return_samples=method in _SAMPLE_METHODS)
+    mc = _make_engine(args, model, task=args.task, outputs=args.outputs, heteroscedastic=args.heteroscedastic)
+    pred = mc.predict(pool, return_samples=True if method in _SAMPLE_METHODS else None)
     options = {"seed": args.seed}
     if args.stochastic is not None:
         options.update(stochastic=args.stochastic, beta=args.beta)

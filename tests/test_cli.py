@@ -184,6 +184,21 @@ def test_select_writes_distinct_indices(files, tmp_path, capsys):
     assert "batch_bald: 4 of 24 pool inputs" in stdout
 
 
+def test_select_regression_by_epistemic_variance(files, capsys):
+    status, stdout, err = run(capsys, "select", files / "gauss.keras", files / "x.npy", "-k", 3, "-T", 6,
+                              "--seed", 0, "--task", "regression", "--heteroscedastic", "log_variance",
+                              "--method", "epistemic_variance", "--json")
+    assert status == 0, err
+    import mcdrop
+    from mcdrop import acquisition
+
+    model = keras.saving.load_model(files / "gauss.keras")
+    pred = mcdrop.MCDropout(model, num_samples=6, seed=0, verbose=0, task="regression",
+                            heteroscedastic="log_variance").predict(np.load(files / "x.npy"))
+    expected = acquisition.select(pred, 3, method="epistemic_variance").tolist()
+    assert strict_json(stdout)["indices"] == expected
+
+
 def test_select_bald_matches_the_library(files, capsys):
     import mcdrop
     from mcdrop import acquisition
