@@ -44,7 +44,7 @@ import numpy as np
 
 from mcdrop._validation import check_int, invalid
 
-__all__ = ["score_pool", "top_k"]
+__all__ = ["score_pool", "predict_pool", "top_k"]
 
 _INSTALL = 'pip install "mcdrop[ray]"'
 _ROW = "_mcdrop_row"      # global row index, carried through Ray
@@ -404,6 +404,35 @@ def score_pool(model_path, data, *, num_samples: int = 50, seed: int | None = 0,
     >>> stats = score_pool("model.keras", "pool.npy", num_samples=50, seed=0, candidates=200)  # doctest: +SKIP
     >>> picked = stats["candidates"][mcdrop.acquisition.batch_bald(stats["candidate_samples"], 10)]  # doctest: +SKIP
     """
+    prediction, extra = _pool(model_path, data, num_samples=num_samples, seed=seed, num_workers=num_workers,
+                              batch_size=batch_size, blocks_per_task=blocks_per_task, column=column, key=key,
+                              candidates=candidates, return_samples=return_samples, out=out,
+                              overwrite=overwrite, unsafe=unsafe, address=address, num_cpus=num_cpus,
+                              num_gpus=num_gpus, max_restarts=max_restarts, verbose=verbose,
+                              _on_group=_on_group, **engine_options)
+    return {**prediction.to_dict(), **extra}
+
+
+def predict_pool(model_path, data, **options):
+    """:func:`score_pool`, returning the prediction object instead of its ``to_dict()``.
+
+    Takes the same arguments except ``candidates``. Returns a
+    :class:`~mcdrop.ClassificationPrediction` or :class:`~mcdrop.RegressionPrediction` equal, field by
+    field, to ``MCDropout(load_model(model_path), ...).predict(data)`` (memory-mapped from ``out``
+    when given), for code that wants the prediction API: metrics, ``subset``, ``distribution``.
+    """
+    if "candidates" in options:
+        raise invalid("candidates", "no value here (use score_pool for candidates)", options["candidates"],
+                      error=TypeError)
+    prediction, _ = _pool(model_path, data, **options)
+    return prediction
+
+
+def _pool(model_path, data, *, num_samples=50, seed=0, num_workers=None, batch_size=None, blocks_per_task=None,
+          column=None, key=None, candidates=None, return_samples=None, out=None, overwrite=False, unsafe=False,
+          address=None, num_cpus=1, num_gpus=0, max_restarts=-1, verbose=False, _on_group=None,
+          **engine_options):
+    """The work of :func:`score_pool`: (prediction, extra arrays)."""
     ray = _ray()
     from mcdrop.engine.mc_dropout import MCDropout
     from mcdrop.io import load_model
@@ -494,7 +523,7 @@ def score_pool(model_path, data, *, num_samples: int = 50, seed: int | None = 0,
         context.enable_progress_bars, context.shuffle_strategy = bars, shuffle
     if out is not None:
         return _write(out, prediction, extra)
-    return {**prediction.to_dict(), **extra}
+    return prediction, extra
 
 
 def _candidates(ray, plan, prediction, m, block):
@@ -531,10 +560,8 @@ def _write(out, prediction, extra):
     for item in out.iterdir():  # files of a store this one replaced (overwrite=True was checked)
         if item.is_file() and item.name not in written:
             item.unlink()
-    result = store.load(out).to_dict()
-    for name in extra:
-        result[name] = np.load(out / f"{name}.npy", mmap_mode="r", allow_pickle=False)
-    return result
+    return store.load(out), {name: np.load(out / f"{name}.npy", mmap_mode="r", allow_pickle=False)
+                             for name in extra}
 
 
 def top_k(stats, k: int, *, by: str = "mutual_information") -> np.ndarray:

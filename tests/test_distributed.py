@@ -84,18 +84,21 @@ def test_array_pool_is_bit_identical_to_single_process(cluster, files, workers, 
 
 def test_npy_path_regression_per_example_masks_and_store(cluster, files, tmp_path):
     """A .npy path each worker memory-maps; per-example masks need the global row offset (groups
-    start at rows 0, 96, 192, ... of the pool); regression keeps its samples; out= writes a store."""
+    start at rows 0, 96, 192, ... of the pool); regression keeps its samples; out= writes a store;
+    predict_pool returns the prediction object itself."""
     folder, x = files
     path = folder / "regressor.keras"
-    got = distributed.score_pool(path, folder / "pool.npy", num_samples=T, seed=0, num_workers=2,
-                                 blocks_per_task=3, batch_size=32, mask="per_example", num_cpus=0.5,
-                                 out=tmp_path / "store")
+    got = distributed.predict_pool(path, folder / "pool.npy", num_samples=T, seed=0, num_workers=2,
+                                   blocks_per_task=3, batch_size=32, mask="per_example", num_cpus=0.5,
+                                   out=tmp_path / "store")
     expected = reference(path, x, batch_size=32, mask="per_example")
-    assert_same(got, expected)
-    assert got["samples"].shape == (T, 700, 2)
+    assert isinstance(got, mcdrop.RegressionPrediction)
+    for field in ("mean", "epistemic_variance", "aleatoric_variance", "samples"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(expected, field), err_msg=field)
+    assert got.samples.shape == (T, 700, 2)
+    assert (got.mask, got.seed, got.num_samples, got.heteroscedastic) == ("per_example", 0, T, False)
     stored = mcdrop.store.load(tmp_path / "store")
     np.testing.assert_array_equal(stored.samples, expected.samples)
-    assert (stored.mask, stored.seed, stored.num_samples) == ("per_example", 0, T)
     # a shifted offset would have drawn other masks: the check above could fail
     unshifted = mcdrop.MCDropout(load_model(path), num_samples=T, seed=0, verbose=0, batch_size=32,
                                  mask="per_example").predict(x[96:192])
