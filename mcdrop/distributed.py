@@ -34,6 +34,7 @@ and raises an ``ImportError`` saying so when a function needs it.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import numbers
 import os
@@ -550,13 +551,20 @@ def _write(out, prediction, extra):
     from mcdrop import store
     from mcdrop.io import staged_directory
 
-    with staged_directory(out) as stage:
-        writer = store.PredictionWriter(stage, overwrite=True)
-        writer.append(prediction)
-        writer.close()
-        for name, array in extra.items():
-            np.save(stage / f"{name}.npy", array, allow_pickle=False)
-        written = {item.name for item in stage.iterdir()}
+    try:
+        with staged_directory(out) as stage:
+            writer = store.PredictionWriter(stage, overwrite=True)
+            writer.append(prediction)
+            writer.close()
+            for name, array in extra.items():
+                np.save(stage / f"{name}.npy", array, allow_pickle=False)
+            written = {item.name for item in stage.iterdir()}
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise store.StoreFullError(
+            err.errno, f"The disk is full while writing the pool's predictions to {out}; nothing was "
+            "written there (a store already in that folder is unchanged and stays readable).") from err
     for item in out.iterdir():  # files of a store this one replaced (overwrite=True was checked)
         if item.is_file() and item.name not in written:
             item.unlink()

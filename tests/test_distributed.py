@@ -7,6 +7,7 @@ its actors afresh (TensorFlow import and model load), so the module keeps its nu
 """
 
 import dataclasses
+import errno
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ ray = pytest.importorskip("ray", reason="ray[data] is not installed (pip install
 pytest.importorskip("ray.data", reason="ray[data] is not installed (pip install \"mcdrop[ray]\")")
 
 import mcdrop  # noqa: E402
-from mcdrop import distributed  # noqa: E402
+from mcdrop import distributed, store  # noqa: E402
 from mcdrop.acquisition import top_k  # noqa: E402
 from mcdrop.io import load_model  # noqa: E402
 
@@ -97,7 +98,7 @@ def test_npy_path_regression_per_example_masks_and_store(cluster, files, tmp_pat
         np.testing.assert_array_equal(getattr(got, field), getattr(expected, field), err_msg=field)
     assert got.samples.shape == (T, 700, 2)
     assert (got.mask, got.seed, got.num_samples, got.heteroscedastic) == ("per_example", 0, T, False)
-    stored = mcdrop.store.load(tmp_path / "store")
+    stored = store.load(tmp_path / "store")
     np.testing.assert_array_equal(stored.samples, expected.samples)
     # a shifted offset would have drawn other masks: the check above could fail
     unshifted = mcdrop.MCDropout(load_model(path), num_samples=T, seed=0, verbose=0, batch_size=32,
@@ -173,6 +174,21 @@ def test_result_without_every_row_exactly_once_is_refused():
     columns["_mcdrop_row"] = np.array([2, 0, 1])
     pred = distributed._assemble(dict(columns), 3, np.arange(3), plan)
     assert len(pred) == 3
+
+
+def test_full_disk_while_writing_leaves_the_old_store_readable(tmp_path, monkeypatch):
+    old = mcdrop.ClassificationPrediction.from_samples(np.full((2, 3, 2), 0.5))
+    distributed._write(tmp_path / "out", old, {})
+    new = mcdrop.ClassificationPrediction.from_samples(np.full((2, 5, 2), 0.5))
+
+    def full(self, block):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store._Appender, "append", full)
+    with pytest.raises(store.StoreFullError, match=r"disk is full.*out; nothing was written"):
+        distributed._write(tmp_path / "out", new, {"candidates": np.arange(2)})
+    assert len(store.load(tmp_path / "out")) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left behind
 
 
 # --------------------------------------------------------------------------- inputs and errors
