@@ -502,14 +502,15 @@ def _pool(model_path, data, *, num_samples=50, seed=0, num_workers=None, batch_s
     }
 
     from ray.data import DataContext
-    from ray.data.context import ShuffleStrategy
 
     context = DataContext.get_current()
-    bars, shuffle = context.enable_progress_bars, context.shuffle_strategy
+    bars, shuffle = context.enable_progress_bars, getattr(context, "shuffle_strategy", None)
     context.enable_progress_bars = bool(verbose)
     # Grouping a Dataset's rows by group is a shuffle: the pull-based sort shuffle runs as plain
     # tasks, where the hash shuffle would hold aggregator actors whose CPUs the scorers then wait for.
-    context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    # (Ray versions without ``shuffle_strategy`` have only the sort shuffle.)
+    if shuffle is not None:
+        context.shuffle_strategy = type(shuffle)("sort_shuffle_pull_based")
     try:
         prediction = _assemble(_run(ray, plan, None), num_rows, np.arange(num_rows), plan)
         extra = {}
@@ -521,7 +522,9 @@ def _pool(model_path, data, *, num_samples=50, seed=0, num_workers=None, batch_s
             raise load_error from None
         raise
     finally:
-        context.enable_progress_bars, context.shuffle_strategy = bars, shuffle
+        context.enable_progress_bars = bars
+        if shuffle is not None:
+            context.shuffle_strategy = shuffle
     if out is not None:
         return _write(out, prediction, extra)
     return prediction, extra
