@@ -7,6 +7,9 @@ the pool's original row order::
     stats = mcdrop.distributed.score_pool("model.keras", "pool.npy", num_samples=50, seed=0)
     stats["mutual_information"]          # (N,), equal to the single-process engine's
 
+:func:`predict_pool` returns the prediction object instead, and :func:`top_k` picks the global top
+rows by any per-row score.
+
 Why the results are bit-identical whatever the number of workers and blocks
     The single-process engine cuts an in-memory input of N rows into blocks of ``B`` rows
     (``B`` planned from N, T and the model's widest activation; see :func:`plan_chunks
@@ -220,6 +223,18 @@ def _group_rows(num_rows, block, workers, blocks_per_task):
         per_worker = -(-blocks // (4 * workers))  # about four groups per worker, to balance them
         blocks_per_task = max(1, min(per_worker, _GROUP_ROWS_CAP // block))
     return block * blocks_per_task
+
+
+def _short_of_resources(cluster, workers, num_cpus, num_gpus) -> str | None:
+    """Why a fixed pool of ``workers`` actors cannot all start on ``cluster`` now (Ray would wait,
+    which looks like a hang unless the cluster autoscales), or None."""
+    for name, each in (("CPU", num_cpus), ("GPU", num_gpus)):
+        have = cluster.get(name, 0)
+        if each and workers * each > have:
+            return (f"mcdrop: {workers} Ray workers x {each} {name} need {workers * each:g} {name}s but the "
+                    f"cluster has {have:g}; Ray waits until that many are free (or the cluster scales up). "
+                    f"Lower num_workers or num_{name.lower()}s to start now.")
+    return None
 
 
 def _check_model_error(err, model_path):
@@ -482,6 +497,9 @@ def _pool(model_path, data, *, num_samples=50, seed=0, num_workers=None, batch_s
     if num_workers is None:
         cpus = ray.cluster_resources().get("CPU", 1)
         num_workers = max(1, int(cpus // num_cpus) if num_cpus else int(cpus))
+    short = _short_of_resources(ray.cluster_resources(), num_workers, num_cpus, num_gpus)
+    if short:
+        warnings.warn(short, ResourceWarning, stacklevel=3)
     group_rows = _group_rows(num_rows, block, num_workers, blocks_per_task)
     num_groups = -(-num_rows // group_rows)
     if kind == "npy":

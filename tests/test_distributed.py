@@ -229,6 +229,15 @@ def test_argument_errors_name_the_argument_and_value(cluster, files, tmp_path):
         distributed.score_pool(path, two)
 
 
+def test_more_workers_than_the_cluster_holds_is_said_before_ray_waits():
+    assert distributed._short_of_resources({"CPU": 2.0}, 2, 1, 0) is None
+    assert distributed._short_of_resources({"CPU": 2.0}, 3, 0.5, 0) is None
+    message = distributed._short_of_resources({"CPU": 2.0}, 3, 1, 0)
+    assert message.startswith("mcdrop: 3 Ray workers x 1 CPU need 3 CPUs but the cluster has 2;")
+    message = distributed._short_of_resources({"CPU": 8.0}, 2, 1, 1)
+    assert "need 2 GPUs but the cluster has 0" in message
+
+
 def test_top_k_over_the_whole_pool():
     stats = {"mutual_information": np.array([0.1, 0.9, 0.5, 0.9]), "mean": np.zeros((4, 2))}
     np.testing.assert_array_equal(distributed.top_k(stats, 3), [1, 3, 2])
