@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import functools
 import numbers
 import os
 import warnings
@@ -85,26 +84,6 @@ class ModelLoadError(ValueError):
 # --------------------------------------------------------------------------- the worker side
 
 
-@functools.lru_cache(maxsize=None)
-def _shard_engine_class():
-    """``MCDropout`` whose compiled calls see global row offsets (TensorFlow imported lazily).
-
-    The engine numbers rows from 0 within each ``predict`` call; a shard starting at global row
-    ``s`` adds ``s`` so that per-example masks are keyed exactly as in the single-process run.
-    Consistent masks do not use the offset.
-    """
-    from mcdrop.engine import MCDropout
-
-    class ShardMCDropout(MCDropout):
-        row_offset = 0
-
-        def _call(self, flats, structure, passes, seed_pair, offsets, shapes):
-            offsets = [int(o) + self.row_offset for o in offsets]
-            return super()._call(flats, structure, passes, seed_pair, offsets, shapes)
-
-    return ShardMCDropout
-
-
 def _head_code(prediction) -> int:
     if prediction.task == "classification":
         return _HEAD_CODES[("classification", prediction.outputs)]
@@ -128,8 +107,9 @@ class _Scorer:
             from mcdrop.io import load_model
 
             model = load_model(model_path, unsafe=unsafe, name="model_path")
-            self.engine = _shard_engine_class()(model, num_samples, seed, batch_size=batch_size, verbose=0,
-                                                **engine_options)
+            from mcdrop.engine import MCDropout
+
+            self.engine = MCDropout(model, num_samples, seed, batch_size=batch_size, verbose=0, **engine_options)
         except Exception as err:  # reported from __call__, once, as a task error (not an actor death)
             self.load_error = f"{type(err).__name__}: {err}"
         self.source = None
@@ -166,8 +146,8 @@ class _Scorer:
     def _score(self, x, rows, group):
         if self.on_group is not None:
             self.on_group(group)
-        self.engine.row_offset = int(rows[0])
-        prediction = self.engine.predict(x, return_samples=self.return_samples)
+        # per-example masks are keyed by a row's index in the whole pool
+        prediction = self.engine.predict(x, return_samples=self.return_samples, row_offset=int(rows[0]))
         if isinstance(prediction, (list, dict)):
             raise ValueError("mcdrop.distributed.score_pool scores models with one output; this model has "
                              f"{len(prediction)}.")
@@ -493,7 +473,7 @@ def _pool(model_path, data, *, num_samples=50, seed=0, num_workers=None, batch_s
 
         array = value[1] if kind == "npy" else value
         inputs.as_flat(np.asarray(array[:1]), engine._spec, "data")  # the model takes it, or a clear error
-    block, _ = engine._plan(None, num_rows)
+    block, _ = engine.plan(num_rows)
     if num_workers is None:
         cpus = ray.cluster_resources().get("CPU", 1)
         num_workers = max(1, int(cpus // num_cpus) if num_cpus else int(cpus))

@@ -13,7 +13,7 @@ from keras import tree
 from mcdrop._validation import check_choice, check_int, invalid
 from mcdrop.accumulators import nonfinite_rows
 from mcdrop.engine import inputs as _inputs
-from mcdrop.engine.sampler import CompiledSampler, plan_chunks, widest_activation
+from mcdrop.engine.sampler import CPU_ROW_PASSES, CompiledSampler, plan_chunks, widest_activation
 from mcdrop.engine.view import build_view, output_activations
 from mcdrop.heads import HETEROSCEDASTIC, OUTPUTS, TASKS, Head
 from mcdrop.predictive import MASK_MODES, concatenate
@@ -193,10 +193,17 @@ class MCDropout:
         seed = self.seed if self.seed is not None else int(np.random.SeedSequence().entropy % (2**62))
         return seed, np.array([seed % (2**62), 0x4D43_44524F50], dtype=np.int64)
 
-    def _plan(self, batch_size, num_rows):
-        """Rows per compiled call and passes per call; every call of one run has this shape."""
+    def plan(self, num_rows: int | None = None, *, batch_size: int | None = None) -> tuple[int, int]:
+        """(rows, passes) of every compiled call for an input of ``num_rows`` rows (None: a stream).
+
+        Every call of one ``predict`` has this shape; ``predict`` of the same rows split elsewhere
+        (across processes, say) reproduces its bits when each part starts at a multiple of ``rows``
+        and is given ``row_offset`` and ``batch_size=rows``.
+        """
+        on_accelerator = bool(tf.config.list_logical_devices("GPU"))
         return plan_chunks(num_rows, self.num_samples, self._widest, self.memory_budget,
-                           batch_size or self.batch_size, self.passes_per_chunk)
+                           batch_size or self.batch_size, self.passes_per_chunk,
+                           row_passes=None if on_accelerator else CPU_ROW_PASSES)
 
     def _progress(self, verbose, total):
         from tqdm.auto import tqdm
@@ -220,7 +227,7 @@ class MCDropout:
             chunks.append((idx, valid))
         return chunks
 
-    def _run(self, x, *, batch_size, verbose, on_chunk, seed=None):
+    def _run(self, x, *, batch_size, verbose, on_chunk, seed=None, row_offset=0):
         """Stream blocks of rows through all pass chunks; call ``on_chunk(list of per-pass-chunk
         outputs)`` once per block, in row order, with the valid rows only. Returns the seed used.
 
@@ -230,7 +237,7 @@ class MCDropout:
         rows are run again: nothing is lost or duplicated.
         """
         n = None if _inputs.is_streaming(x) else _count_rows(x)
-        rows, passes = self._plan(batch_size, n)
+        rows, passes = self.plan(n, batch_size=batch_size)
         seed, seed_pair = seed if seed is not None else self._seed_pair()
         pass_chunks = self._pass_chunks(passes)
         shapes = self._spec.shapes if self._spec is not None else None
@@ -271,7 +278,7 @@ class MCDropout:
         with self._progress(verbose, n) as bar:
             pending, structure = [], None
             for block, structure, offset, valid in _inputs.iter_blocks(x, self._spec, rows):
-                pending.extend(pieces(block, offset, valid, state["size"]))
+                pending.extend(pieces(block, row_offset + offset, valid, state["size"]))
                 while len(pending) >= replicas:
                     group, pending = pending[:replicas], pending[replicas:]
                     for result, used in run_group(group, structure):
@@ -296,15 +303,16 @@ class MCDropout:
             raise invalid("x", "input the model can take", flat[0] if len(flat) == 1 else
                           f"{len(flat)} arrays", detail=f"The model failed on it: {first}") from err
 
-    def sample(self, x, *, batch_size: int | None = None, verbose=None):
+    def sample(self, x, *, batch_size: int | None = None, verbose=None, row_offset: int = 0):
         """The raw per-pass outputs, passes first: a numpy array (T, N, ...), or a list/dict of them for
-        a multi-output model. Logits stay logits."""
+        a multi-output model. Logits stay logits. ``row_offset`` as for :meth:`predict`."""
         collected = []
 
         def keep(per_pass_chunks):
             collected.append([np.concatenate(arrays, axis=0) for arrays in zip(*per_pass_chunks)])
 
-        self._run(x, batch_size=batch_size, verbose=verbose, on_chunk=keep)
+        self._run(x, batch_size=batch_size, verbose=verbose, on_chunk=keep,
+                  row_offset=check_int(row_offset, "row_offset", minimum=0))
         outputs = [np.concatenate(parts, axis=1) for parts in zip(*collected)]
         for out in outputs:
             bad = nonfinite_rows(out)
@@ -313,7 +321,7 @@ class MCDropout:
         return self._pack_outputs(outputs)
 
     def predict(self, x, *, return_samples: bool | None = None, batch_size: int | None = None, verbose=None,
-                out=None, overwrite: bool = False):
+                out=None, overwrite: bool = False, row_offset: int = 0):
         """Run T stochastic passes over ``x`` and summarise them.
 
         Parameters
@@ -332,6 +340,9 @@ class MCDropout:
             sub-folder per output.
         overwrite : bool, default False
             Replace an existing, non-empty ``out`` folder.
+        row_offset : int, default 0
+            Index of ``x``'s first row in a larger pool scored in parts (the per-example masks of a
+            row are keyed by its index in the pool; see :meth:`plan`).
 
         Returns
         -------
@@ -365,7 +376,8 @@ class MCDropout:
             for writer, result in zip(writers, results):
                 writer.append(result)
 
-        self._run(x, batch_size=batch_size, verbose=verbose, on_chunk=summarise, seed=(seed, seed_pair))
+        self._run(x, batch_size=batch_size, verbose=verbose, on_chunk=summarise, seed=(seed, seed_pair),
+                  row_offset=check_int(row_offset, "row_offset", minimum=0))
         if out is not None:
             if writers is None:
                 raise invalid("x", "at least one row", x)

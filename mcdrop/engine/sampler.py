@@ -20,7 +20,7 @@ from mcdrop.engine.graph import has_graph, run_model
 from mcdrop.engine.noise import PassContext
 from mcdrop.engine.view import StochasticView, patched
 
-__all__ = ["CompiledSampler", "plan_chunks", "widest_activation", "DEFAULT_BLOCK_ROWS"]
+__all__ = ["CompiledSampler", "plan_chunks", "widest_activation", "CPU_ROW_PASSES", "MIN_ROWS"]
 
 
 class _OurTracesAreNotRetracing(logging.Filter):
@@ -60,30 +60,38 @@ def widest_activation(model) -> int:
     return max(widest * 8, 1024)
 
 
-#: Default rows per compiled call. Every call is padded to the same number of rows (so results do
-#: not depend on how rows arrive); a moderate block keeps the padding of small inputs cheap while
-#: T passes per row still give the kernels thousands of rows to work on.
-DEFAULT_BLOCK_ROWS = 128
+#: Row-passes per compiled call when no accelerator is present: enough work for the CPU kernels to
+#: run at full speed, small enough to stay in cache (measured in benchmarks/engine.py), and the same
+#: whatever T is, so memory does not grow with the number of passes. On a GPU the whole memory
+#: budget is used instead.
+CPU_ROW_PASSES = 8192
+
+#: Fewest rows a call runs all T passes for before passes are split into chunks.
+MIN_ROWS = 8
 
 
 def plan_chunks(num_rows: int | None, num_samples: int, widest: int, memory_budget: int,
-                batch_size: int | None = None, passes_per_chunk: int | None = None) -> tuple[int, int]:
-    """Rows per compiled call and passes per call under ``memory_budget`` bytes of activations.
+                batch_size: int | None = None, passes_per_chunk: int | None = None,
+                row_passes: int | None = None) -> tuple[int, int]:
+    """Rows per compiled call and passes per call.
 
-    All T passes go in one call whenever a few rows fit under all of them (then the layers no noise
-    reaches run exactly once per row); passes are chunked only when even 8 rows under all T passes
-    would exceed the budget. Explicit sizes win.
+    A call holds at most ``memory_budget`` bytes of activations (rows × passes × widest activation ×
+    12 bytes) and, when ``row_passes`` is given, at most that many row-passes. All T passes go in one
+    call whenever at least ``MIN_ROWS`` rows fit under all of them (then the layers no noise reaches
+    run exactly once per row); otherwise passes are chunked. Explicit sizes win.
 
     Every call of one ``predict`` has the same number of rows (the last block is padded). When the
     number of rows ``num_rows`` is known, the blocks are balanced (``ceil(N / k)`` rows for the
     fewest blocks ``k`` under the cap), so padding wastes fewer than ``k`` rows.
     """
     units = max(1, memory_budget // (widest * _BYTES_PER_UNIT))  # row-passes that fit
+    if row_passes is not None:
+        units = max(1, min(units, row_passes))
     if passes_per_chunk is None:
-        passes_per_chunk = num_samples if units // num_samples >= 8 else max(1, units // 8)
+        passes_per_chunk = num_samples if units // num_samples >= MIN_ROWS else max(1, units // MIN_ROWS)
     passes_per_chunk = min(passes_per_chunk, num_samples)
     if batch_size is None:
-        cap = max(1, min(units // passes_per_chunk, DEFAULT_BLOCK_ROWS))
+        cap = max(1, units // passes_per_chunk)
         if num_rows:
             blocks = -(-num_rows // cap)
             batch_size = -(-num_rows // blocks)

@@ -124,13 +124,18 @@ def test_memory_does_not_grow_with_the_number_of_passes():
 
 
 def test_plan_chunks_respects_budget_and_overrides():
-    rows, passes = plan_chunks(1000, 50, widest=256, memory_budget=512 * 2**20)
-    assert passes == 50 and rows * 8 >= 1000 and rows <= 128
+    rows, passes = plan_chunks(1000, 50, widest=256, memory_budget=512 * 2**20, row_passes=8192)
+    assert passes == 50 and rows * 50 <= 8192 and rows * 8 >= 1000
     assert rows * -(-1000 // rows) - 1000 < -(-1000 // rows)  # balanced blocks: padding < one row per block
     rows, passes = plan_chunks(None, 200, widest=100_000, memory_budget=64 * 2**20)
     assert passes < 200 and rows * passes * 100_000 * 12 <= 64 * 2**20
     assert plan_chunks(10, 50, 256, 2**30, batch_size=3, passes_per_chunk=7) == (3, 7)
     assert plan_chunks(10, 5, 256, 2**30, passes_per_chunk=70) == (10, 5)
+    # a fixed amount of work per call: the rows shrink as T grows, so memory does not grow with T
+    for t in (10, 200, 1000):
+        rows, passes = plan_chunks(None, t, 256, 2**30, row_passes=8192)
+        assert passes == t and 0.9 * 8192 < rows * passes <= 8192
+    assert plan_chunks(None, 5000, 256, 2**30, row_passes=8192) == (8, 1024)
 
 
 def test_progress_bar_and_silence(capsys):

@@ -97,3 +97,15 @@ def test_consistent_masks_make_each_pass_one_network():
     assert not np.allclose(per_example[:, 0], per_example[:, 1])
     assert mcdrop.MCDropout(model, num_samples=2, seed=0, mask="per_example", verbose=0).predict(x).mask == \
         "per_example"
+
+
+def test_row_offset_reproduces_per_example_masks_of_a_pool_scored_in_parts():
+    mc = mcdrop.MCDropout(identity_dropout(), num_samples=6, seed=9, mask="per_example", verbose=0, batch_size=8)
+    whole = mc.sample(ONES)
+    rows, _ = mc.plan(37)
+    assert rows == 8
+    second = mc.sample(ONES[16:], row_offset=16)
+    np.testing.assert_array_equal(second, whole[:, 16:])
+    assert not np.array_equal(mc.sample(ONES[16:]), whole[:, 16:])  # without the offset: other draws
+    with pytest.raises(ValueError, match=r"argument `row_offset`: expected an integer >= 0, received -1"):
+        mc.predict(ONES, row_offset=-1)
