@@ -37,6 +37,20 @@ def best_of(fn, repeats):
     return min(times)
 
 
+def interleaved(fns: dict, repeats: int) -> dict:
+    """Best time of each function, the functions taking turns round after round, so that a slow
+    spell of a shared machine hits every candidate alike instead of one of them."""
+    for fn in fns.values():
+        fn()  # warm-up (tracing)
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
 def mlp():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([
@@ -93,10 +107,8 @@ def measure(name, build, repeats, speed_target, floor_target=1.2):
     engine_block = mcdrop.MCDropout(model, num_samples=T, seed=0, verbose=0, batch_size=rows)
     block_fn = lambda: engine_block.predict(x)  # noqa: E731
 
-    t_naive = best_of(naive, max(2, repeats // 2))
-    t_floor = best_of(floor, repeats)
-    t_engine = best_of(engine_fn, repeats)
-    t_block = best_of(block_fn, repeats)
+    times = interleaved({"naive": naive, "floor": floor, "engine": engine_fn, "block": block_fn}, repeats)
+    t_naive, t_floor, t_engine, t_block = (times[k] for k in ("naive", "floor", "engine", "block"))
     print(f"\n{name}  (N={rows}, T={T})")
     print(f"  naive loop          {t_naive * 1e3:9.1f} ms")
     print(f"  floor               {t_floor * 1e3:9.1f} ms")

@@ -25,6 +25,15 @@ import tensorflow as tf
 __all__ = ["PassContext"]
 
 
+def _features(x):
+    """The non-batch shape of ``x``: static where the graph knows it (so the noise draws and
+    reshapes are specialised at trace time — markedly faster on CPU), dynamic otherwise."""
+    static = x.shape[1:]
+    if static.is_fully_defined():
+        return tf.constant(static.as_list(), tf.int32)
+    return tf.shape(x)[1:]
+
+
 class PassContext:
     """What a sampling step knows while it is traced: the passes, the rows, the seed.
 
@@ -79,11 +88,13 @@ class PassContext:
     # -- layout ----------------------------------------------------------------------------------
     def unflatten(self, x):
         """(Tc * n, ...) → (Tc, n, ...)."""
-        return tf.reshape(x, tf.concat([[self.num_passes, self.rows], tf.shape(x)[1:]], axis=0))
+        return tf.reshape(x, tf.concat([[self.num_passes, self.rows], _features(x)], axis=0))
 
     def flatten(self, x):
         """(Tc, n, ...) → (Tc * n, ...)."""
-        return tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], axis=0))
+        static = x.shape[2:]
+        rest = tf.constant(static.as_list(), tf.int32) if static.is_fully_defined() else tf.shape(x)[2:]
+        return tf.reshape(x, tf.concat([[-1], rest], axis=0))
 
     def tile(self, x):
         """A deterministic (n, ...) tensor broadcast over the passes: (Tc * n, ...), pass-major."""
@@ -97,7 +108,7 @@ class PassContext:
         ``noise_features`` is the non-batch noise shape (1 where the mask is shared along an
         axis, as for spatial dropout); the input's own shape when None.
         """
-        features = tf.shape(x)[1:] if noise_features is None else noise_features
+        features = _features(x) if noise_features is None else noise_features
         scale = tf.cast(1.0 / (1.0 - rate), x.dtype)
         keep = tf.cast(self.uniform(features, x.dtype) >= rate, x.dtype) * scale  # scale the small mask
         return self.flatten(self.unflatten(x) * keep)
@@ -105,7 +116,7 @@ class PassContext:
     def gaussian_dropout(self, x, rate: float):
         """Multiplicative noise :math:`\\mathcal N(1, rate / (1 - rate))`."""
         stddev = math.sqrt(rate / (1.0 - rate))
-        noise = 1.0 + tf.cast(stddev, x.dtype) * self.normal(tf.shape(x)[1:], x.dtype)
+        noise = 1.0 + tf.cast(stddev, x.dtype) * self.normal(_features(x), x.dtype)
         return self.flatten(self.unflatten(x) * noise)
 
     def alpha_dropout(self, x, rate: float, noise_features=None):
@@ -114,7 +125,7 @@ class PassContext:
         alpha = 1.6732632423543772848170429916717
         scale = 1.0507009873554804934193349852946
         alpha_p = -alpha * scale
-        features = tf.shape(x)[1:] if noise_features is None else noise_features
+        features = _features(x) if noise_features is None else noise_features
         keep = tf.cast(self.uniform(features, x.dtype) >= rate, x.dtype)
         a = ((1.0 - rate) * (1.0 + rate * alpha_p**2)) ** -0.5
         b = -a * alpha_p * rate
@@ -124,7 +135,7 @@ class PassContext:
 
     def gaussian_noise(self, x, stddev: float):
         """Additive noise :math:`\\mathcal N(0, stddev^2)` (only when the user opts in)."""
-        noise = tf.cast(stddev, x.dtype) * self.normal(tf.shape(x)[1:], x.dtype)
+        noise = tf.cast(stddev, x.dtype) * self.normal(_features(x), x.dtype)
         return self.flatten(self.unflatten(x) + noise)
 
     def rnn_mask(self, step_input, rate: float, count: int | None):
@@ -132,9 +143,10 @@ class PassContext:
         steps (Gal & Ghahramani 2016); ``count`` independent masks when the cell asks for one per gate."""
 
         def one():
-            keep = tf.cast(self.uniform(tf.shape(step_input)[1:], step_input.dtype) >= rate, step_input.dtype)
+            features = _features(step_input)
+            keep = tf.cast(self.uniform(features, step_input.dtype) >= rate, step_input.dtype)
             keep = keep * tf.cast(1.0 / (1.0 - rate), step_input.dtype)
-            full = tf.broadcast_to(keep, tf.concat([[self.num_passes, self.rows], tf.shape(step_input)[1:]], 0))
+            full = tf.broadcast_to(keep, tf.concat([[self.num_passes, self.rows], features], 0))
             return self.flatten(full)
 
         if count is None:
