@@ -21,9 +21,9 @@ __all__ = ["ClassificationAccumulator", "RegressionAccumulator", "entropy", "non
 
 
 def _add_in_order(running: np.ndarray, chunk: np.ndarray) -> np.ndarray:
-    """``running + chunk[0] + chunk[1] + ...``, left to right (numpy reduces a leading axis
-    sequentially; the chunk-size invariance tests pin this down)."""
-    return np.add.reduce(np.concatenate([running[None], chunk], axis=0), axis=0)
+    """``running + chunk[0] + chunk[1] + ...``, left to right: a cumulative sum is sequential by
+    definition (a plain ``sum`` may pair terms, depending on the array's layout)."""
+    return np.cumsum(np.concatenate([running[None], chunk], axis=0), axis=0)[-1]
 
 
 def entropy(probs: np.ndarray, axis: int = -1) -> np.ndarray:
