@@ -3,12 +3,14 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-EXTRAS ?= test
+# test: pytest, hypothesis; docs: the mkdocs site (tests/test_docs.py builds it --strict);
+# ray: the cluster scorer (tests/test_distributed.py starts a local Ray cluster)
+EXTRAS ?= test,docs,ray
 
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED ?= 0
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,13 +23,19 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python examples/quickstart.py
+	$(BIN)/mcdrop demo --out demo-out
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 tests --doctest-modules mcdrop
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/engine.py
+	$(BIN)/python benchmarks/metrics.py
+	$(BIN)/python benchmarks/acquisition.py
+	$(BIN)/python benchmarks/scale.py
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

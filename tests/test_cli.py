@@ -270,7 +270,7 @@ def test_every_subcommand_has_help_with_an_example(command, capsys):
         (["predict", "{f}/clf.keras", "{f}/x.npy", "--out", "{f}/nowhere/p.npz"],
          r"argument `--out`: expected a path in an existing folder"),
         (["predict", "{f}/clf.keras"], r"^mcdrop predict: error: the following arguments are required: DATA"),
-        (["predict", "{f}/clf.keras", "{f}/x.npy", "--ray"], r"unrecognized arguments: --ray"),
+        (["predict", "{f}/clf.keras", "{f}/x.npy", "--ray"], r"argument --ray: expected one argument"),
         (["select", "{f}/clf.keras", "{f}/x.npy"], r"the following arguments are required: -k"),
         (["select", "{f}/clf.keras", "{f}/x.npy", "-k", "25"],
          r"argument `-k`: expected an integer <= 24 \(the pool size\), received 25"),

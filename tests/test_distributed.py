@@ -260,3 +260,15 @@ def test_module_imports_without_ray_and_says_how_to_install_it():
     imported_tf, message = done.stdout.strip().split("\n", 1)
     assert imported_tf == "False"
     assert 'pip install "mcdrop[ray]"' in message
+
+
+def test_cli_predict_on_ray_equals_the_single_process_command(cluster, files, tmp_path):
+    from mcdrop import cli
+
+    folder, x = files
+    args = [str(folder / "classifier.keras"), str(folder / "pool.npy"), "-T", str(T), "--seed", "0", "-q"]
+    assert cli.main(["predict", *args, "--out", str(tmp_path / "local.npz")]) == 0
+    assert cli.main(["predict", *args, "--ray", "local", "--out", str(tmp_path / "ray.npz")]) == 0
+    local, remote = np.load(tmp_path / "local.npz"), np.load(tmp_path / "ray.npz")
+    for name in ("mean", "variance", "entropy", "mutual_information"):
+        np.testing.assert_array_equal(remote[name], local[name])
