@@ -20,9 +20,12 @@ from mcdrop.predictive import ClassificationPrediction, RegressionPrediction
 __all__ = ["ClassificationAccumulator", "RegressionAccumulator", "entropy", "nonfinite_rows"]
 
 
-def _add_in_order(running: np.ndarray, chunk: np.ndarray) -> np.ndarray:
+def _add_in_order(running: np.ndarray | None, chunk: np.ndarray) -> np.ndarray:
     """``running + chunk[0] + chunk[1] + ...``, left to right: a cumulative sum is sequential by
-    definition (a plain ``sum`` may pair terms, depending on the array's layout)."""
+    definition (a plain ``sum`` may pair terms, depending on the array's layout). The first chunk
+    starts from nothing (``0 + x`` is ``x`` exactly, so skipping it changes no bit)."""
+    if running is None:
+        return np.cumsum(chunk, axis=0)[-1]
     return np.cumsum(np.concatenate([running[None], chunk], axis=0), axis=0)[-1]
 
 
@@ -72,14 +75,10 @@ class ClassificationAccumulator(_Accumulator):
             raise invalid("probs", "per-pass probabilities of shape (T, N, C)", probs)
         if self.validate:
             _check_pass_probs(probs)
-        if self._sum is None:
-            shape = probs.shape[1:]
-            self._sum = np.zeros(shape)
-            self._sum_sq = np.zeros(shape)
-            self._sum_entropy = np.zeros(shape[:-1])
-            self._votes = np.zeros(shape, dtype=np.int64)
-        elif probs.shape[1:] != self._sum.shape:
-            raise invalid("probs", f"passes of shape (T, {', '.join(map(str, self._sum.shape))})", probs)
+        if self._votes is None:
+            self._votes = np.zeros(probs.shape[1:], dtype=np.int64)
+        elif probs.shape[1:] != self._votes.shape:
+            raise invalid("probs", f"passes of shape (T, {', '.join(map(str, self._votes.shape))})", probs)
         n_classes = probs.shape[-1]
         p = probs.astype(np.float64)
         self._sum = _add_in_order(self._sum, p)
@@ -114,7 +113,7 @@ class RegressionAccumulator(_Accumulator):
                  provenance: dict | None = None):
         super().__init__(keep_samples=keep_samples, provenance=provenance)
         self.heteroscedastic = heteroscedastic
-        self._sum = self._sum_sq = self._sum_var = None
+        self._sum = self._sum_sq = self._sum_var = self._shape = None
         self._kept_var: list[np.ndarray] = []
 
     def update(self, means: np.ndarray, variances: np.ndarray | None = None) -> None:
@@ -127,11 +126,11 @@ class RegressionAccumulator(_Accumulator):
                 f"accumulator is heteroscedastic (heteroscedastic={self.heteroscedastic}), "
                 f"received {'none' if variances is None else 'an array'}."
             )
-        if self._sum is None:
-            shape = means.shape[1:]
-            self._sum, self._sum_sq, self._sum_var = np.zeros(shape), np.zeros(shape), np.zeros(shape)
-        elif means.shape[1:] != self._sum.shape:
-            raise invalid("means", f"passes of shape (T, {', '.join(map(str, self._sum.shape))})", means)
+        if self._shape is None:
+            self._shape = means.shape[1:]
+            self._sum_var = np.zeros(self._shape)
+        elif means.shape[1:] != self._shape:
+            raise invalid("means", f"passes of shape (T, {', '.join(map(str, self._shape))})", means)
         if variances is not None:
             variances = np.asarray(variances)
             if variances.shape != means.shape:
