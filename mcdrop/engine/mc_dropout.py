@@ -38,9 +38,11 @@ class MCDropout:
     num_samples : int, default 50
         T, the number of stochastic passes.
     seed : int or None
-        With a seed, the samples of an input are bit-identical whatever the batch size, chunk
-        size, input order or number of calls. Without one, each call draws a fresh seed (recorded
-        on the prediction as ``seed``).
+        With a seed, an input's dropout masks are bit-identical whatever the batch size, chunk
+        size, input order or number of calls, and its outputs are bit-identical for any batching of
+        the input stream and any number of calls (under a reordering or another block size they agree
+        to float32 rounding: TensorFlow's kernels vectorise by shape and position). Without a seed,
+        each call draws a fresh one (recorded on the prediction as ``seed``).
     task : {"classification", "regression"}, optional
         Detected from the output activation when omitted (softmax/sigmoid: classification).
         A sequence or dict gives one per model output.
