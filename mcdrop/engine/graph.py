@@ -18,20 +18,16 @@ import keras
 import tensorflow as tf
 from keras import tree
 
-__all__ = ["run_model", "has_graph"]
+__all__ = ["run_model", "functional_of"]
 
 
-def _functional_of(model):
+def functional_of(model):
     """The Functional graph behind ``model``, or None (subclassed / unbuilt Sequential)."""
     if isinstance(model, keras.Sequential):
         return getattr(model, "_functional", None)
     if hasattr(model, "_nodes_by_depth") and getattr(model, "_inputs_struct", None) is not None:
         return model
     return None
-
-
-def has_graph(model) -> bool:
-    return _functional_of(model) is not None
 
 
 def _tile(ctx, value):
@@ -82,7 +78,7 @@ class _Runner:
                     continue
                 in_flags = [stoch[id(t)] for t in node.input_tensors]
                 noisy_op = _contains_stochastic(op, self.stochastic_ids, self.memo)
-                nested = _functional_of(op) if isinstance(op, keras.Model) else None
+                nested = functional_of(op) if isinstance(op, keras.Model) else None
                 if nested is not None and noisy_op:
                     args, _ = node.arguments.fill_in(values)
                     inner_inputs = tree.flatten(args[0] if len(args) == 1 else list(args))
@@ -115,7 +111,7 @@ def run_model(model, flat_inputs, structure, ctx, stochastic_ids):
     """Per-pass outputs of ``model`` on ``flat_inputs`` (each (n, ...)), as a flat list of
     (Tc * n, ...) tensors, pass-major, in the order of ``model.outputs``. ``structure`` is the
     nesting of the user's input (used to call models that have no graph)."""
-    functional = _functional_of(model)
+    functional = functional_of(model)
     if functional is None:
         tiled = [_tile(ctx, x) for x in flat_inputs]
         arg = tree.pack_sequence_as(structure, tiled)

@@ -117,6 +117,7 @@ class MCDropout:
         self.sampler = CompiledSampler(model, self.view, mask=self.mask, run_eagerly=bool(run_eagerly),
                                        strategy=strategy)
         self._widest = widest_activation(model)
+        self._on_accelerator = bool(tf.config.list_logical_devices("GPU"))
 
     # -- configuration -------------------------------------------------------------------------------
     def _per_output(self, value, name, n_outputs):
@@ -159,11 +160,12 @@ class MCDropout:
     def _decide_heads(self, raw_outputs):
         """Pick each output's head from what was stated, the graph, or (last) the values."""
         tasks, outs, hets = self._head_args
-        if len(raw_outputs) != len(tasks):  # a model without a readable graph
-            tasks, outs, hets = (self._per_output(a[0] if len(set(map(repr, a))) == 1 else a, name,
-                                                  len(raw_outputs))
-                                 for a, name in zip(self._head_args, ("task", "outputs", "heteroscedastic")))
-            activations = [None] * len(raw_outputs)
+        if len(raw_outputs) != len(tasks):
+            # a model without a readable graph: the stated values were read for one output; apply them
+            # to every output it turned out to have
+            n = len(raw_outputs)
+            tasks, outs, hets = [tasks[0]] * n, [outs[0]] * n, [hets[0]] * n
+            activations = [None] * n
         else:
             activations = self._activations
         heads = []
@@ -202,10 +204,9 @@ class MCDropout:
         (across processes, say) reproduces its bits when each part starts at a multiple of ``rows``
         and is given ``row_offset`` and ``batch_size=rows``.
         """
-        on_accelerator = bool(tf.config.list_logical_devices("GPU"))
         return plan_chunks(num_rows, self.num_samples, self._widest, self.memory_budget,
                            batch_size or self.batch_size, self.passes_per_chunk,
-                           row_passes=None if on_accelerator else CPU_ROW_PASSES)
+                           row_passes=None if self._on_accelerator else CPU_ROW_PASSES)
 
     def _progress(self, verbose, total):
         from tqdm.auto import tqdm

@@ -12,11 +12,10 @@ from __future__ import annotations
 import logging
 import math
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from mcdrop.engine.graph import has_graph, run_model
+from mcdrop.engine.graph import functional_of, run_model
 from mcdrop.engine.noise import PassContext
 from mcdrop.engine.view import StochasticView, patched
 
@@ -44,20 +43,14 @@ _BYTES_PER_UNIT = 4 * 3
 def widest_activation(model) -> int:
     """Largest number of values per row among the model's intermediate tensors (graph models),
     or a conservative guess from inputs and outputs (models without a graph)."""
-    widest = 1
-    functional = getattr(model, "_functional", None) if isinstance(model, keras.Sequential) else model
-    nodes = getattr(functional, "_nodes_by_depth", None) if functional is not None else None
-    if nodes:
-        for depth_nodes in nodes.values():
-            for node in depth_nodes:
-                for t in node.outputs:
-                    dims = [d if d is not None else 64 for d in tuple(t.shape)[1:]]
-                    widest = max(widest, math.prod(dims) if dims else 1)
-        return widest
-    for t in list(getattr(model, "inputs", None) or []) + list(getattr(model, "outputs", None) or []):
-        dims = [d if d is not None else 64 for d in tuple(t.shape)[1:]]
-        widest = max(widest, math.prod(dims) if dims else 1)
-    return max(widest * 8, 1024)
+    def width(tensors) -> int:  # values per row; an unknown dimension counts as 64
+        return max((math.prod(d if d is not None else 64 for d in tuple(t.shape)[1:]) for t in tensors), default=1)
+
+    functional = functional_of(model)
+    if functional is not None:
+        return width(t for nodes in functional._nodes_by_depth.values() for node in nodes for t in node.outputs)
+    known = list(getattr(model, "inputs", None) or []) + list(getattr(model, "outputs", None) or [])
+    return max(width(known) * 8, 1024)
 
 
 #: Row-passes per compiled call when no accelerator is present: enough work for the CPU kernels to
@@ -186,7 +179,3 @@ class CompiledSampler:
             local = self.strategy.experimental_local_results(per_output)
             out.append(np.stack([np.asarray(v) for v in local[:used]]))
         return out
-
-    @property
-    def uses_graph(self) -> bool:
-        return has_graph(self.model)
