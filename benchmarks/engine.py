@@ -27,16 +27,6 @@ import mcdrop  # noqa: E402
 T = 50
 
 
-def best_of(fn, repeats):
-    fn()  # warm-up (tracing)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def interleaved(fns: dict, repeats: int) -> dict:
     """Best time of each function, the functions taking turns round after round, so that a slow
     spell of a shared machine hits every candidate alike instead of one of them."""

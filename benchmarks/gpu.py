@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -27,6 +26,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import mcdrop  # noqa: E402
+from engine import interleaved  # noqa: E402  (benchmarks/engine.py: the same timing in both scripts)
 
 T = 100
 L = keras.layers
@@ -62,16 +62,6 @@ def resnet(image, widths, blocks, classes=10):
     return model, trunk, head
 
 
-def best_of(fn, repeats):
-    fn()  # warm-up (tracing)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
@@ -94,8 +84,9 @@ def main(argv=None):
         return head(tf.tile(trunk(v, training=False), [T, 1]), training=False)
 
     engine = mcdrop.MCDropout(model, num_samples=T, seed=0, verbose=0, batch_size=rows)
-    t_floor = best_of(lambda: floor_fn(xt).numpy(), args.repeats)
-    t_engine = best_of(lambda: engine.predict(x), args.repeats)
+    times = interleaved({"floor": lambda: floor_fn(xt).numpy(), "engine": lambda: engine.predict(x)},
+                        args.repeats)
+    t_floor, t_engine = times["floor"], times["engine"]
     ratio = t_engine / t_floor
     print(f"ResNet-style CNN {len(widths)} stages x {blocks} block(s), widths {widths}, 32x32x3, "
           f"N={rows}, T={T}, {model.count_params():,} parameters")
