@@ -240,9 +240,6 @@ def test_raw_mc_intervals_and_sets_under_cover_on_this_data():
 # ------------------------------------------------------------------------------------ agreement with MAPIE
 
 
-mapie = pytest.importorskip("mapie")
-
-
 def _lookup_classifier(probs):
     from sklearn.base import BaseEstimator, ClassifierMixin
 
@@ -270,6 +267,7 @@ def test_sets_equal_mapie(method, alpha):
     """MAPIE's split LAC, and its split APS with ``include_last_label="randomized"``: MAPIE's APS always
     randomises the calibration scores (cumulative mass minus u p_y), so the sets it shares a definition
     with are our ``randomized=True``; the same RandomState gives the same draws."""
+    pytest.importorskip("mapie")
     from mapie.classification import SplitConformalClassifier
 
     rng = np.random.default_rng(5)
@@ -301,6 +299,7 @@ def test_intervals_equal_mapie_std_normalised():
     integer, so n = 199 at alpha = 0.1 and 0.25. Otherwise MAPIE's lower bound is one order statistic
     narrower than the guarantee's rank; and MAPIE forms the lower level as (1 - 2(1 - alpha)) + (1 - alpha)
     in floating point, which at alpha = 0.05 rounds up past 10 / 200 and moves it by one rank again."""
+    pytest.importorskip("mapie")
     from mapie.conformity_scores import StdConformityScore
     from mapie.regression import SplitConformalRegressor
     from sklearn.base import BaseEstimator, RegressorMixin
