@@ -138,7 +138,7 @@ def run(*, fast: bool = False, seed: int = 0, out: Path | None = None) -> dict:
         from mcdrop.io import save_json, staged_directory
         from mcdrop.plotting import SetCoverageDisplay
 
-        fig = Figure(figsize=(2.2 * N_HARDEST, 2.9), layout="constrained")
+        fig = Figure(figsize=(2.2 * N_HARDEST, 3.2), layout="constrained")
         for col, row in enumerate(results["hardest"]):
             ax = fig.add_subplot(1, N_HARDEST, col + 1)
             ax.imshow(x_test[row["index"]].reshape(8, 8), cmap="gray_r")
