@@ -180,9 +180,15 @@ class ConformalClassifier:
 
     .. math::
 
-        \text{LAC:}\quad s(x, c) &= 1 - \hat p_c \\
-        \text{APS:}\quad s(x, c) &= \sum_{j\,:\,\hat p_j \ge \hat p_c} \hat p_j \;-\; u\,\hat p_c \\
-        \text{RAPS:}\quad s(x, c) &= \sum_{j\,:\,\hat p_j \ge \hat p_c} \hat p_j \;-\; u\,\hat p_c
+        \text{LAC:}\quad s(x, c) = 1 - \hat p_c
+
+    .. math::
+
+        \text{APS:}\quad s(x, c) = \sum_{j\,:\,\hat p_j \ge \hat p_c} \hat p_j \;-\; u\,\hat p_c
+
+    .. math::
+
+        \text{RAPS:}\quad s(x, c) = \sum_{j\,:\,\hat p_j \ge \hat p_c} \hat p_j \;-\; u\,\hat p_c
             + \lambda\,(o_c - k_{reg})^+
 
     where :math:`o_c` is the rank of :math:`c` (1 for the most probable class), :math:`u \sim U(0, 1)`
