@@ -366,7 +366,12 @@ def _regression_prediction(value: Any, name: str):
         raise invalid(name, "a regression prediction or per-pass outputs", value, error=TypeError)
     if is_regression_prediction(value):
         return value
-    return RegressionPrediction.from_samples(check_array(value, name, ndim=(2, 3)))
+    samples = check_array(value, name, ndim=(2, 3))
+    if samples.ndim == 2 and samples.shape[1] == 1 and samples.shape[0] > 1:
+        # (N, 1) predictive means would otherwise be read as N passes of one row: refuse, never guess
+        raise invalid(name, "per-pass outputs of shape (T, N) or (T, N, D), or a RegressionPrediction", samples,
+                      detail="An (N, 1) array looks like means; for one row, pass shape (T, 1, 1).")
+    return RegressionPrediction.from_samples(samples)
 
 
 class ConformalRegressor:

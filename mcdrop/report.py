@@ -508,6 +508,7 @@ def _sections(prediction_models: dict, task: str, y_true, ood, calibration):
                           error=TypeError)
         cal_preds, y_cal = calibration
         for name, pred_cal in _per_model(cal_preds, models, "calibration").items():
+            pred_cal = _as_prediction(pred_cal, task, "calibration")
             conformal_rows[name] = _conformal_metrics(prediction_models[name], pred_cal, y_cal, y_true, task)
             extras["calibration"][name] = (pred_cal, y_cal)
         options["calibration_rows"] = len(np.asarray(y_cal))

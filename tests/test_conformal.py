@@ -485,3 +485,14 @@ def test_not_fitted():
         ConformalClassifier().predict_sets(CAL)
     with pytest.raises(RuntimeError, match=r"ConformalRegressor is not fitted yet"):
         ConformalRegressor().predict_interval(np.ones((3, 4)))
+
+
+def test_regression_means_are_not_mistaken_for_passes():
+    cr = ConformalRegressor().fit(np.random.default_rng(0).normal(size=(4, 30)), np.zeros(30))
+    with pytest.raises(ValueError, match=r"argument `prediction`: expected per-pass outputs of shape \(T, N\) or "
+                                         r"\(T, N, D\), or a RegressionPrediction, received an array of shape \(30, 1\)"
+                                         r".*looks like means"):
+        cr.predict_interval(np.zeros((30, 1)))
+    with pytest.warns(UserWarning, match="standard deviation below"):  # four identical passes: std 0
+        lo, hi = cr.predict_interval(np.zeros((4, 1, 1)))  # one row, spelled out
+    assert lo.shape == (1, 1)

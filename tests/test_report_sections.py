@@ -147,3 +147,10 @@ def test_section_errors(data):
         mcdrop.evaluate(pred, y, ood=reg)
     with pytest.raises(ValueError, match=r"argument `y_cal`: expected labels >= 0 and < 4"):
         mcdrop.evaluate(pred, y, calibration=(pred_cal, y_cal + 4))
+
+
+def test_calibration_of_the_wrong_task_names_the_argument(data):
+    pred, y, _, _, _ = data
+    reg = RegressionPrediction.from_samples(np.ones((3, 30)))
+    with pytest.raises(TypeError, match=r"argument `calibration`: expected a classification prediction"):
+        mcdrop.evaluate(pred, y, calibration=(reg, np.zeros(30, int)))
