@@ -333,6 +333,45 @@ def test_intervals_equal_mapie_std_normalised():
         np.testing.assert_allclose(hi[:, 0], bounds[:, 1, 0], rtol=1e-12, atol=1e-12)
 
 
+def test_cqr_intervals_equal_mapie_symmetric_correction():
+    """MAPIE's ConformalizedQuantileRegressor, prefit on the same lower/upper/median quantiles of the predictive
+    mixture, with ``symmetric_correction=True`` (one threshold for both ends, as ours). Its default corrects
+    each end separately at alpha / 2, a different (also valid) convention."""
+    pytest.importorskip("mapie")
+    from mapie.regression import ConformalizedQuantileRegressor
+    from sklearn.base import BaseEstimator, RegressorMixin
+
+    rng = np.random.default_rng(7)
+    n, m = 150, 200
+    pred, y = regression_data(rng, n + m, head=False)
+
+    def lookup(values):
+        class Lookup(RegressorMixin, BaseEstimator):
+            fitted_ = True
+
+            def fit(self, x, y):
+                return self
+
+            def predict(self, x):
+                return values[np.asarray(x)[:, 0].astype(int)]
+
+        return Lookup()
+
+    x = np.arange(n + m)[:, None]
+    for alpha in (0.1, 0.05):
+        quantiles = [pred.quantile(q)[:, 0] for q in (alpha / 2, 1 - alpha / 2, 0.5)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reference = ConformalizedQuantileRegressor([lookup(q) for q in quantiles], confidence_level=1 - alpha,
+                                                       prefit=True)
+            reference.conformalize(x[:n], y[:n])
+            _, bounds = reference.predict_interval(x[n:], symmetric_correction=True)
+        lo, hi = ConformalRegressor("cqr", alpha=alpha).fit(pred.subset(slice(0, n)), y[:n]).predict_interval(
+            pred.subset(slice(n, None)))
+        np.testing.assert_allclose(lo[:, 0], bounds[:, 0, 0], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(hi[:, 0], bounds[:, 1, 0], rtol=1e-12, atol=1e-12)
+
+
 # ------------------------------------------------------------------------------------------------ behaviour
 
 
