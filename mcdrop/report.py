@@ -344,7 +344,8 @@ def evaluate(prediction_or_predictions: Any, y_true: Any, *, n_bins: int = 15, l
         1 − max p), ``entropy``, ``mutual_information``, ``variation_ratio`` for classification (the last
         two need MC predictions), ``variance`` and ``epistemic_variance`` for regression — and a figure.
     calibration : (prediction or dict of str to prediction, y_cal), optional
-        Held-out calibration rows. Adds the ``conformal`` section: split conformal sets (LAC, APS) or
+        Held-out calibration rows. Adds the ``conformal`` section: split conformal sets (LAC, and APS
+        randomised with seed 0) or
         intervals (std-normalised, CQR) fitted on them, with their coverage and mean set size (width) on
         the evaluated rows at alpha 0.1 and 0.05 (see :mod:`mcdrop.conformal`). A level that needs more
         calibration rows than given is reported as None, with a warning.
@@ -407,6 +408,8 @@ OOD_SCORES = {
 #: Miscoverage levels and methods of the conformal section.
 CONFORMAL_ALPHAS = (0.1, 0.05)
 CONFORMAL_METHODS = {"classification": ("lac", "aps"), "regression": ("normalized", "cqr")}
+#: APS is randomised (its sets stay small for an accurate model), with a fixed seed so the report is reproducible.
+CONFORMAL_OPTIONS = {"aps": {"randomized": True, "random_state": 0}}
 
 
 def _ood_score(pred, score: str) -> np.ndarray | None:
@@ -464,7 +467,8 @@ def _conformal_metrics(pred, pred_cal, y_cal, y_test, task: str) -> dict:
     out = {}
     for method in CONFORMAL_METHODS[task]:
         if task == "classification":
-            fitted = conformal.ConformalClassifier(method, alpha=CONFORMAL_ALPHAS[0])
+            fitted = conformal.ConformalClassifier(method, alpha=CONFORMAL_ALPHAS[0],
+                                                   **CONFORMAL_OPTIONS.get(method, {}))
         else:
             fitted = conformal.ConformalRegressor(method, alpha=CONFORMAL_ALPHAS[0])
         rows = {}
@@ -580,7 +584,8 @@ def _sections_figures(report) -> dict:
             if methods.get("aps", {}).get("0.1") is None:
                 continue
             pred_cal, y_cal = report._extras["calibration"][model]
-            sets = conformal.ConformalClassifier("aps", alpha=0.1).fit(pred_cal, y_cal).predict_sets(
+            sets = conformal.ConformalClassifier("aps", alpha=0.1, **CONFORMAL_OPTIONS["aps"]).fit(
+                pred_cal, y_cal).predict_sets(
                 report._predictions[model])
             out[f"Conformal APS sets (alpha 0.1): {model}"] = plotting.SetCoverageDisplay.from_predictions(
                 report._y_true, sets, alpha=0.1, name=model).figure_

@@ -90,6 +90,11 @@ def test_conformal_section_by_hand(data):
         assert row["mean_set_size"] == pytest.approx(sets.sum(axis=1).mean())
     assert report.options["calibration_rows"] == 60
     assert section["aps"]["0.05"]["mean_set_size"] >= section["aps"]["0.1"]["mean_set_size"]
+    # APS in the report is the randomised form with seed 0 (the class itself is checked against MAPIE)
+    from mcdrop.conformal import ConformalClassifier
+
+    sets = ConformalClassifier("aps", alpha=0.1, randomized=True, random_state=0).fit(pred_cal, y_cal).predict_sets(pred)
+    assert section["aps"]["0.1"]["mean_set_size"] == pytest.approx(sets.sum(axis=1).mean())
     assert "conformal prediction" in str(report)
     assert "Conformal APS sets (alpha 0.1): model" in report.figures()
 
