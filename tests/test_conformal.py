@@ -9,6 +9,8 @@ import zlib
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import special
 
 from mcdrop.conformal import ConformalClassifier, ConformalRegressor, conformal_quantile, min_calibration_size
@@ -535,3 +537,21 @@ def test_regression_means_are_not_mistaken_for_passes():
     with pytest.warns(UserWarning, match="standard deviation below"):  # four identical passes: std 0
         lo, hi = cr.predict_interval(np.zeros((4, 1, 1)))  # one row, spelled out
     assert lo.shape == (1, 1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), method=st.sampled_from(["lac", "aps", "raps"]),
+       alpha=st.sampled_from([0.05, 0.1, 0.2, 0.5]))
+def test_invariant_to_row_order_and_equivariant_to_class_order(seed, method, alpha):
+    """Permuting the calibration rows changes nothing; renaming the classes renames the sets."""
+    rng = np.random.default_rng(seed)
+    probs, labels = classification_data(rng, 160, n_classes=5)
+    cal, test = slice(0, 100), slice(100, None)
+    sets = ConformalClassifier(method, alpha=alpha).fit(probs[cal], labels[cal]).predict_sets(probs[test])
+    rows = rng.permutation(100)
+    shuffled = ConformalClassifier(method, alpha=alpha).fit(probs[cal][rows], labels[cal][rows])
+    np.testing.assert_array_equal(shuffled.predict_sets(probs[test]), sets)
+    classes = rng.permutation(5)  # new class j is old class classes[j]
+    inverse = np.argsort(classes)
+    renamed = ConformalClassifier(method, alpha=alpha).fit(probs[cal][:, classes], inverse[labels[cal]])
+    np.testing.assert_array_equal(renamed.predict_sets(probs[test][:, classes]), sets[:, classes])
