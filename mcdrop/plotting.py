@@ -426,9 +426,8 @@ class SetCoverageDisplay:
         ax.set_xticks(self.size)
         ax.set_xlabel("Set size")
         ax.set_ylabel("Coverage")
-        title = "Coverage by set size" if self.name is None else f"Coverage by set size: {self.name}"
-        if self.overall is not None:
-            title += f" (overall {self.overall:.3f})"
+        details = [d for d in (self.name, None if self.overall is None else f"overall {self.overall:.3f}") if d]
+        title = "Coverage by set size" + ("\n" + ", ".join(details) if details else "")
         ax.set_title(title)
         self.ax_, self.figure_ = ax, fig
         return self
