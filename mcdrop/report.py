@@ -59,6 +59,13 @@ class EvaluationReport:
         probabilities, error AUROC when there is no error).
     options : dict
         The options the metrics were computed with (``n_bins``, ``level``).
+    ood : dict
+        ``ood[model][score]`` = ``{"auroc", "aupr", "fpr_at_95_tpr"}`` (None for a score the prediction
+        cannot give) and ``ood[model]["n_rows"]``; empty unless ``evaluate(ood=...)``.
+    conformal : dict
+        ``conformal[model][method][alpha]`` = ``{"coverage", "mean_set_size"}`` (classification) or
+        ``{"coverage", "mean_width"}`` (regression), None where there were too few calibration rows;
+        empty unless ``evaluate(calibration=...)``.
     """
 
     task: str
