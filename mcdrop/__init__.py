@@ -9,6 +9,7 @@ decomposition. Downstream modules work on those predictions or on plain arrays:
 ``mcdrop.calibration``   post-hoc recalibration
 ``mcdrop.acquisition``   acquisition functions for active learning
 ``mcdrop.active``        the labeling loop
+``mcdrop.conformal``     conformal prediction sets and intervals
 ``mcdrop.plotting``      Display objects (matplotlib, imported lazily)
 ``mcdrop.store``         predictions streamed to disk (``predict(x, out=...)``)
 ``mcdrop.distributed``   scoring huge pools on a Ray cluster
@@ -30,7 +31,7 @@ _ATTRIBUTES = {
 }
 _SUBMODULES = (
     "engine", "predictive", "accumulators", "heads", "store", "metrics", "calibration", "acquisition",
-    "active", "plotting", "report", "distributed", "io", "cli",
+    "active", "plotting", "report", "distributed", "io", "cli", "conformal",
 )
 
 __all__ = [*_ATTRIBUTES, *_SUBMODULES, "__version__"]

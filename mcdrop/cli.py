@@ -45,7 +45,13 @@ num_samples, mask and seed.""",
   mcdrop evaluate probs.npy labels.csv --json
 
 PREDS is an .npz written by `mcdrop predict`, or one array of class
-probabilities (N, C) or of per-pass probabilities (T, N, C).""",
+probabilities (N, C) or of per-pass probabilities (T, N, C).
+
+  mcdrop evaluate preds.npz y_test.npy --ood preds_ood.npz --calibration preds_cal.npz y_cal.npy
+
+--ood adds out-of-distribution detection (AUROC, AUPR, FPR at 95% TPR of each
+uncertainty score); --calibration adds split conformal sets or intervals fitted
+on held-out rows, with their coverage and size at alpha 0.1 and 0.05.""",
     "select": """example:
   mcdrop select model.keras pool.npy -k 100 --method batchbald --out indices.csv
   mcdrop select model.keras pool.npy -k 10 --method bald --json""",
@@ -145,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("preds", metavar="PREDS", help="an .npz from `mcdrop predict`, or a probabilities array")
     evaluate.add_argument("labels", metavar="LABELS", help="true labels (N,) as .npy, .npz or .csv")
     evaluate.add_argument("--out", metavar="DIR", help="write report.html and metrics.json to this folder")
+    evaluate.add_argument("--ood", metavar="PREDS",
+                          help="the same model's predictions on out-of-distribution inputs (as PREDS): adds the "
+                               "out-of-distribution section")
+    evaluate.add_argument("--calibration", nargs=2, metavar=("PREDS", "LABELS"),
+                          help="predictions and labels of held-out calibration rows: adds the conformal section")
     evaluate.set_defaults(func=_cmd_evaluate)
 
     select = add("select", "Pick the next inputs to label from an unlabeled pool.")
@@ -478,7 +489,7 @@ def _cmd_evaluate(args) -> int:
     if len(y) != len(pred):
         raise CommandError(f"Invalid value for argument `LABELS`: expected {len(pred)} labels (one per row of "
                            f"PREDS), received {len(y)}.")
-    report = mcdrop.evaluate(pred, y)
+    report = mcdrop.evaluate(pred, y, **_evaluate_sections(args, pred))
     if out is not None:
         with io.staged_directory(out) as stage:
             report.to_html(stage / "report.html")
@@ -490,25 +501,25 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
-def _load_prediction(path: str):
+def _load_prediction(path: str, name: str = "PREDS"):
     """A prediction from an .npz of `mcdrop predict`, or from an array of probabilities."""
     from mcdrop import io
     from mcdrop._validation import check_probs
     from mcdrop.predictive import ClassificationPrediction, RegressionPrediction
 
-    arrays = io.load_arrays(path, name="PREDS")
+    arrays = io.load_arrays(path, name=name)
     if "mean" not in arrays:
         if len(arrays) != 1:
-            raise CommandError(f"Invalid value for argument `PREDS`: expected an .npz written by `mcdrop predict` "
+            raise CommandError(f"Invalid value for argument `{name}`: expected an .npz written by `mcdrop predict` "
                                f"or one probabilities array, received {path!r} holding "
                                f"{', '.join(sorted(arrays))}.")
         (probs,) = arrays.values()
         if probs.ndim == 2:
             probs = probs[None]
         if probs.ndim != 3:
-            raise CommandError(f"Invalid value for argument `PREDS`: expected probabilities of shape (N, C) or "
+            raise CommandError(f"Invalid value for argument `{name}`: expected probabilities of shape (N, C) or "
                                f"(T, N, C), received an array of shape {probs.shape}.")
-        probs = check_probs(probs, "PREDS", ndim=3)
+        probs = check_probs(probs, name, ndim=3)
         return ClassificationPrediction.from_samples(probs, keep_samples=False)
 
     def meta(key, default=None):
@@ -522,7 +533,7 @@ def _load_prediction(path: str):
             return ClassificationPrediction.from_samples(arrays["samples"], **common)
         missing = [k for k in ("variance", "expected_entropy", "votes", "num_samples") if k not in arrays]
         if missing:
-            raise CommandError(f"Invalid value for argument `PREDS`: expected the arrays `mcdrop predict` "
+            raise CommandError(f"Invalid value for argument `{name}`: expected the arrays `mcdrop predict` "
                                f"writes, received {path!r} without {', '.join(missing)}.")
         return ClassificationPrediction(mean=arrays["mean"], variance=arrays["variance"],
                                         expected_entropy=arrays["expected_entropy"], votes=arrays["votes"],
@@ -530,13 +541,45 @@ def _load_prediction(path: str):
                                         **common)
     missing = [k for k in ("epistemic_variance", "aleatoric_variance", "num_samples") if k not in arrays]
     if missing:
-        raise CommandError(f"Invalid value for argument `PREDS`: expected the arrays `mcdrop predict` writes, "
+        raise CommandError(f"Invalid value for argument `{name}`: expected the arrays `mcdrop predict` writes, "
                            f"received {path!r} without {', '.join(missing)}.")
     return RegressionPrediction(mean=arrays["mean"], epistemic_variance=arrays["epistemic_variance"],
                                 aleatoric_variance=arrays["aleatoric_variance"], num_samples=num_samples,
                                 heteroscedastic=bool(meta("heteroscedastic", False)),
                                 samples=arrays.get("samples"), sample_variances=arrays.get("sample_variances"),
                                 **common)
+
+
+def _evaluate_sections(args, pred) -> dict:
+    """``ood`` and ``calibration`` for :func:`mcdrop.evaluate` from --ood and --calibration, checked here so
+    that errors name the flags."""
+    from mcdrop import io
+    from mcdrop._validation import check_labels
+
+    options = {}
+    if args.ood is not None:
+        pred_ood = _load_prediction(args.ood, "--ood")
+        if pred_ood.task != pred.task:
+            raise CommandError(f"Invalid value for argument `--ood`: expected {pred.task} predictions like PREDS, "
+                               f"received {pred_ood.task} predictions from {args.ood!r}.")
+        options["ood"] = pred_ood
+    if args.calibration is not None:
+        preds_path, labels_path = args.calibration
+        pred_cal = _load_prediction(preds_path, "--calibration PREDS")
+        y_cal = io.load_array(labels_path, name="--calibration LABELS")
+        if y_cal.ndim == 2 and y_cal.shape[1] == 1:
+            y_cal = y_cal[:, 0]
+        if pred_cal.task != pred.task or pred_cal.mean.shape[1:] != pred.mean.shape[1:]:
+            raise CommandError(f"Invalid value for argument `--calibration PREDS`: expected {pred.task} predictions "
+                               f"of the shape of PREDS' rows {pred.mean.shape[1:]}, received {pred_cal.task} "
+                               f"predictions of {pred_cal.mean.shape[1:]} from {preds_path!r}.")
+        if len(y_cal) != len(pred_cal):
+            raise CommandError(f"Invalid value for argument `--calibration LABELS`: expected {len(pred_cal)} labels "
+                               f"(one per row of --calibration PREDS), received {len(y_cal)}.")
+        if pred.task == "classification":
+            y_cal = check_labels(y_cal, "--calibration LABELS", n_classes=pred.mean.shape[1])
+        options["calibration"] = (pred_cal, y_cal)
+    return options
 
 
 def _cmd_select(args) -> int:

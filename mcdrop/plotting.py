@@ -33,6 +33,7 @@ __all__ = [
     "UncertaintyDisplay",
     "RegressionCalibrationDisplay",
     "PredictionIntervalDisplay",
+    "SetCoverageDisplay",
 ]
 
 _ERROR_COLOR = "#d62728"
@@ -362,5 +363,71 @@ class PredictionIntervalDisplay:
             title += f" (coverage {self.coverage:.3f})"
         ax.set_title(title)
         ax.legend(loc="upper left", fontsize="small")
+        self.ax_, self.figure_ = ax, fig
+        return self
+
+
+class SetCoverageDisplay:
+    """Coverage of prediction sets against their size, with the number of rows of each size.
+
+    An adaptive method (APS, or LAC on MC-averaged probabilities) should cover about evenly across set
+    sizes; a method that meets ``1 - alpha`` only on average over-covers the large sets and under-covers
+    the small ones (Angelopoulos et al., 2021).
+
+    Parameters
+    ----------
+    size, coverage, count : ndarray of shape (K,)
+        From :func:`~mcdrop.metrics.size_stratified_coverage`.
+    target : float, optional
+        The promised coverage ``1 - alpha``, drawn as a line.
+    overall : float, optional
+        The marginal coverage, shown in the title.
+    name : str, optional
+
+    Examples
+    --------
+    >>> disp = SetCoverageDisplay.from_predictions([0, 1], [[True, False], [True, True]], alpha=0.1)
+    >>> disp.coverage.tolist()
+    [1.0, 1.0]
+    """
+
+    def __init__(self, *, size, coverage, count, target=None, overall=None, name=None):
+        self.size = np.asarray(size)
+        self.coverage = np.asarray(coverage)
+        self.count = np.asarray(count)
+        self.target = target
+        self.overall = overall
+        self.name = name
+
+    @classmethod
+    def from_predictions(cls, y_true: Any, sets: Any, *, alpha: float | None = None, name: str | None = None,
+                         ax=None) -> "SetCoverageDisplay":
+        """Stratify ``sets`` (bool, (N, C)) by size and plot; ``alpha`` draws the ``1 - alpha`` target."""
+        from mcdrop._validation import check_float
+
+        target = None
+        if alpha is not None:
+            target = 1.0 - check_float(alpha, "alpha", low=0.0, high=1.0, low_inclusive=False,
+                                       high_inclusive=False)
+        curve = metrics.size_stratified_coverage(y_true, sets)
+        return cls(size=curve.size, coverage=curve.coverage, count=curve.count, target=target,
+                   overall=metrics.set_coverage(y_true, sets), name=name).plot(ax=ax)
+
+    def plot(self, ax=None) -> "SetCoverageDisplay":
+        fig, ax = _axes(ax)
+        bars = ax.bar(self.size, self.coverage, color=_MAIN_COLOR, alpha=0.7, width=0.8)
+        for bar, n in zip(bars, self.count):
+            ax.annotate(f"n={int(n)}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=8)
+        if self.target is not None:
+            ax.axhline(self.target, linestyle="--", color="gray", label=f"target {self.target:.2f}")
+            ax.legend(loc="lower right")
+        ax.set_ylim(0, 1.08)
+        ax.set_xticks(self.size)
+        ax.set_xlabel("Set size")
+        ax.set_ylabel("Coverage")
+        details = [d for d in (self.name, None if self.overall is None else f"overall {self.overall:.3f}") if d]
+        title = "Coverage by set size" + ("\n" + ", ".join(details) if details else "")
+        ax.set_title(title)
         self.ax_, self.figure_ = ax, fig
         return self

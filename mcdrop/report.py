@@ -59,6 +59,13 @@ class EvaluationReport:
         probabilities, error AUROC when there is no error).
     options : dict
         The options the metrics were computed with (``n_bins``, ``level``).
+    ood : dict
+        ``ood[model][score]`` = ``{"auroc", "aupr", "fpr_at_95_tpr"}`` (None for a score the prediction
+        cannot give) and ``ood[model]["n_rows"]``; empty unless ``evaluate(ood=...)``.
+    conformal : dict
+        ``conformal[model][method][alpha]`` = ``{"coverage", "mean_set_size"}`` (classification) or
+        ``{"coverage", "mean_width"}`` (regression), None where there were too few calibration rows;
+        empty unless ``evaluate(calibration=...)``.
     """
 
     task: str
@@ -67,6 +74,11 @@ class EvaluationReport:
     options: dict
     _predictions: dict = dataclasses.field(repr=False, compare=False, default_factory=dict)
     _y_true: Any = dataclasses.field(repr=False, compare=False, default=None)
+    #: ``ood[model][score]``: auroc, aupr and fpr_at_95_tpr of each uncertainty score (``evaluate(ood=...)``).
+    ood: dict = dataclasses.field(default_factory=dict)
+    #: ``conformal[model][method][alpha]``: coverage and mean set size / width (``evaluate(calibration=...)``).
+    conformal: dict = dataclasses.field(default_factory=dict)
+    _extras: dict = dataclasses.field(repr=False, compare=False, default_factory=dict)
 
     @property
     def models(self) -> list[str]:
@@ -110,7 +122,7 @@ class EvaluationReport:
                 lines.append("  ".join("-" * w for w in widths))
         if len(self.models) > 1:
             lines.append("* best")
-        return "\n".join(lines)
+        return "\n".join(lines) + _sections_text(self)
 
     def to_dict(self) -> dict:
         """Plain JSON-ready data: task, n_rows, options, models, metrics, directions."""
@@ -121,6 +133,8 @@ class EvaluationReport:
             "models": self.models,
             "metrics": {m: dict(v) for m, v in self.metrics.items()},
             "directions": {k: DIRECTIONS.get(k, 0) for k in self.metric_names},
+            **({"ood": self.ood} if self.ood else {}),
+            **({"conformal": self.conformal} if self.conformal else {}),
         }
 
     def to_json(self, path: str | os.PathLike) -> None:
@@ -159,6 +173,7 @@ class EvaluationReport:
             for name, pred in self._predictions.items():
                 out[f"Intervals: {name}"] = plotting.PredictionIntervalDisplay.from_predictions(
                     y, pred, level=self.options.get("level", 0.95), name=name).figure_
+        out.update(_sections_figures(self))
         return out
 
     def to_html(self, path: str | os.PathLike, *, figures: bool = True) -> None:
@@ -198,6 +213,7 @@ img {{ max-width: 640px; }}
 <table><thead><tr><th>metric</th>{head}</tr></thead><tbody>
 {chr(10).join(body)}
 </tbody></table>
+{_sections_html(self)}
 {chr(10).join(images)}
 </body></html>
 """
@@ -309,7 +325,7 @@ def _regression_metrics(y, pred, level):
 
 
 def evaluate(prediction_or_predictions: Any, y_true: Any, *, n_bins: int = 15, level: float = 0.95,
-             task: str | None = None) -> EvaluationReport:
+             task: str | None = None, ood: Any = None, calibration: Any = None) -> EvaluationReport:
     """Evaluate one prediction, or several side by side, on the same targets.
 
     Parameters
@@ -328,6 +344,18 @@ def evaluate(prediction_or_predictions: Any, y_true: Any, *, n_bins: int = 15, l
     task : {"classification", "regression"}, optional
         Needed only for arrays whose task cannot be read from ``y_true``'s dtype (integer labels mean
         classification).
+    ood : prediction, array, or dict of str to prediction/array, optional
+        The same model's predictions on out-of-distribution inputs (a dict keyed by model name when
+        several are evaluated). Adds the ``ood`` section: AUROC, AUPR and FPR at 95% TPR of separating
+        them from the evaluated rows by each uncertainty score — ``max_probability`` (scored as
+        1 − max p), ``entropy``, ``mutual_information``, ``variation_ratio`` for classification (the last
+        two need MC predictions), ``variance`` and ``epistemic_variance`` for regression — and a figure.
+    calibration : (prediction or dict of str to prediction, y_cal), optional
+        Held-out calibration rows. Adds the ``conformal`` section: split conformal sets (LAC, and APS
+        randomised with seed 0) or
+        intervals (std-normalised, CQR) fitted on them, with their coverage and mean set size (width) on
+        the evaluated rows at alpha 0.1 and 0.05 (see :mod:`mcdrop.conformal`). A level that needs more
+        calibration rows than given is reported as None, with a warning.
 
     Returns
     -------
@@ -370,5 +398,202 @@ def evaluate(prediction_or_predictions: Any, y_true: Any, *, n_bins: int = 15, l
                 rows[name][key] = None
     n_rows = len(np.asarray(y_true))
     options = {"n_bins": n_bins} if task == "classification" else {"level": level}
+    ood_rows, conformal_rows, extra_options, extras = _sections(preds, task, y_true, ood, calibration)
+    options.update(extra_options)
     return EvaluationReport(task=task, n_rows=n_rows, metrics=rows, options=options,
-                            _predictions=preds, _y_true=np.asarray(y_true))
+                            _predictions=preds, _y_true=np.asarray(y_true), ood=ood_rows,
+                            conformal=conformal_rows, _extras=extras)
+
+
+# ------------------------------------------------------------------------ out-of-distribution and conformal
+
+#: Uncertainty scores of the out-of-distribution section, by task: name -> how to read it from a prediction.
+OOD_SCORES = {
+    "classification": ("max_probability", "entropy", "mutual_information", "variation_ratio"),
+    "regression": ("variance", "epistemic_variance"),
+}
+#: Miscoverage levels and methods of the conformal section.
+CONFORMAL_ALPHAS = (0.1, 0.05)
+CONFORMAL_METHODS = {"classification": ("lac", "aps"), "regression": ("normalized", "cqr")}
+#: APS is randomised (its sets stay small for an accurate model), with a fixed seed so the report is reproducible.
+CONFORMAL_OPTIONS = {"aps": {"randomized": True, "random_state": 0}}
+
+
+def _ood_score(pred, score: str) -> np.ndarray | None:
+    """Per-row score, higher = more likely out of distribution; None when the prediction cannot give it
+    (mutual information and variation ratio of plain probabilities)."""
+    from mcdrop.accumulators import entropy
+
+    if score == "max_probability":
+        probs = pred.mean if is_classification_prediction(pred) else np.asarray(pred)
+        return 1.0 - probs.max(axis=1)
+    if score == "entropy" and not is_classification_prediction(pred):
+        return entropy(np.asarray(pred))
+    if not (is_classification_prediction(pred) or is_regression_prediction(pred)):
+        return None
+    values = np.asarray(getattr(pred, score), dtype=np.float64)
+    return values.mean(axis=1) if values.ndim == 2 else values
+
+
+def _ood_metrics(pred, pred_ood, task: str) -> dict:
+    out = {}
+    for score in OOD_SCORES[task]:
+        u_in, u_out = _ood_score(pred, score), _ood_score(pred_ood, score)
+        if u_in is None or u_out is None:
+            out[score] = None
+            continue
+        out[score] = {
+            "auroc": metrics.ood_auroc(u_in, u_out),
+            "aupr": metrics.ood_aupr(u_in, u_out),
+            "fpr_at_95_tpr": metrics.fpr_at_95_tpr(u_in, u_out),
+        }
+    return out
+
+
+def _per_model(value: Any, models: list[str], name: str) -> dict:
+    """``value`` for each model: a dict keyed by (some of) the model names, or one value for a single model."""
+    if isinstance(value, Mapping):
+        unknown = [k for k in value if k not in models]
+        if unknown:
+            raise invalid(name, f"a dict keyed by the evaluated models ({', '.join(map(repr, models))})",
+                          unknown[0])
+        return dict(value)
+    if len(models) > 1:
+        raise invalid(name, "a dict keyed by model name when several models are evaluated", value,
+                      error=TypeError)
+    return {models[0]: value}
+
+
+def _conformal_metrics(pred, pred_cal, y_cal, y_test, task: str) -> dict:
+    """Coverage and mean set size (mean interval width) on the test rows, per method and alpha; None where
+    the calibration set is too small for that alpha (with a warning)."""
+    import warnings
+
+    from mcdrop import conformal
+
+    out = {}
+    for method in CONFORMAL_METHODS[task]:
+        if task == "classification":
+            fitted = conformal.ConformalClassifier(method, alpha=CONFORMAL_ALPHAS[0],
+                                                   **CONFORMAL_OPTIONS.get(method, {}))
+        else:
+            fitted = conformal.ConformalRegressor(method, alpha=CONFORMAL_ALPHAS[0])
+        rows = {}
+        for alpha in CONFORMAL_ALPHAS:
+            need = conformal.min_calibration_size(alpha)
+            if len(np.asarray(y_cal)) < need:
+                warnings.warn(f"The conformal section has no row at alpha={alpha:g}: it needs at least {need} "
+                              f"calibration rows, received {len(np.asarray(y_cal))}.", UserWarning, stacklevel=4)
+                rows[f"{alpha:g}"] = None
+                continue
+            fitted.alpha = alpha
+            fitted.fit(pred_cal, y_cal)
+            if task == "classification":
+                sets = fitted.predict_sets(pred)
+                rows[f"{alpha:g}"] = {"coverage": metrics.set_coverage(y_test, sets),
+                                      "mean_set_size": metrics.mean_set_size(sets)}
+            else:
+                lower, upper = fitted.predict_interval(pred)
+                y = targets(y_test).reshape(lower.shape)
+                rows[f"{alpha:g}"] = {"coverage": metrics.interval_coverage(y, lower, upper),
+                                      "mean_width": metrics.mean_interval_width(lower, upper)}
+        out[method] = rows
+    return out
+
+
+def _sections(prediction_models: dict, task: str, y_true, ood, calibration):
+    """The out-of-distribution and conformal sections of :func:`evaluate`, their options, and the inputs
+    their figures need."""
+    models = list(prediction_models)
+    ood_rows, conformal_rows, options = {}, {}, {}
+    extras = {"ood": {}, "calibration": {}}
+    if ood is not None:
+        for name, value in _per_model(ood, models, "ood").items():
+            pred_ood = _as_prediction(value, task, f"ood[{name!r}]" if isinstance(ood, Mapping) else "ood")
+            ood_rows[name] = _ood_metrics(prediction_models[name], pred_ood, task)
+            extras["ood"][name] = pred_ood
+            ood_rows[name]["n_rows"] = len(pred_ood)
+    if calibration is not None:
+        if not (isinstance(calibration, (tuple, list)) and len(calibration) == 2):
+            raise invalid("calibration", "a (prediction, labels) pair of calibration rows", calibration,
+                          error=TypeError)
+        cal_preds, y_cal = calibration
+        for name, pred_cal in _per_model(cal_preds, models, "calibration").items():
+            pred_cal = _as_prediction(pred_cal, task, "calibration")
+            conformal_rows[name] = _conformal_metrics(prediction_models[name], pred_cal, y_cal, y_true, task)
+            extras["calibration"][name] = (pred_cal, y_cal)
+        options["calibration_rows"] = len(np.asarray(y_cal))
+    return ood_rows, conformal_rows, options, extras
+
+
+def _sections_text(report) -> str:
+    lines = []
+    if report.ood:
+        lines += ["", "out-of-distribution detection (OOD rows positive; higher score = more OOD)"]
+        rows = [("model", "score", "auroc", "aupr", "fpr@95tpr")]
+        for model, scores in report.ood.items():
+            for score, values in scores.items():
+                if score == "n_rows":
+                    continue
+                cells = ("—",) * 3 if values is None else tuple(
+                    _format(values[k]) for k in ("auroc", "aupr", "fpr_at_95_tpr"))
+                rows.append((model, score, *cells))
+        lines += _plain_table(rows)
+    if report.conformal:
+        size = "mean_set_size" if report.task == "classification" else "mean_width"
+        lines += ["", "conformal prediction (coverage on these rows; target 1 - alpha)"]
+        rows = [("model", "method", "alpha", "coverage", size.replace("_", " "))]
+        for model, methods in report.conformal.items():
+            for method, by_alpha in methods.items():
+                for alpha, values in by_alpha.items():
+                    cells = ("—", "—") if values is None else (_format(values["coverage"]), _format(values[size]))
+                    rows.append((model, method, alpha, *cells))
+        lines += _plain_table(rows)
+    return "\n".join(lines)
+
+
+def _plain_table(rows) -> list[str]:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    out = ["  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+           for row in rows]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return out
+
+
+def _sections_html(report) -> str:
+    """HTML tables of the out-of-distribution and conformal sections ('' when there are none)."""
+    parts = []
+    text = _sections_text(report)
+    if not text:
+        return ""
+    for block in text.strip("\n").split("\n\n"):
+        title, header, _, *body = block.split("\n")
+        parts.append(f"<h2>{html.escape(title)}</h2><pre>{html.escape(chr(10).join([header, *body]))}</pre>")
+    return "\n".join(parts)
+
+
+def _sections_figures(report) -> dict:
+    from mcdrop import conformal, plotting
+
+    out = {}
+    for model, scores in report.ood.items():
+        usable = {s: v["auroc"] for s, v in scores.items() if s != "n_rows" and v is not None}
+        if not usable:
+            continue
+        best = max(usable, key=usable.get)
+        pred, pred_ood = report._predictions[model], report._extras["ood"][model]
+        out[f"Out-of-distribution: {model}"] = plotting.UncertaintyDisplay(
+            values=(_ood_score(pred, best), _ood_score(pred_ood, best)),
+            labels=("in-distribution", "out-of-distribution"), xlabel=best.replace("_", " "),
+            auroc=usable[best], name=model).plot().figure_
+    if report.task == "classification":
+        for model, methods in report.conformal.items():
+            if methods.get("aps", {}).get("0.1") is None:
+                continue
+            pred_cal, y_cal = report._extras["calibration"][model]
+            sets = conformal.ConformalClassifier("aps", alpha=0.1, **CONFORMAL_OPTIONS["aps"]).fit(
+                pred_cal, y_cal).predict_sets(
+                report._predictions[model])
+            out[f"Conformal APS sets (alpha 0.1): {model}"] = plotting.SetCoverageDisplay.from_predictions(
+                report._y_true, sets, alpha=0.1, name=model).figure_
+    return out

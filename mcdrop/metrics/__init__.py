@@ -15,6 +15,8 @@ Families:
 * regression — :func:`gaussian_nll`, :func:`crps_gaussian`, :func:`crps_samples`,
   :func:`interval_coverage`, :func:`mean_interval_width`, :func:`quantile_calibration_curve`,
   :func:`miscalibration_area`, :func:`rmse`, :func:`pit_values`
+* prediction sets — :func:`set_coverage`, :func:`mean_set_size`, :func:`size_stratified_coverage`,
+  :func:`class_conditional_coverage` (intervals: :func:`interval_coverage`, :func:`mean_interval_width`)
 """
 
 from mcdrop.metrics._classification import (
@@ -39,6 +41,14 @@ from mcdrop.metrics._regression import (
     pit_values,
     quantile_calibration_curve,
     rmse,
+)
+from mcdrop.metrics._sets import (
+    ClassConditionalCoverage,
+    SizeStratifiedCoverage,
+    class_conditional_coverage,
+    mean_set_size,
+    set_coverage,
+    size_stratified_coverage,
 )
 from mcdrop.metrics._selective import (
     RiskCoverageCurve,
@@ -81,4 +91,11 @@ __all__ = [
     "QuantileCalibrationCurve",
     "miscalibration_area",
     "rmse",
+    # prediction sets
+    "set_coverage",
+    "mean_set_size",
+    "size_stratified_coverage",
+    "SizeStratifiedCoverage",
+    "class_conditional_coverage",
+    "ClassConditionalCoverage",
 ]
