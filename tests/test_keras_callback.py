@@ -29,9 +29,11 @@ def make_data(seed=0, n=240, d=6, c=3):
 X, Y, X_VAL, Y_VAL = make_data()
 
 
-def classifier(seed=0, dropout=True):
+def classifier(seed=0, dropout=True, batchnorm=False):
     keras.utils.set_random_seed(seed)
     layers = [keras.Input((X.shape[1],)), keras.layers.Dense(16, activation="relu")]
+    if batchnorm:
+        layers.append(keras.layers.BatchNormalization())
     if dropout:
         layers.append(keras.layers.Dropout(0.3))
     model = keras.Sequential([*layers, keras.layers.Dense(3, activation="softmax")])
@@ -125,7 +127,7 @@ def test_one_compiled_engine_picks_up_new_weights(trained):
 
 def test_training_is_untouched():
     def train(callbacks):
-        model = classifier(seed=5)
+        model = classifier(seed=5, batchnorm=True)  # its moving statistics are weights too
         model.fit(X, Y, epochs=3, batch_size=32, verbose=0, shuffle=True, callbacks=callbacks)
         return model.get_weights(), int(model.optimizer.iterations.numpy())
 
