@@ -50,6 +50,31 @@ DEFAULT_METRICS = {
 _TASK_METRICS = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS}
 
 
+def _is_dataset(value) -> bool:
+    return all(hasattr(value, name) for name in ("as_numpy_iterator", "cardinality", "element_spec"))
+
+
+def _read_dataset(dataset) -> tuple:
+    """(x, y) of a finite dataset of (x, y) batches, concatenated along the rows."""
+    if int(dataset.cardinality()) == -1:  # tf.data.INFINITE_CARDINALITY
+        raise invalid("validation_data", "a finite dataset", dataset,
+                      detail="It repeats forever: take the validation batches once (no .repeat()).")
+    xs, ys = [], []
+    for element in dataset.as_numpy_iterator():
+        if not isinstance(element, tuple) or len(element) != 2:
+            raise invalid("validation_data", "a dataset of (x, y) batches", dataset,
+                          detail=f"An element has {len(element) if isinstance(element, tuple) else 1} "
+                                 "part(s); sample weights are not supported.")
+        if np.ndim(element[1]) == 0:
+            raise invalid("validation_data", "a dataset of (x, y) batches", dataset,
+                          detail="Its elements are single rows: call .batch() on it.")
+        xs.append(element[0])
+        ys.append(element[1])
+    if not xs:
+        raise invalid("validation_data", "a dataset with at least one batch", dataset)
+    return keras.tree.map_structure(lambda *parts: np.concatenate(parts), *xs), np.concatenate(ys)
+
+
 class MCDropoutMetrics(keras.callbacks.Callback):
     r"""Log Monte Carlo dropout metrics of validation data at the end of training epochs.
 
@@ -71,10 +96,12 @@ class MCDropoutMetrics(keras.callbacks.Callback):
 
     Parameters
     ----------
-    validation_data : tuple (x, y)
+    validation_data : tuple (x, y) or tf.data.Dataset
         ``x`` as :meth:`mcdrop.MCDropout.predict` takes it (an array of shape (N, ...), or a list/dict of
         arrays for a multi-input model); ``y`` of shape (N,): integer labels for a classifier, or targets
-        of shape (N,) or (N, D) for a regression model.
+        of shape (N,) or (N, D) for a regression model. A finite dataset of ``(x, y)`` batches is read
+        once, when the callback is made, and held in memory (the labels must stay aligned with the
+        passes); sample weights are not supported.
     num_samples : int, default 20
         T, the passes per evaluation. The cost is T forward passes over ``x``.
     metrics : sequence of str, optional
@@ -119,6 +146,8 @@ class MCDropoutMetrics(keras.callbacks.Callback):
                  every: int = 1, seed: int | None = 0, n_bins: int = 15, level: float = 0.95,
                  prefix: str = "val_mc_", **mc_options):
         super().__init__()
+        if _is_dataset(validation_data):
+            validation_data = _read_dataset(validation_data)
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise invalid("validation_data", "a tuple (x, y)", validation_data, error=TypeError)
         x, y = validation_data

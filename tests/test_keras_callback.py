@@ -253,3 +253,30 @@ def test_options_reach_the_engine_and_repr():
     np.testing.assert_allclose(values["mc_nll"], expected["nll"], rtol=1e-6)
     assert repr(callback) == ("MCDropoutMetrics(rows=80, num_samples=8, metrics=('accuracy', 'nll'), every=1, "
                               "seed=0, prefix='mc_')")
+
+
+def test_a_dataset_of_batches_gives_the_values_of_its_arrays():
+    tf = pytest.importorskip("tensorflow")
+    model = classifier()
+    from_arrays = MCDropoutMetrics((X_VAL, Y_VAL), num_samples=T)
+    from_dataset = MCDropoutMetrics(tf.data.Dataset.from_tensor_slices((X_VAL, Y_VAL)).batch(7), num_samples=T)
+    from_arrays.set_model(model)
+    from_dataset.set_model(model)
+    np.testing.assert_array_equal(from_dataset.x, X_VAL)
+    assert from_dataset.evaluate() == from_arrays.evaluate()
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda tf: tf.data.Dataset.from_tensor_slices((X_VAL, Y_VAL)),
+     r"expected a dataset of \(x, y\) batches.*Its elements are single rows: call \.batch\(\) on it"),
+    (lambda tf: tf.data.Dataset.from_tensor_slices((X_VAL, Y_VAL)).batch(8).repeat(),
+     r"expected a finite dataset.*It repeats forever"),
+    (lambda tf: tf.data.Dataset.from_tensor_slices((X_VAL, Y_VAL, Y_VAL)).batch(8),
+     r"expected a dataset of \(x, y\) batches.*3 part\(s\); sample weights are not supported"),
+    (lambda tf: tf.data.Dataset.from_tensor_slices((X_VAL, Y_VAL)).batch(8).take(0),
+     r"expected a dataset with at least one batch"),
+])
+def test_bad_datasets(make, match):
+    tf = pytest.importorskip("tensorflow")
+    with pytest.raises(ValueError, match=r"argument `validation_data`: " + match):
+        MCDropoutMetrics(make(tf))
