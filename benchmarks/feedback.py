@@ -95,7 +95,8 @@ def main(argv=None) -> None:
     print(f"epoch with MCDropoutMetrics / epoch without:        {times['epoch + callback'] / times['epoch']:.2f}x")
     print(f"callback evaluation (T={t}) / Keras evaluate (T=1):   "
           f"{times['callback evaluate'] / times['keras evaluate']:.1f}x")
-    print(f"BatchBALD 10 of 300 with the bar / without:         {bald['batch_bald + bar'] / bald['batch_bald']:.3f}x")
+    print(f"BatchBALD 10 of 300 with the bar / without:         "
+          f"{bald['batch_bald + bar'] / bald['batch_bald']:.3f}x")
     print("absolute (best, s): " + ", ".join(f"{k} {v:.3f}" for k, v in {**times, **bald}.items()))
 
 

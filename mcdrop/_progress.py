@@ -36,5 +36,5 @@ def progress(total: int | None, *, verbose, desc: str, unit: str, leave: bool = 
         show, delay = sys.stderr.isatty(), AUTO_DELAY
     else:
         show, delay = bool(verbose), 0.0
-    return tqdm(total=total, disable=not show, desc=desc, unit=unit, leave=leave, delay=delay, mininterval=MIN_INTERVAL,
-                file=sys.stderr, dynamic_ncols=True)
+    return tqdm(total=total, disable=not show, desc=desc, unit=unit, leave=leave, delay=delay,
+                mininterval=MIN_INTERVAL, file=sys.stderr, dynamic_ncols=True)
