@@ -28,12 +28,19 @@ def check_verbose(verbose, name: str = "verbose"):
     return check_choice(verbose, name, VERBOSE)
 
 
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
 def progress(total: int | None, *, verbose, desc: str, unit: str, leave: bool = False):
     """A tqdm bar on stderr, shown as ``verbose`` asks (see the module docstring); use as a context manager."""
     from tqdm.auto import tqdm
 
     if verbose == "auto":
-        show, delay = sys.stderr.isatty(), AUTO_DELAY
+        show, delay = _is_terminal(sys.stderr), AUTO_DELAY
     else:
         show, delay = bool(verbose), 0.0
     return tqdm(total=total, disable=not show, desc=desc, unit=unit, leave=leave, delay=delay,
