@@ -629,7 +629,8 @@ def batch_bald(samples, k: int, *, num_configurations: int = 4096, max_memory: i
         Seeds the configuration sampling (unused while exact).
     verbose : {"auto", 0, 1}, default "auto"
         A progress bar on stderr, one step per point chosen: 1 always, 0 never, "auto" when
-        stderr is a terminal and the selection has run for a second (as :class:`~mcdrop.MCDropout`).
+        stderr is a terminal, as for :class:`~mcdrop.MCDropout`; an "auto" bar draws only once the
+        selection has run for a second.
 
     Returns
     -------

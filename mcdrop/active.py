@@ -152,8 +152,8 @@ class ActiveLearningLoop:
     verbose : {"auto", 0, 1}, default "auto"
         Progress bars on stderr: the rounds of :meth:`run` (with the label count and test
         accuracy), the scoring of the pool and BatchBALD's selection. 1 always, 0 never,
-        "auto" when stderr is a terminal and a step has run for a second (as
-        :class:`~mcdrop.MCDropout`). Not part of the saved configuration.
+        "auto" when stderr is a terminal, as for :class:`~mcdrop.MCDropout`; an "auto" bar
+        draws only once its step has run for a second. Not part of the saved configuration.
 
     Examples
     --------
