@@ -186,7 +186,7 @@ class MCDropoutMetrics(keras.callbacks.Callback):
     # -- the engine -----------------------------------------------------------------------------
     @property
     def engine(self):
-        """The :class:`~mcdrop.MCDropout` engine reused across epochs (None before the first evaluation)."""
+        """The :class:`~mcdrop.MCDropout` engine reused across epochs (None until training begins)."""
         return self._engine
 
     def _engine_for(self, model):
