@@ -280,3 +280,7 @@ def test_bad_datasets(make, match):
     tf = pytest.importorskip("tensorflow")
     with pytest.raises(ValueError, match=r"argument `validation_data`: " + match):
         MCDropoutMetrics(make(tf))
+
+
+def test_top_level_name():
+    assert mcdrop.MCDropoutMetrics is MCDropoutMetrics and "callbacks" in dir(mcdrop)
