@@ -13,6 +13,7 @@ decomposition. Downstream modules work on those predictions or on plain arrays:
 ``mcdrop.plotting``      Display objects (matplotlib, imported lazily)
 ``mcdrop.store``         predictions streamed to disk (``predict(x, out=...)``)
 ``mcdrop.distributed``   scoring huge pools on a Ray cluster
+``mcdrop.callbacks``     MC dropout metrics in Keras training logs (``MCDropoutMetrics``)
 
 Attributes are imported on first use, so ``import mcdrop`` does not load TensorFlow.
 """
@@ -28,10 +29,12 @@ _ATTRIBUTES = {
     "ClassificationPrediction": "mcdrop.predictive",
     "RegressionPrediction": "mcdrop.predictive",
     "evaluate": "mcdrop.report",
+    "MCDropoutMetrics": "mcdrop.callbacks",
 }
 _SUBMODULES = (
     "engine", "predictive", "accumulators", "heads", "store", "metrics", "calibration", "acquisition",
     "active", "plotting", "report", "distributed", "io", "cli", "conformal",
+    "callbacks",
 )
 
 __all__ = [*_ATTRIBUTES, *_SUBMODULES, "__version__"]

@@ -37,6 +37,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from scipy import special
 
+from mcdrop._progress import check_verbose, progress
 from mcdrop._validation import (
     check_array,
     check_choice,
@@ -574,7 +575,7 @@ def _conditional_entropy(weights: np.ndarray, posterior: np.ndarray, probs: np.n
 
 
 def batch_bald(samples, k: int, *, num_configurations: int = 4096, max_memory: int = 2**28,
-               seed=None) -> np.ndarray:
+               seed=None, verbose="auto") -> np.ndarray:
     r"""Greedy BatchBALD (Kirsch, van Amersfoort & Gal, 2019): ``k`` points whose labels are
     jointly most informative about the model.
 
@@ -626,6 +627,10 @@ def batch_bald(samples, k: int, *, num_configurations: int = 4096, max_memory: i
         copy of ``samples`` and, once configurations are sampled, a float32 one (12·T·N·C bytes).
     seed : int, numpy Generator or None
         Seeds the configuration sampling (unused while exact).
+    verbose : {"auto", 0, 1}, default "auto"
+        A progress bar on stderr, one step per point chosen: 1 always, 0 never, "auto" when
+        stderr is a terminal, as for :class:`~mcdrop.MCDropout`; an "auto" bar draws only once the
+        selection has run for a second.
 
     Returns
     -------
@@ -646,6 +651,7 @@ def batch_bald(samples, k: int, *, num_configurations: int = 4096, max_memory: i
     k = _check_k(k, n)
     num_configurations = check_int(num_configurations, "num_configurations", minimum=1)
     max_memory = check_int(max_memory, "max_memory", minimum=1)
+    verbose = check_verbose(verbose)
     fit = max_memory // (8 * (2 * t + 2 * c))
     if fit < 1:
         raise invalid("max_memory", f"at least {8 * (2 * t + 2 * c)} bytes for T={t}, C={c}", max_memory)
@@ -664,6 +670,7 @@ def batch_bald(samples, k: int, *, num_configurations: int = 4096, max_memory: i
     exact = True
     probs32 = None
     workspace: dict = {}
+    bar = progress(k, verbose=verbose, desc="BatchBALD", unit="point")  # closed below, or when collected
     for step in range(k):
         if step > 0:
             if not exact and probs32 is None:
@@ -674,6 +681,7 @@ def batch_bald(samples, k: int, *, num_configurations: int = 4096, max_memory: i
         pick = int(np.argmax(gain))
         chosen.append(pick)
         available[pick] = False
+        bar.update()
         if step == k - 1:
             break
         # condition the configurations on the new label: R_{t,(m,y)} ∝ R_{t,m} p_t(y | x_pick)
@@ -700,6 +708,7 @@ def batch_bald(samples, k: int, *, num_configurations: int = 4096, max_memory: i
         posterior = posterior[:, parent] * p_new[:, label]
         posterior /= posterior.sum(axis=0, keepdims=True)
         weights = np.full(budget, 1.0 / budget)
+    bar.close()
     return np.asarray(chosen, dtype=np.int64)
 
 
@@ -771,7 +780,7 @@ def select(prediction, k: int, *, method: str = "bald", stochastic: str | None =
     seed : int, numpy Generator or None
         For "random", the stochastic modes and BatchBALD's sampled configurations.
     **options
-        Passed to :func:`batch_bald` (``num_configurations``, ``max_memory``).
+        Passed to :func:`batch_bald` (``num_configurations``, ``max_memory``, ``verbose``).
 
     Returns
     -------

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from mcdrop import acquisition as _acq
+from mcdrop._progress import check_verbose, progress
 from mcdrop._validation import (
     check_choice,
     check_float,
@@ -148,6 +149,11 @@ class ActiveLearningLoop:
     seed : int, default 0
         Seeds the initial draw, model building, MC passes and stochastic selection, each
         round from ``(seed, round)`` alone.
+    verbose : {"auto", 0, 1}, default "auto"
+        Progress bars on stderr: the rounds of :meth:`run` (with the label count and test
+        accuracy), the scoring of the pool and BatchBALD's selection. 1 always, 0 never,
+        "auto" when stderr is a terminal, as for :class:`~mcdrop.MCDropout`; an "auto" bar
+        draws only once its step has run for a second. Not part of the saved configuration.
 
     Examples
     --------
@@ -162,7 +168,8 @@ class ActiveLearningLoop:
                  method: str = "bald", batch_size: int = 10, budget: int, x_test=None, y_test=None,
                  num_samples: int = 20, stochastic: str | None = None, beta: float = 1.0,
                  candidates: int | None = None, acquisition_options: dict | None = None,
-                 pool_chunk_size: int = 4096, mc_options: dict | None = None, state_dir=None, seed: int = 0):
+                 pool_chunk_size: int = 4096, mc_options: dict | None = None, state_dir=None, seed: int = 0,
+                 verbose="auto"):
         if not callable(build_and_train):
             raise invalid("build_and_train", "a callable (x, y, *, seed) -> keras.Model", build_and_train,
                           error=TypeError)
@@ -170,6 +177,7 @@ class ActiveLearningLoop:
         self.x_pool = x_pool
         self.num_pool = _num_rows(x_pool, "x_pool")
         self.seed = check_int(seed, "seed", minimum=0)
+        self.verbose = check_verbose(verbose)
         self.method = check_choice(method, "method", CLASSIFICATION_METHODS)
         if stochastic is not None:
             stochastic = check_choice(stochastic, "stochastic", _acq.STOCHASTIC_MODES)
@@ -320,8 +328,8 @@ class ActiveLearningLoop:
     # -- one round ------------------------------------------------------------------------------
     @property
     def acquired(self) -> int:
-        """Labels acquired beyond the initial set."""
-        return self.labeled.size - self.initial.size
+        """Labels acquired beyond the initial set (0 before the initial labels are in)."""
+        return max(self.labeled.size - self.initial.size, 0)
 
     def _train(self, seed: int):
         import keras
@@ -354,9 +362,11 @@ class ActiveLearningLoop:
     def _scores(self, mc, rows: np.ndarray, score) -> np.ndarray:
         """Score pool ``rows`` a chunk at a time; only the (len(rows),) scores are kept."""
         out = np.empty(rows.size)
-        for start in range(0, rows.size, self.pool_chunk_size):
-            part = rows[start:start + self.pool_chunk_size]
-            out[start:start + part.size] = score(mc.predict(_take(self.x_pool, part)))
+        with progress(rows.size, verbose=self.verbose, desc="scoring pool", unit="rows") as bar:
+            for start in range(0, rows.size, self.pool_chunk_size):
+                part = rows[start:start + self.pool_chunk_size]
+                out[start:start + part.size] = score(mc.predict(_take(self.x_pool, part)))
+                bar.update(part.size)
         return out
 
     def _select(self, mc, k: int, seed: int) -> np.ndarray:
@@ -367,7 +377,7 @@ class ActiveLearningLoop:
             bald = self._scores(mc, unlabeled, _acq.bald)
             shortlist = unlabeled[_acq.top_k(bald, min(self.candidates, unlabeled.size))]
             pred = mc.predict(_take(self.x_pool, shortlist), return_samples=True)
-            picked = _acq.batch_bald(pred, k, seed=seed, **self.acquisition_options)
+            picked = _acq.batch_bald(pred, k, seed=seed, verbose=self.verbose, **self.acquisition_options)
             return shortlist[picked]
         scores = self._scores(mc, unlabeled, _acq.SCORES[self.method])
         if self.stochastic is None:
@@ -416,13 +426,32 @@ class ActiveLearningLoop:
         """
         if rounds is not None:
             rounds = check_int(rounds, "rounds", minimum=1)
+        left = self.rounds_left
+        total = left if rounds is None else min(rounds, left)
         done = 0
-        while not self.done and (rounds is None or done < rounds):
-            self.step()
-            done += 1
+        with progress(total, verbose=self.verbose, desc="active learning", unit="round", leave=True) as bar:
+            while not self.done and (rounds is None or done < rounds):
+                entry = self.step()
+                done += 1
+                if entry is not None:
+                    status = {"labels": entry["num_labels"]}
+                    if "accuracy" in entry:
+                        status["accuracy"] = f"{entry['accuracy']:.3f}"
+                    bar.set_postfix(status, refresh=False)
+                    bar.update()
         return self.history
 
+    @property
+    def rounds_left(self) -> int:
+        """Rounds :meth:`run` still has to run: one per batch of the budget left, plus the final
+        evaluation when there is a test set."""
+        if self.done:
+            return 0
+        batches = -(-(self.budget - self.acquired) // self.batch_size)
+        return batches + int(self.x_test is not None)
+
     def __repr__(self) -> str:
-        return (f"ActiveLearningLoop(method={self.method!r}, labelled={self.labeled.size}, "
-                f"acquired={self.acquired}/{self.budget}, rounds={self.round}, done={self.done}, "
-                f"pool={describe(self.num_pool)})")
+        status = "not started" if self.labeled.size == 0 else "done" if self.done else "running"
+        return (f"ActiveLearningLoop(method={self.method!r}, pool={describe(self.num_pool)}, "
+                f"initial={self.initial.size}, acquired={self.acquired}/{self.budget}, "
+                f"batch_size={self.batch_size}, rounds={self.round}, status={status!r})")

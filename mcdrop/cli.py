@@ -596,6 +596,8 @@ def _cmd_select(args) -> int:
     mc = _make_engine(args, model, task=args.task, outputs=args.outputs, heteroscedastic=args.heteroscedastic)
     pred = mc.predict(pool, return_samples=True if method in _SAMPLE_METHODS else None)
     options = {"seed": args.seed}
+    if method == "batch_bald":  # its progress bar follows --quiet, as the engine's does
+        options["verbose"] = 1 if _show_progress(args) else 0
     if args.stochastic is not None:
         options.update(stochastic=args.stochastic, beta=args.beta)
     indices = np.asarray(acquisition.select(pred, args.k, method=method, **options), dtype=np.int64)

@@ -53,7 +53,20 @@ def _take(value, index):
     return None if value is None else value[index]
 
 
-@dataclass(frozen=True, eq=False)
+def _shape(value) -> str:
+    return "None" if value is None else str(tuple(value.shape))
+
+
+def _one_line(prediction, **extra) -> str:
+    """``Name(mean=(N, C), num_samples=T, seed=.., mask=.., ..., samples=(T, N, C) or None)``: shapes and
+    provenance, never the arrays (a repr of 10,000 rows should not fill the screen)."""
+    fields = {"mean": _shape(prediction.mean), "num_samples": prediction.num_samples,
+              "seed": prediction.seed, "mask": repr(prediction.mask), **extra,
+              "samples": _shape(prediction.samples)}
+    return f"{type(prediction).__name__}({', '.join(f'{k}={v}' for k, v in fields.items())})"
+
+
+@dataclass(frozen=True, eq=False, repr=False)
 class ClassificationPrediction:
     """Predictive statistics of a classifier over T Monte Carlo passes.
 
@@ -113,6 +126,9 @@ class ClassificationPrediction:
 
     def __len__(self) -> int:
         return self.mean.shape[0]
+
+    def __repr__(self) -> str:
+        return _one_line(self, outputs=repr(self.outputs))
 
     @property
     def num_classes(self) -> int:
@@ -185,7 +201,7 @@ class ClassificationPrediction:
         return out
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, repr=False)
 class RegressionPrediction:
     """Predictive statistics of a regression model over T Monte Carlo passes.
 
@@ -249,6 +265,9 @@ class RegressionPrediction:
 
     def __len__(self) -> int:
         return self.mean.shape[0]
+
+    def __repr__(self) -> str:
+        return _one_line(self, heteroscedastic=self.heteroscedastic)
 
     @cached_property
     def variance(self) -> np.ndarray:

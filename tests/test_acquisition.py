@@ -437,3 +437,54 @@ def test_select_regression():
     means = np.random.default_rng(0).normal(size=(10, 20))
     np.testing.assert_array_equal(acq.select(means, 3, method="epistemic_variance"),
                                   np.argsort(-means.var(axis=0))[:3])
+
+
+# -- progress (issue 15): BatchBALD can run for tens of seconds on a few hundred points -------------
+
+
+def _progress_probs():
+    return np.random.default_rng(0).dirichlet(np.ones(3), size=(6, 30))
+
+
+@pytest.fixture
+def every_redraw(monkeypatch):
+    """Draw the bar at every update (a real bar redraws at most every 0.1 s)."""
+    from mcdrop import _progress
+
+    monkeypatch.setattr(_progress, "MIN_INTERVAL", 0.0)
+
+
+def test_batch_bald_progress_when_asked(capsys, every_redraw):
+    picked = acq.batch_bald(_progress_probs(), 4, seed=0, verbose=1)
+    err = capsys.readouterr().err
+    assert "BatchBALD" in err and "point" in err
+    assert all(f"{i}/4" in err for i in range(5))
+    # the bar changes nothing in the answer
+    assert picked.tolist() == acq.batch_bald(_progress_probs(), 4, seed=0, verbose=0).tolist()
+
+
+def test_batch_bald_progress_through_select(capsys, every_redraw):
+    acq.select(_progress_probs(), 3, method="batch_bald", seed=0, verbose=True)
+    assert "3/3" in capsys.readouterr().err
+
+
+def test_batch_bald_silent_when_not_asked_or_not_a_terminal(capsys):
+    acq.batch_bald(_progress_probs(), 4, seed=0, verbose=0)
+    acq.batch_bald(_progress_probs(), 4, seed=0)  # "auto", and pytest's stderr is not a terminal
+    assert capsys.readouterr().err == ""
+
+
+def test_batch_bald_auto_progress_on_a_terminal(monkeypatch, capsys, every_redraw):
+    import sys
+
+    from mcdrop import _progress
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr(_progress, "AUTO_DELAY", 0.0)
+    acq.batch_bald(_progress_probs(), 2, seed=0)
+    assert "2/2" in capsys.readouterr().err
+
+
+def test_batch_bald_bad_verbose():
+    with pytest.raises(ValueError, match=r"argument `verbose`: expected one of 'auto', 0, 1.*received 'yes'"):
+        acq.batch_bald(_progress_probs(), 2, verbose="yes")

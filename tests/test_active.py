@@ -180,3 +180,46 @@ def test_stochastic_and_random_rounds(tmp_path):
     rand = make_loop(DATA[1], None, method="random", budget=4, x_test=None, y_test=None).run()
     assert len(set(rand[0]["acquired"])) == 4
     assert rand[0]["acquired"] != history[0]["acquired"]
+
+
+# -- feedback (issue 15): repr and progress --------------------------------------------------------
+
+
+def test_repr_is_one_line_and_never_negative_before_the_start(tmp_path):
+    loop = make_loop(DATA[1])
+    assert loop.acquired == 0
+    assert repr(loop) == ("ActiveLearningLoop(method='batch_bald', pool=160, initial=12, acquired=0/8, "
+                          "batch_size=4, rounds=0, status='not started')")
+    assert loop.rounds_left == 3  # two batches of 4, then the final evaluation
+
+
+def test_run_shows_rounds_scoring_and_batch_bald_progress(capsys, monkeypatch):
+    from mcdrop import _progress
+
+    monkeypatch.setattr(_progress, "MIN_INTERVAL", 0.0)
+    loop = make_loop(DATA[1], budget=4, verbose=1)
+    history = loop.run()
+    err = capsys.readouterr().err
+    assert len(history) == loop.round == 2
+    # the rounds bar counts the two rounds and stays on screen with the last label count and accuracy
+    assert "active learning" in err and "2/2" in err and "labels=16" in err
+    assert f"accuracy={history[-1]['accuracy']:.3f}" in err
+    assert "scoring pool" in err and "64/148" in err  # the unlabelled pool (160 - 12 rows), 64 at a time
+    assert "BatchBALD" in err and "4/4" in err
+    assert repr(loop) == ("ActiveLearningLoop(method='batch_bald', pool=160, initial=12, acquired=4/4, "
+                          "batch_size=4, rounds=2, status='done')")
+    assert loop.rounds_left == 0
+    assert "\n" not in repr(loop)
+
+
+def test_run_is_silent_off_a_terminal(capsys):
+    loop = make_loop(DATA[1], budget=4, method="bald")  # verbose="auto": pytest's stderr is no terminal
+    loop.run(rounds=1)
+    assert capsys.readouterr().err == ""
+    assert "status='running'" in repr(loop) and loop.rounds_left == 1
+
+
+def test_bad_verbose():
+    with pytest.raises(ValueError, match=r"argument `verbose`: expected one of 'auto', 0, 1, True, False, "
+                                         r"received 2"):
+        make_loop(DATA[1], verbose=2)
