@@ -191,17 +191,27 @@ def _run(out, *, fast, seed, epochs, num_samples, k, bar):
     det = {part: ClassificationPrediction.from_samples(model.predict(data[f"x_{part}"], verbose=0)[None])
            for part in ("test", "ood")}
     mc = mcdrop.MCDropout(model, num_samples=num_samples, seed=seed, verbose=0)
-    mc_pred = {part: mc.predict(data[f"x_{part}"], return_samples=part == "pool")
+    mc_pred = {part: mc.predict(data[f"x_{part}"], return_samples=part in ("val", "test", "pool"))
                for part in ("val", "test", "ood", "pool")}
+    # a second shift, where the inputs change rather than the classes: the test digits inverted
+    inverted = 1.0 - data["x_test"]
+    det["inverted"] = ClassificationPrediction.from_samples(model.predict(inverted, verbose=0)[None])
+    mc_pred["inverted"] = mc.predict(inverted)
     step("calibrate")
 
-    # 2. calibration: one temperature on the log of the MC predictive mean, fitted by NLL on the
-    # validation split. (Scaling every pass before averaging has a degenerate direction: as the
-    # temperature goes to 0 each pass becomes one-hot and the average a vote share, whose NLL on a
-    # small validation set with few errors can be lowest there, and then costs dearly on test data.)
-    scaler = TemperatureScaling().fit(mc_pred["val"].mean, data["y_val"])
+    # 2. calibration: the guide's recipe — one temperature dividing every pass's logits, fitted on the
+    # validation split's passes (bounded, with a log-normal prior that holds it near 1 when the split has
+    # too few errors to identify it). Whatever it warns is kept and said beside the table.
+    import warnings
+
+    from mcdrop.calibration import CalibrationWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CalibrationWarning)
+        scaler = TemperatureScaling().fit(mc_pred["val"], data["y_val"])
+    calibration_warnings = [str(w.message) for w in caught if issubclass(w.category, CalibrationWarning)]
     predictions = {"deterministic": det["test"], "mc_dropout": mc_pred["test"],
-                   "mc_temperature": scaler.transform(mc_pred["test"].mean)}
+                   "mc_temperature": scaler.transform_prediction(mc_pred["test"])}
     y_test = data["y_test"]
     comparison = {
         name: {
@@ -216,16 +226,20 @@ def _run(out, *, fast, seed, epochs, num_samples, k, bar):
     step("detect")
 
     # 3. out-of-distribution: the held-out digits should be the uncertain ones
-    scores_in_out = {
-        "deterministic_entropy": (det["test"].entropy, det["ood"].entropy),
-        "mc_entropy": (mc_pred["test"].entropy, mc_pred["ood"].entropy),
-        "mc_mutual_information": (mc_pred["test"].mutual_information, mc_pred["ood"].mutual_information),
-    }
-    ood = {
-        name: {"auroc": metrics.ood_auroc(u_in, u_out), "aupr": metrics.ood_aupr(u_in, u_out),
-               "fpr_at_95_tpr": metrics.fpr_at_95_tpr(u_in, u_out)}
-        for name, (u_in, u_out) in scores_in_out.items()
-    }
+    def detection(shift):
+        scores_in_out = {
+            "deterministic_entropy": (det["test"].entropy, det[shift].entropy),
+            "mc_entropy": (mc_pred["test"].entropy, mc_pred[shift].entropy),
+            "mc_mutual_information": (mc_pred["test"].mutual_information, mc_pred[shift].mutual_information),
+        }
+        return {
+            name: {"auroc": metrics.ood_auroc(u_in, u_out), "aupr": metrics.ood_aupr(u_in, u_out),
+                   "fpr_at_95_tpr": metrics.fpr_at_95_tpr(u_in, u_out)}
+            for name, (u_in, u_out) in scores_in_out.items()
+        }
+
+    ood = detection("ood")
+    ood_inverted = detection("inverted")
     step("select")
 
     # 4. the next batch to label
@@ -255,7 +269,9 @@ def _run(out, *, fast, seed, epochs, num_samples, k, bar):
         },
         "comparison": comparison,
         "temperature": float(scaler.temperature_),
+        "calibration_warnings": calibration_warnings,
         "ood": ood,
+        "ood_inverted": ood_inverted,
         "selection": selection,
         "files": [],
     }
@@ -386,27 +402,93 @@ def _figures(data, det, mc_pred, predictions, selection) -> dict[str, bytes]:
 # --------------------------------------------------------------------------- text and HTML
 
 
-def _tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
+def _ood_rows(scores: dict[str, dict[str, float]]) -> list[list[Any]]:
+    return [[_OOD_SCORES[name], v["auroc"], v["aupr"], v["fpr_at_95_tpr"]] for name, v in scores.items()]
+
+
+def _tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]], str]]:
+    """(title, headers, rows, what the numbers say) for every table the demo prints and reports."""
     cfg = results["config"]
     comparison = [[_MODELS[name]] + [values[m] for m in _METRICS] for name, values in results["comparison"].items()]
-    ood = [[_OOD_SCORES[name], v["auroc"], v["aupr"], v["fpr_at_95_tpr"]] for name, v in results["ood"].items()]
     selection = [[_SELECTORS[name], v["distinct_classes"], v["joint_mutual_information"], v["bald_sum"],
                   " ".join(str(c) for c in v["classes"])]
                  for name, v in results["selection"].items()]
-    return [
+    notes = _findings(results)
+    tables = [
         (f"Test split, digits 0-7 ({cfg['sizes']['test']} images; T={cfg['num_samples']} passes; "
-         f"temperature {results['temperature']:.3f} fitted on {cfg['sizes']['val']} validation images)",
-         ["model", *_METRICS.values()], comparison),
+         f"temperature {results['temperature']:.3f} fitted per pass on {cfg['sizes']['val']} validation images)",
+         ["model", *_METRICS.values()], comparison, notes["comparison"]),
         (f"Out-of-distribution detection: held-out digits 8-9 ({cfg['sizes']['ood']}) vs test digits 0-7",
-         ["uncertainty", "AUROC", "AUPR", "FPR@95%TPR"], ood),
-        (f"Next batch of {cfg['k']} from a pool of {cfg['sizes']['pool']}",
-         ["method", "classes covered", "joint MI (nats)", "sum of BALD", "true classes"], selection),
+         ["uncertainty", "AUROC", "AUPR", "FPR@95%TPR"], _ood_rows(results["ood"]), notes["ood"]),
     ]
+    if "ood_inverted" in results:
+        tables.append((f"Out-of-distribution detection: the test digits inverted ({cfg['sizes']['test']}) vs "
+                       "test digits 0-7", ["uncertainty", "AUROC", "AUPR", "FPR@95%TPR"],
+                       _ood_rows(results["ood_inverted"]), notes["ood_inverted"]))
+    tables.append((f"Next batch of {cfg['k']} from a pool of {cfg['sizes']['pool']}",
+                   ["method", "classes covered", "joint MI (nats, sampled)", "sum of BALD", "true classes"],
+                   selection, notes["selection"]))
+    return tables
+
+
+def _findings(results: dict[str, Any]) -> dict[str, str]:
+    """One or two plain sentences per table, read off the numbers: where MC dropout helps, and where not."""
+    comparison = results["comparison"]
+    det, mc, ts = (comparison[k] for k in ("deterministic", "mc_dropout", "mc_temperature"))
+    lower = [_METRICS[m] for m in ("nll", "brier", "ece") if mc[m] < det[m]]
+    higher = [_METRICS[m] for m in ("nll", "brier", "ece") if mc[m] >= det[m]]
+    text = ("Lower is better for NLL, Brier, ECE and AURC. "
+            + (f"MC dropout lowers the deterministic network's {', '.join(lower)}" if lower
+               else "MC dropout lowers none of NLL, Brier and ECE")
+            + (f"; it does not lower its {', '.join(higher)}" if higher else "")
+            + (f", and its AURC is {'lower' if mc['aurc'] < det['aurc'] else 'not lower'}. "))
+    if ts["nll"] <= mc["nll"]:
+        text += f"The temperature lowers MC dropout's test NLL ({mc['nll']:.4f} to {ts['nll']:.4f})."
+    else:
+        text += (f"The temperature does not help here: MC dropout's test NLL rises from {mc['nll']:.4f} to "
+                 f"{ts['nll']:.4f}.")
+    if results.get("calibration_warnings"):
+        text += " The fit warned: " + " ".join(results["calibration_warnings"])
+
+    def detection(scores, shift):
+        best = max(scores, key=lambda k: scores[k]["auroc"])
+        d, mi = scores["deterministic_entropy"]["auroc"], scores["mc_mutual_information"]["auroc"]
+        verdict = ("MC dropout helps" if max(mi, scores["mc_entropy"]["auroc"]) > d + 0.005
+                   else "MC dropout does not help")
+        return (f"Higher AUROC and AUPR, lower FPR are better. On {shift}, {verdict}: the best detector is "
+                f"{_OOD_SCORES[best]} (AUROC {scores[best]['auroc']:.4f}); mutual information scores "
+                f"{mi:.4f} against the deterministic softmax entropy's {d:.4f}.")
+
+    selection = results["selection"]
+    shared = len(set(selection["bald"]["indices"]) & set(selection["batch_bald"]["indices"]))
+    k = len(selection["bald"]["indices"])
+    pick = ("so on this pool BatchBALD buys little over top-k BALD; it differs where the pool holds near-duplicates, "
+            "which top-k picks together" if shared >= k - 2 else "BatchBALD spreads the batch where top-k BALD repeats")
+    over = ""
+    above = [_SELECTORS[m] for m, v in selection.items() if v["joint_mutual_information"] > v["bald_sum"]]
+    if above:
+        over = (f"; where the estimate exceeds the sum ({', '.join(above)}), which bounds the exact value, the "
+                "excess is sampling error")
+    return {
+        "comparison": text,
+        "ood": detection(results["ood"], "unseen digit classes"),
+        "ood_inverted": detection(results["ood_inverted"], "inverted digits") if "ood_inverted" in results else "",
+        "selection": (f"BatchBALD keeps {shared} of BALD's {k} picks, {pick}. The joint mutual information is a "
+                      "sampled (Monte Carlo) estimate of the batch's information, in nats; the sum of BALD counts "
+                      "shared information once per point, so it over-states a batch's value" + over + "."),
+    }
 
 
 def format_results(results: dict[str, Any]) -> str:
-    """The demo's results as plain-text tables (what ``mcdrop demo`` prints)."""
-    blocks = [format_table(headers, rows, title=title) for title, headers, rows in _tables(results)]
+    """The demo's results as plain-text tables (what ``mcdrop demo`` prints), each with what it shows."""
+    import textwrap
+
+    blocks = []
+    for title, headers, rows, note in _tables(results):
+        block = format_table(headers, rows, title=title)
+        if note:
+            block += "\n" + textwrap.fill(note, width=100)
+        blocks.append(block)
     if results.get("files"):
         blocks.append("wrote " + ", ".join(results["files"]))
     return "\n\n".join(blocks)
@@ -422,13 +504,13 @@ def _html(results: dict[str, Any], figures: dict[str, bytes]) -> str:
         "table{border-collapse:collapse;margin:0.5em 0 1.5em}th,td{padding:4px 10px;border-bottom:1px solid #ddd}",
         "td{text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}",
         "</style></head><body>",
-        "<h1>mcdrop demo: what Monte Carlo dropout buys</h1>",
+        "<h1>mcdrop demo: where Monte Carlo dropout helps, and where it does not</h1>",
         "<p>A small dropout CNN trained on scikit-learn's 8&times;8 digits, classes 0&ndash;7; digits 8 and 9 are "
         "held out as out-of-distribution inputs. Lower is better for NLL, Brier, ECE, AURC and FPR; higher for "
         "accuracy, AUROC and AUPR.</p>",
     ]
-    for title, headers, rows in _tables(results):
-        parts.append(f"<h2>{html.escape(title)}</h2><table><tr>")
+    for title, headers, rows, note in _tables(results):
+        parts.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(note)}</p><table><tr>")
         parts.extend(f"<th>{html.escape(h)}</th>" for h in headers)
         parts.append("</tr>")
         for row in rows:

@@ -55,8 +55,8 @@ def test_comparison_covers_three_models_and_five_metrics(demo_run):
     assert results["temperature"] > 0.0
     # the temperature was fitted to lower the NLL of MC dropout; on the test split it must not blow up
     assert comparison["mc_temperature"]["nll"] < 1.5 * comparison["mc_dropout"]["nll"]
-    # a temperature rescales the probabilities but keeps their order: the predicted classes stay
-    assert comparison["mc_temperature"]["accuracy"] == comparison["mc_dropout"]["accuracy"]
+    # a temperature keeps every pass's predicted class; the class of the pass average can move slightly
+    assert abs(comparison["mc_temperature"]["accuracy"] - comparison["mc_dropout"]["accuracy"]) < 0.02
 
 
 def test_ood_and_selection(demo_run):
