@@ -45,6 +45,42 @@ DIRECTIONS = {
 }
 TASKS = ("classification", "regression")
 
+#: Readable name and formula (plain text, shown one click away in the HTML report) of every metric.
+METRIC_INFO = {
+    "accuracy": ("accuracy", "(1/N) Σᵢ 1[ŷᵢ = yᵢ]: the share of rows whose most probable class is the label."),
+    "nll": ("negative log-likelihood", "−(1/N) Σᵢ log p̄(yᵢ | xᵢ): the log loss of the predictive mean."),
+    "brier": ("Brier score", "(1/N) Σᵢ Σ_c (p̄ᵢc − 1[yᵢ = c])², between 0 and 2."),
+    "ece": ("expected calibration error",
+            "Σₘ |Bₘ|/N · |acc(Bₘ) − conf(Bₘ)|, over equal-width bins Bₘ of the confidence maxᶜ p̄ᵢc."),
+    "mce": ("maximum calibration error", "maxₘ |acc(Bₘ) − conf(Bₘ)| over the non-empty confidence bins."),
+    "classwise_ece": ("classwise calibration error",
+                      "the mean over classes c of the calibration error of the probabilities p̄ᵢc."),
+    "aurc": ("area under the risk–coverage curve",
+             "(1/N) Σₖ rₖ, rₖ the error rate among the k most confident rows."),
+    "excess_aurc": ("excess AURC (above an oracle)",
+                    "AURC − the AURC of an oracle that ranks every error below every correct row."),
+    "error_auroc": ("error detection AUROC (by entropy)",
+                    "P(u_wrong > u_right): how well the predictive entropy u ranks wrong rows above right ones."),
+    "error_aupr": ("error detection average precision (by entropy)",
+                   "Σₖ (Rₖ − Rₖ₋₁) Pₖ with the wrong rows as positives, ranked by predictive entropy."),
+    "mean_entropy": ("mean predictive entropy (nats)", "(1/N) Σᵢ −Σ_c p̄ᵢc log p̄ᵢc."),
+    "mean_mutual_information": ("mean mutual information (nats)",
+                                "(1/N) Σᵢ H[p̄ᵢ] − (1/T) Σₜ H[pₜᵢ]: the part of the entropy the passes disagree on."),
+    "num_samples": ("passes T", "the number of stochastic forward passes averaged."),
+    "rmse": ("root mean squared error", "√((1/N) Σᵢ (yᵢ − μᵢ)²)."),
+    "gaussian_nll": ("Gaussian negative log-likelihood",
+                     "(1/N) Σᵢ ½ log(2πσᵢ²) + (yᵢ − μᵢ)²/(2σᵢ²), with the total variance σᵢ² (moment-matched)."),
+    "mixture_nll": ("mixture negative log-likelihood",
+                    "−(1/N) Σᵢ log (1/T) Σₜ N(yᵢ; μₜᵢ, σₜᵢ²): the exact density of the passes' Gaussians."),
+    "crps": ("continuous ranked probability score", "E|X − y| − ½ E|X − X′|, X, X′ drawn from the prediction."),
+    "coverage": ("interval coverage", "(1/N) Σᵢ 1[lᵢ ≤ yᵢ ≤ uᵢ]; aim: the nominal level."),
+    "coverage_error": ("coverage error", "|coverage − level|."),
+    "interval_width": ("mean interval width", "(1/N) Σᵢ (uᵢ − lᵢ) at the nominal level."),
+    "miscalibration_area": ("miscalibration area",
+                            "the mean gap between the observed share (1/N) Σᵢ 1[Fᵢ(yᵢ) ≤ τ] and τ over levels τ."),
+    "mean_std": ("mean predictive standard deviation", "(1/N) Σᵢ σᵢ."),
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationReport:
@@ -161,47 +197,104 @@ class EvaluationReport:
                     y, pred, level=self.options.get("level", 0.95), name=name).figure_
         return out
 
-    def to_html(self, path: str | os.PathLike, *, figures: bool = True) -> None:
-        """Write one self-contained HTML file: the metrics table and the figures as embedded PNG."""
-        head = "".join(f"<th>{html.escape(m)}</th>" for m in self.models)
-        body = []
-        for name in self.metric_names:
-            best = self._best_models(name)
-            arrow = {1: " ↑", -1: " ↓"}.get(DIRECTIONS.get(name, 0), "")
-            best_attr = ' class="best"'
-            cells = "".join(
-                f"<td{best_attr if m in best else ''}>{_format(self.metrics[m][name])}</td>"
-                for m in self.models)
-            body.append(f"<tr><th>{html.escape(name)}{arrow}</th>{cells}</tr>")
-        images = []
+    def to_html(self, path: str | os.PathLike, *, figures: bool = True,
+                provenance: Mapping[str, Any] | None = None) -> None:
+        """Write one self-contained HTML file (no JavaScript, figures embedded as PNG), atomically.
+
+        Parameters
+        ----------
+        path : str or path-like
+        figures : bool, default True
+        provenance : dict of str to value, optional
+            Shown at the top under the versions and the date, e.g. ``{"model file": "model.keras"}``.
+        """
+        _write_atomic(path, self._html(figures=figures, provenance=provenance))
+
+    def _html(self, *, figures: bool = True, provenance: Mapping[str, Any] | None = None) -> str:
+        from mcdrop import _html
+
+        rows = list((provenance or {}).items()) + self._run_provenance()
+        return _html.page(f"mcdrop {self.task} report", self.sections(figures=figures), provenance=rows)
+
+    def _run_provenance(self) -> list[tuple[str, str]]:
+        """T, seed and mask mode of the MC predictions: one value when they agree, else one per model;
+        models without it (plain probability arrays) are named."""
+        out = []
+        for label, attr in (("passes T", "num_samples"), ("seed", "seed"), ("mask mode", "mask")):
+            values = {m: getattr(p, attr, None) for m, p in self._predictions.items()}
+            known = {m: v for m, v in values.items() if v is not None}
+            if not known:
+                continue
+            distinct = {str(v) for v in known.values()}
+            text = distinct.pop() if len(distinct) == 1 else "; ".join(f"{m}: {v}" for m, v in known.items())
+            missing = [m for m in values if m not in known]
+            if missing:
+                text += f" (none for {', '.join(missing)})"
+            out.append((label, text))
+        return out
+
+    def sections(self, *, figures: bool = True) -> list:
+        """The HTML report's sections, in order (each a heading, what its numbers mean, and a body). A new
+        part of the report is one more entry here."""
+        out = [self._metrics_section()]
         if figures:
-            for title, fig in self.figures().items():
-                buffer = io.BytesIO()
-                fig.savefig(buffer, format="png", dpi=100)
-                data = base64.b64encode(buffer.getvalue()).decode("ascii")
-                images.append(f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{data}">'
-                              f"<figcaption>{html.escape(title)}</figcaption></figure>")
-        options = ", ".join(f"{html.escape(str(k))}={html.escape(str(v))}" for k, v in self.options.items())
-        document = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>mcdrop {self.task} report</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; }}
-th, td {{ padding: 0.3em 0.8em; border-bottom: 1px solid #ddd; text-align: right; }}
-tr th:first-child {{ text-align: left; }}
-td.best {{ font-weight: bold; background: #eef6ee; }}
-figure {{ display: inline-block; margin: 1em; vertical-align: top; }}
-img {{ max-width: 640px; }}
-</style></head><body>
-<h1>mcdrop {self.task} report</h1>
-<p>{self.n_rows} rows; {options}. ↑ higher is better, ↓ lower is better; the best value is highlighted.</p>
-<table><thead><tr><th>metric</th>{head}</tr></thead><tbody>
-{chr(10).join(body)}
-</tbody></table>
-{chr(10).join(images)}
-</body></html>
-"""
-        _write_atomic(path, document)
+            out.extend(self._figure_sections())
+        out.append(self._configuration_section())
+        return out
+
+    def _metrics_section(self):
+        from mcdrop._html import Section, escape, table
+
+        several = len(self.models) > 1
+        rows, best = [], []
+        for name in self.metric_names:
+            label, formula = METRIC_INFO.get(name, (name, ""))
+            direction = {1: "higher is better", -1: "lower is better"}.get(DIRECTIONS.get(name, 0), "")
+            arrow = {1: " ↑", -1: " ↓"}.get(DIRECTIONS.get(name, 0), "")
+            cell = (f"<details><summary>{escape(label)}{arrow}</summary>"
+                    f'<div class="formula">{escape(formula)} <code>{escape(name)}</code></div></details>'
+                    f'<span class="dir">{direction}</span>')
+            rows.append([cell, *(_format(self.metrics[m][name]) for m in self.models)])
+            top = self._best_models(name)
+            best.append([m in top for m in self.models])
+        intro = ("Each row is a metric on the same " + f"{self.n_rows} rows; ↑ means higher is better, ↓ lower. "
+                 "Click a metric's name for its formula.")
+        if several:
+            intro += " The best value of each row is highlighted."
+        headers = ["metric", *(escape(m) for m in self.models)]
+        return Section("Metrics", intro, table(headers, rows, best=best))
+
+    def _figure_sections(self) -> list:
+        from mcdrop._html import Section, figure
+
+        intros = {
+            "Risk–coverage": ("Keep only the most confident rows: the error rate (risk) among the kept share "
+                              "(coverage). Lower curves are better; AURC in the legend is the area under each."),
+            "Reliability": ("Accuracy against confidence in bins: on the diagonal the confidences are honest; "
+                            "bars below it are over-confident. Pale bins hold few rows; the histogram shows "
+                            "where the rows are."),
+            "Uncertainty": ("Predictive entropy (nats) of the correct and of the wrong predictions: the wider "
+                            "apart, the better the uncertainty flags mistakes."),
+            "Regression calibration": ("The observed share of targets below each predicted quantile against "
+                                       "the nominal level: on the diagonal is calibrated."),
+            "Intervals": ("Predictions with their intervals, sorted by the prediction; the share of targets "
+                          "inside should match the level."),
+        }
+        groups: dict[str, list[str]] = {}
+        for title, fig in self.figures().items():
+            group = title.split(":")[0]
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+            groups.setdefault(group, []).append(figure(buffer.getvalue(), title, "" if title == group else title))
+        return [Section(group, intros.get(group, ""), "".join(items)) for group, items in groups.items()]
+
+    def _configuration_section(self):
+        from mcdrop._html import Section, key_value_table
+
+        labels = {"n_bins": "calibration bins", "level": "interval level"}
+        rows = [("task", self.task), ("rows", self.n_rows), ("models", ", ".join(self.models))]
+        rows += [(labels.get(k, k), v) for k, v in self.options.items()]
+        return Section("Configuration", "The options the metrics were computed with.", key_value_table(rows))
 
 
 def _format(value) -> str:
