@@ -358,7 +358,7 @@ def _figures(data, det, mc_pred, predictions, selection) -> dict[str, bytes]:
     figures = {}
 
     # reliability diagrams, with the confidence histogram under each
-    fig = _subplots(1, 1, figsize=(15, 5.6))[0]
+    fig = _subplots(1, 1, figsize=(10, 5.2))[0]
     fig.clear()
     grid = fig.add_gridspec(2, 3, height_ratios=(3, 1))
     for col, (name, pred) in enumerate(predictions.items()):
@@ -375,7 +375,7 @@ def _figures(data, det, mc_pred, predictions, selection) -> dict[str, bytes]:
     figures["risk_coverage.png"] = _png(fig)
 
     # uncertainty of in-distribution test digits vs held-out digits
-    fig, axes = _subplots(1, 3, figsize=(15, 4))
+    fig, axes = _subplots(1, 3, figsize=(10, 3.6))
     panels = [("deterministic", det, "entropy"), ("MC dropout", mc_pred, "entropy"),
               ("MC dropout", mc_pred, "mutual_information")]
     for ax, (label, preds, measure) in zip(axes, panels):

@@ -298,11 +298,9 @@ class EvaluationReport:
 
 
 def _format(value) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.4f}"
+    from mcdrop._text import format_value
+
+    return "—" if value is None else format_value(value)
 
 
 def _write_atomic(path, text: str) -> None:
