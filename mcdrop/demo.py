@@ -21,10 +21,8 @@ epochs with few passes for the tests.
 
 from __future__ import annotations
 
-import base64
 import html
 import io as _bytes_io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -494,39 +492,50 @@ def format_results(results: dict[str, Any]) -> str:
     return "\n\n".join(blocks)
 
 
+#: Which way is better for a column of the demo's tables (+1 higher, -1 lower); others are not compared.
+_BETTER = {"accuracy": 1, "NLL": -1, "Brier": -1, "ECE": -1, "AURC": -1, "AUROC": 1, "AUPR": 1, "FPR@95%TPR": -1}
+
+_FIGURE_TEXT = {
+    "reliability.png": ("Reliability", "Accuracy against confidence per bin, under each the share of rows per "
+                        "bin (log scale when one bin holds most). On the diagonal the confidences are honest; "
+                        "hatched gaps above the bars are over-confidence. Pale bars hold few rows."),
+    "risk_coverage.png": ("Risk–coverage", "The error rate among the most confident share of the test split. "
+                          "Lower is better; the axis is zoomed to where the curves leave 0."),
+    "uncertainty.png": ("Uncertainty of test digits and held-out digits", "The further apart the two histograms, "
+                        "the better the score flags the held-out digits (AUROC in each title)."),
+    "selection.png": ("The batches picked", "Each row is one method's batch from the pool, the true class "
+                      "above each image."),
+}
+
+
 def _html(results: dict[str, Any], figures: dict[str, bytes]) -> str:
+    from mcdrop import _html as page
     from mcdrop._text import format_value
 
-    parts = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        "<title>mcdrop demo report</title><style>",
-        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}",
-        "table{border-collapse:collapse;margin:0.5em 0 1.5em}th,td{padding:4px 10px;border-bottom:1px solid #ddd}",
-        "td{text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}",
-        "</style></head><body>",
-        "<h1>mcdrop demo: where Monte Carlo dropout helps, and where it does not</h1>",
-        "<p>A small dropout CNN trained on scikit-learn's 8&times;8 digits, classes 0&ndash;7; digits 8 and 9 are "
-        "held out as out-of-distribution inputs. Lower is better for NLL, Brier, ECE, AURC and FPR; higher for "
-        "accuracy, AUROC and AUPR.</p>",
-    ]
+    sections = []
     for title, headers, rows, note in _tables(results):
-        parts.append(f"<h2>{html.escape(title)}</h2><p>{html.escape(note)}</p><table><tr>")
-        parts.extend(f"<th>{html.escape(h)}</th>" for h in headers)
-        parts.append("</tr>")
-        for row in rows:
-            parts.append("<tr>" + "".join(f"<td>{html.escape(format_value(v))}</td>" for v in row) + "</tr>")
-        parts.append("</table>")
-    captions = {
-        "reliability.png": "Reliability diagrams: accuracy per confidence bin; shaded bars are the gap to the "
-                           "confidence (above the bar: over-confident).",
-        "risk_coverage.png": "Risk-coverage: the error rate among the most confident fraction of the test split.",
-        "uncertainty.png": "Uncertainty of in-distribution test digits vs held-out digits.",
-        "selection.png": "The batches each method picks from the pool.",
-    }
+        cells = [[html.escape(format_value(v)) for v in row] for row in rows]
+        best = [[False] * (len(headers) - 1) for _ in rows]
+        for c, header in enumerate(headers[1:]):
+            direction = _BETTER.get(header)
+            values = [row[c + 1] for row in rows]
+            if direction and len(rows) > 1 and all(isinstance(v, float) for v in values):
+                top = max(values) if direction > 0 else min(values)
+                for r, v in enumerate(values):
+                    best[r][c] = v == top
+        sections.append(page.Section(title, note, page.table([html.escape(h) for h in headers], cells, best=best)))
     for name, png in figures.items():
-        data = base64.b64encode(png).decode("ascii")
-        parts.append(f"<h2>{html.escape(captions.get(name, name))}</h2>"
-                     f"<img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>")
-    parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(results["config"], indent=2)) + "</pre>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
+        heading, intro = _FIGURE_TEXT.get(name, (name, ""))
+        sections.append(page.Section(heading, intro, page.figure(png, name)))
+    cfg = results["config"]
+    rows = [(key.replace("_", " "), value) for key, value in cfg.items() if key != "sizes"]
+    rows += [(f"{part} images", size) for part, size in cfg["sizes"].items()]
+    sections.append(page.Section("Configuration", "What this run trained and measured on.",
+                                 page.key_value_table(rows)))
+    provenance = [("model", "the digits CNN trained in this run"), ("passes T", cfg["num_samples"]),
+                  ("seed", cfg["seed"]), ("mask mode", "consistent")]
+    lead = ("A small dropout CNN trained on scikit-learn's 8×8 digits, classes 0–7; digits 8 and 9 are held out "
+            "as out-of-distribution inputs, and the test digits inverted are a second shift. The best value of "
+            "each column is highlighted.")
+    return page.page("mcdrop demo: where Monte Carlo dropout helps, and where it does not", sections,
+                     provenance=provenance, lead=lead)

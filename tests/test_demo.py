@@ -35,7 +35,8 @@ def test_writes_report_metrics_and_figures(demo_run):
         data = (out / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 5000, name
     html = (out / "report.html").read_text()
-    assert html.count("src='data:image/png;base64,") == len(demo.FIGURES)
+    assert html.count('src="data:image/png;base64,') == len(demo.FIGURES)
+    assert "<script" not in html and "<pre" not in html  # no JavaScript; the configuration is a table
     assert "MC + temperature" in html and "BatchBALD" in html
 
 
