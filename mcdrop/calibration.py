@@ -287,13 +287,16 @@ class TemperatureScaling(_LogitScaler):
     def _warn(self, n: int, log_t: float, log_bounds: tuple[float, float]) -> None:
         rows = f"{n} validation row{'s' if n != 1 else ''}"
         fitted = f"temperature {self.temperature_:.4g}"
-        if min(self.n_errors_, n - self.n_errors_) < self.min_errors:
+        few = [f"{count} {what}" for count, what in ((self.n_errors_, "misclassified"),
+                                                   (n - self.n_errors_, "correctly classified"))
+               if count < self.min_errors]
+        if few:
             held = " (held near 1 by its prior)" if self.prior_scale is not None else ""
             warnings.warn(
-                f"TemperatureScaling was fitted on {rows} with {self.n_errors_} misclassified: too few errors "
-                f"and correct rows (fewer than min_errors={self.min_errors} of each) to identify a temperature; "
-                f"{fitted}{held} may not help on new data. Fit on a larger validation set.",
-                CalibrationWarning, stacklevel=4)
+                f"TemperatureScaling was fitted on {rows} with {' and '.join(few)}: fewer than "
+                f"min_errors={self.min_errors} are too few to identify a temperature; {fitted}{held} may not "
+                "help on new data. Fit on a larger validation set, and compare the NLL on held-out data with "
+                "and without it.", CalibrationWarning, stacklevel=4)
         for side, bound, value in (("lower", log_bounds[0], self.bounds[0]),
                                    ("upper", log_bounds[1], self.bounds[1])):
             if self.temperature_ != 1.0 and abs(log_t - bound) < 1e-3:
