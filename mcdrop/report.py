@@ -214,7 +214,7 @@ class EvaluationReport:
         from mcdrop import _html
 
         rows = list((provenance or {}).items()) + self._run_provenance()
-        return _html.page(f"mcdrop {self.task} report", self.sections(figures=figures), provenance=rows)
+        return _html.page(f"mcdrop {self.task} report", self._sections(figures=figures), provenance=rows)
 
     def _run_provenance(self) -> list[tuple[str, str]]:
         """T, seed and mask mode of the MC predictions: one value when they agree, else one per model;
@@ -233,7 +233,7 @@ class EvaluationReport:
             out.append((label, text))
         return out
 
-    def sections(self, *, figures: bool = True) -> list:
+    def _sections(self, *, figures: bool = True) -> list:
         """The HTML report's sections, in order (each a heading, what its numbers mean, and a body). A new
         part of the report is one more entry here."""
         out = [self._metrics_section()]

@@ -132,3 +132,23 @@ def test_probe_sees_an_overflow(tmp_path):
                     '</div></div><p style="width:600px" class="wide">too wide</p></body></html>')
     measured = measure(page, 390, tmp_path)
     assert [e.split(" ")[0] for e in measured["overflowing"]] == ["P.wide"]
+
+
+def test_demo_report_fits_a_phone(tmp_path):
+    """The demo's page (same stylesheet, wider tables, long headings) at a phone's width, built from its
+    recorded run (no training) with one stand-in figure."""
+    import base64
+    import json as _json
+    from pathlib import Path
+
+    from mcdrop import demo
+
+    results = _json.loads((Path(__file__).resolve().parents[1] / "docs" / "demo" / "metrics.json").read_text())
+    png = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+    page = tmp_path / "demo.html"
+    page.write_text(demo._html(results, {"reliability.png": png}))
+    text = page.read_text()
+    assert "<script" not in text.lower() and "<th>seed</th><td>0</td>" in text
+    measured = measure(page, 390, tmp_path)
+    assert measured["overflowing"] == []
+    assert measured["scrollWidth"] <= measured["viewport"]
