@@ -250,6 +250,8 @@ class EvaluationReport:
         for name in self.metric_names:
             label, formula = METRIC_INFO.get(name, (name, ""))
             direction = {1: "higher is better", -1: "lower is better"}.get(DIRECTIONS.get(name, 0), "")
+            if name == "coverage" and "level" in self.options:
+                direction = f"best at the level, {self.options['level']:g}"
             arrow = {1: " ↑", -1: " ↓"}.get(DIRECTIONS.get(name, 0), "")
             cell = (f"<details><summary>{escape(label)}{arrow}</summary>"
                     f'<div class="formula">{escape(formula)} <code>{escape(name)}</code></div></details>'

@@ -250,3 +250,13 @@ def test_html_report_does_not_import_tensorflow(tmp_path):
                          check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert out.stdout.split() == ["False", "False"]
     assert "TensorFlow version" in (tmp_path / "r.html").read_text()
+
+
+def test_html_regression_coverage_states_its_aim(regression, tmp_path):
+    y, pred = regression
+    path = tmp_path / "reg.html"
+    evaluate(pred, y, level=0.9).to_html(path, figures=False)
+    text = path.read_text()
+    assert "<summary>interval coverage</summary>" in text
+    assert '<span class="dir">best at the level, 0.9</span>' in text
+    assert "<th>interval level</th><td>0.9</td>" in text
