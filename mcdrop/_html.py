@@ -45,6 +45,7 @@ details .formula{font-family:"STIX Two Math","Cambria Math",serif;font-size:.95e
 .dir{color:#666;font-size:.85em;white-space:nowrap}
 code{font-size:.85em;color:#555}
 figure{margin:1em 0}figure img{max-width:100%;height:auto;display:block}
+.figs{display:flex;flex-wrap:wrap;gap:0 1.5em}.figs figure{flex:1 1 460px;max-width:560px;min-width:0}
 figcaption{color:#444;font-size:.95em;margin-top:.3em}
 .note{background:#fff8e1;border-left:4px solid #f0b400;padding:.4em .8em}
 """
@@ -128,6 +129,11 @@ def figure(png: bytes, alt: str, caption: str = "") -> str:
     data = base64.b64encode(png).decode("ascii")
     cap = f"<figcaption>{escape(caption)}</figcaption>" if caption else ""
     return f'<figure><img alt="{escape(alt)}" src="data:image/png;base64,{data}">{cap}</figure>'
+
+
+def figures(items: Sequence[str]) -> str:
+    """Several :func:`figure` blocks side by side where the page is wide enough, stacked where not."""
+    return f'<div class="figs">{"".join(items)}</div>'
 
 
 def page(title: str, sections: Sequence[Section], *, provenance: Iterable[tuple[str, Any]] = (),

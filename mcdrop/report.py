@@ -267,7 +267,7 @@ class EvaluationReport:
         return Section("Metrics", intro, table(headers, rows, best=best))
 
     def _figure_sections(self) -> list:
-        from mcdrop._html import Section, figure
+        from mcdrop._html import Section, figure, figures
 
         intros = {
             "Risk–coverage": ("Keep only the most confident rows: the error rate (risk) among the kept share "
@@ -288,7 +288,7 @@ class EvaluationReport:
             buffer = io.BytesIO()
             fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
             groups.setdefault(group, []).append(figure(buffer.getvalue(), title, "" if title == group else title))
-        return [Section(group, intros.get(group, ""), "".join(items)) for group, items in groups.items()]
+        return [Section(group, intros.get(group, ""), figures(items)) for group, items in groups.items()]
 
     def _configuration_section(self):
         from mcdrop._html import Section, key_value_table
