@@ -59,6 +59,7 @@ _SCORES = {
     "expected_entropy": ("expected entropy", "nats"), "variation_ratio": ("variation ratio", "share of passes"),
     "variance": ("predictive variance", "output units²"), "epistemic_variance": ("epistemic variance", "output units²"),
     "aleatoric_variance": ("aleatoric variance", "output units²"), "std": ("predictive std", "output units"),
+    "max_probability": ("1 − max probability", ""),
 }
 
 
@@ -66,7 +67,7 @@ def _score_label(measure: str | None) -> str:
     """``"mutual information (nats)"`` for a known score; the name as given otherwise."""
     if measure in _SCORES:
         name, unit = _SCORES[measure]
-        return f"{name} ({unit})"
+        return f"{name} ({unit})" if unit else name
     return (measure or "uncertainty").replace("_", " ")
 
 

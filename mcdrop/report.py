@@ -13,7 +13,6 @@ written atomically (a temporary file in the same folder, then :func:`os.replace`
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import html
 import io
@@ -237,6 +236,8 @@ class EvaluationReport:
         """The HTML report's sections, in order (each a heading, what its numbers mean, and a body). A new
         part of the report is one more entry here."""
         out = [self._metrics_section()]
+        # out-of-distribution and conformal results, when evaluate was given `ood=` / `calibration=`
+        out.extend(section for section in (_ood_section(self), _conformal_section(self)) if section is not None)
         if figures:
             out.extend(self._figure_sections())
         out.append(self._configuration_section())
@@ -281,6 +282,10 @@ class EvaluationReport:
                                        "the nominal level: on the diagonal is calibrated."),
             "Intervals": ("Predictions with their intervals, sorted by the prediction; the share of targets "
                           "inside should match the level."),
+            "Out-of-distribution": ("The best-separating score on these rows and on the out-of-distribution "
+                                    "rows: the less the histograms overlap, the better."),
+            "Conformal APS sets (alpha 0.1)": ("Coverage of the prediction sets by their size: an adaptive "
+                                               "method covers about 1 − alpha at every size."),
         }
         groups: dict[str, list[str]] = {}
         for title, fig in self.figures().items():
@@ -297,6 +302,70 @@ class EvaluationReport:
         rows = [("task", self.task), ("rows", self.n_rows), ("models", ", ".join(self.models))]
         rows += [(labels.get(k, k), v) for k, v in self.options.items()]
         return Section("Configuration", "The options the metrics were computed with.", key_value_table(rows))
+
+
+#: Readable names of the conformal methods.
+_CONFORMAL_NAMES = {"lac": "LAC (least ambiguous sets)", "aps": "APS (adaptive sets, randomised)",
+                    "normalized": "std-normalised intervals", "cqr": "CQR (conformalized quantile regression)"}
+
+
+def _ood_section(report):
+    """The out-of-distribution table, or None when ``evaluate`` was not given ``ood=``."""
+    from mcdrop._html import Section, escape, table
+    from mcdrop.plotting import _score_label
+
+    results = getattr(report, "ood", None)
+    if not results:
+        return None
+    columns = (("auroc", "AUROC ↑", 1), ("aupr", "AUPR ↑", 1), ("fpr_at_95_tpr", "FPR at 95% TPR ↓", -1))
+    keys = [(m, s) for m, scores in results.items() for s in scores if s != "n_rows"]
+    rows, best = [], []
+    for model, score in keys:
+        values = results[model][score]
+        rows.append([escape(model), escape(_score_label(score)),
+                     *(_format(None if values is None else values[k]) for k, _, _ in columns)])
+    for model, score in keys:
+        marks = [False]
+        for k, _, direction in columns:
+            column = [results[m][s][k] for m, s in keys if results[m][s] is not None]
+            value = results[model][score]
+            top = (max if direction > 0 else min)(column) if len(column) > 1 else None
+            marks.append(top is not None and value is not None and value[k] == top)
+        best.append(marks)
+    sizes = sorted({str(scores.get("n_rows")) for scores in results.values()})
+    intro = (f"How well each uncertainty score tells these rows from the {'/'.join(sizes)} out-of-distribution "
+             "rows given: AUROC and AUPR are higher for better (0.5 AUROC is chance), the false-positive rate "
+             "at 95% of the out-of-distribution rows caught is lower for better. — means the prediction "
+             "cannot give that score (plain probabilities have no mutual information).")
+    if len(keys) > 1:
+        intro += " The best value of each column is highlighted."
+    headers = ["model", "score", *(escape(label) for _, label, _ in columns)]
+    return Section("Out-of-distribution detection", intro, table(headers, rows, best=best))
+
+
+def _conformal_section(report):
+    """The conformal coverage table, or None when ``evaluate`` was not given ``calibration=``."""
+    from mcdrop._html import Section, escape, table
+
+    results = getattr(report, "conformal", None)
+    if not results:
+        return None
+    size = "mean_set_size" if report.task == "classification" else "mean_width"
+    size_label = "mean set size ↓" if report.task == "classification" else "mean interval width ↓"
+    rows = []
+    for model, methods in results.items():
+        for method, by_alpha in methods.items():
+            for alpha, values in by_alpha.items():
+                rows.append([escape(model), escape(_CONFORMAL_NAMES.get(method, method)), escape(str(alpha)),
+                             _format(1 - float(alpha)),
+                             _format(None if values is None else values["coverage"]),
+                             _format(None if values is None else values[size])])
+    what = "sets" if report.task == "classification" else "intervals"
+    intro = (f"Prediction {what} calibrated on the held-out rows to contain the truth with probability at "
+             "least 1 − alpha: the coverage on these rows should sit at or just above its target; among "
+             f"{what} that cover, smaller is better. — means too few calibration rows for that alpha.")
+    headers = ["model", "method", "alpha", "target coverage", "coverage", escape(size_label)]
+    return Section("Conformal prediction", intro, table(headers, rows))
 
 
 def _format(value) -> str:

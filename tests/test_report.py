@@ -260,3 +260,30 @@ def test_html_regression_coverage_states_its_aim(regression, tmp_path):
     assert "<summary>interval coverage</summary>" in text
     assert '<span class="dir">best at the level, 0.9</span>' in text
     assert "<th>interval level</th><td>0.9</td>" in text
+
+
+def test_html_ood_and_conformal_sections_are_tables():
+    """The out-of-distribution and conformal results (``evaluate(ood=..., calibration=...)``) render as
+    sections with their reading and real tables; a report without them has neither."""
+    from types import SimpleNamespace
+
+    from mcdrop.report import _conformal_section, _ood_section
+
+    ood = {"mc": {"entropy": {"auroc": 0.9, "aupr": 0.8, "fpr_at_95_tpr": 0.3},
+                  "mutual_information": {"auroc": 0.95, "aupr": 0.7, "fpr_at_95_tpr": 0.2}, "n_rows": 50},
+           "det": {"entropy": {"auroc": 0.8, "aupr": 0.85, "fpr_at_95_tpr": 0.4}, "mutual_information": None,
+                   "n_rows": 50}}
+    conformal = {"mc": {"lac": {"0.1": {"coverage": 0.91, "mean_set_size": 1.2}, "0.05": None}}}
+    report = SimpleNamespace(task="classification", ood=ood, conformal=conformal)
+    html = _ood_section(report).render()
+    assert "<h2>Out-of-distribution detection</h2>" in html and "higher for better" in html
+    assert "mutual information (nats)" in html and "predictive entropy (nats)" in html
+    assert html.count('class="best"') == 3  # 0.95 AUROC, 0.85 AUPR, 0.2 FPR
+    assert '<td class="best">0.9500</td>' in html and '<td class="best">0.8500</td>' in html
+    assert "<td>—</td>" in html and "<pre" not in html
+    html = _conformal_section(report).render()
+    assert "<h2>Conformal prediction</h2>" in html and "LAC (least ambiguous sets)" in html
+    assert "<td>0.9000</td><td>0.9100</td><td>1.2000</td>" in html  # target, coverage, size
+    assert "<td>0.05</td><td>0.9500</td><td>—</td><td>—</td>" in html  # too few calibration rows
+    empty = SimpleNamespace(task="classification", ood={}, conformal={})
+    assert _ood_section(empty) is None and _conformal_section(empty) is None
