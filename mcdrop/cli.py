@@ -467,6 +467,16 @@ def _rows_table(pred) -> str:
     return format_table(["row", "mean", "std", "epistemic_var", "aleatoric_var"], rows)
 
 
+def _report_provenance(args) -> dict[str, Any]:
+    """The files a report came from: the model (recorded by `mcdrop predict`), PREDS and LABELS."""
+    model = None
+    if str(args.preds).endswith(".npz"):
+        with np.load(args.preds, allow_pickle=False) as arrays:
+            if "model" in arrays.files:
+                model = str(arrays["model"])
+    return {"model file": model, "predictions file": args.preds, "labels file": args.labels}
+
+
 def _cmd_evaluate(args) -> int:
     import mcdrop
     from mcdrop import io
@@ -489,16 +499,6 @@ def _cmd_evaluate(args) -> int:
     if out is not None and not args.quiet and not args.json:
         print(f"\nwrote {out / 'report.html'} and {out / 'metrics.json'}")
     return 0
-
-
-def _report_provenance(args) -> dict[str, Any]:
-    """The files a report came from: the model (recorded by `mcdrop predict`), PREDS and LABELS."""
-    model = None
-    if str(args.preds).endswith(".npz"):
-        with np.load(args.preds, allow_pickle=False) as arrays:
-            if "model" in arrays.files:
-                model = str(arrays["model"])
-    return {"model file": model, "predictions file": args.preds, "labels file": args.labels}
 
 
 def _load_prediction(path: str):

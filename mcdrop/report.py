@@ -298,7 +298,7 @@ class EvaluationReport:
     def _configuration_section(self):
         from mcdrop._html import Section, key_value_table
 
-        labels = {"n_bins": "calibration bins", "level": "interval level"}
+        labels = {"n_bins": "calibration bins", "level": "interval level", "calibration_rows": "calibration rows"}
         rows = [("task", self.task), ("rows", self.n_rows), ("models", ", ".join(self.models))]
         rows += [(labels.get(k, k), v) for k, v in self.options.items()]
         return Section("Configuration", "The options the metrics were computed with.", key_value_table(rows))
