@@ -9,7 +9,11 @@ __all__ = ["format_table", "format_value"]
 
 
 def format_value(value: Any, digits: int = 4) -> str:
-    """A number to a short fixed-width string; ``None`` and NaN to ``"-"``."""
+    """A number to a short string; ``None`` and NaN to ``"-"``.
+
+    Floats get ``digits`` decimals, and more below 0.01 so that at least three significant digits show
+    (0.00150, 0.00146 and 0.00148 stay apart); below 1e-6, scientific notation.
+    """
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -19,6 +23,10 @@ def format_value(value: Any, digits: int = 4) -> str:
     if isinstance(value, float):
         if math.isnan(value):
             return "-"
+        if value != 0 and math.isfinite(value) and abs(value) < 1e-6:
+            return f"{value:.2e}"
+        if value != 0 and math.isfinite(value):
+            digits = max(digits, 2 - math.floor(math.log10(abs(value))))
         return f"{value:.{digits}f}"
     try:  # numpy scalars
         return format_value(value.item(), digits)

@@ -23,6 +23,7 @@ uncertainty in medical imaging with deep learning*, MIDL (σ scaling); Kuleshov,
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,8 @@ from scipy import optimize
 from mcdrop._validation import (
     check_array,
     check_choice,
+    check_float,
+    check_int,
     check_labels,
     check_probs,
     check_same_length,
@@ -38,7 +41,13 @@ from mcdrop._validation import (
 )
 from mcdrop.metrics._common import looks_like_probs
 
-__all__ = ["TemperatureScaling", "VectorScaling", "VarianceScaling"]
+__all__ = ["TemperatureScaling", "VectorScaling", "VarianceScaling", "CalibrationWarning"]
+
+
+class CalibrationWarning(UserWarning):
+    """A recalibration map was fitted, but the validation data could not identify it well: the optimum
+    sits on a search bound, or the set has too few errors (or too few correct rows) to pin it down."""
+
 
 INPUTS = ("auto", "logits", "probs")
 
@@ -48,9 +57,10 @@ _LOG_BOUNDS = (np.log(1e-4), np.log(1e4))
 _GRID = 33
 
 
-def _minimise_log_scale(objective) -> tuple[float, float]:
-    """Minimise a 1-D objective of log(scale): coarse grid (robust to poor starts), then bounded Brent."""
-    grid = np.linspace(*_LOG_BOUNDS, _GRID)
+def _minimise_log_scale(objective, bounds: tuple[float, float] = _LOG_BOUNDS) -> tuple[float, float]:
+    """Minimise a 1-D objective of log(scale) over ``bounds`` (in logs): coarse grid (robust to poor
+    starts), then bounded Brent."""
+    grid = np.linspace(*bounds, _GRID)
     values = np.array([objective(u) for u in grid])
     values = np.where(np.isfinite(values), values, np.inf)
     i = int(np.argmin(values))
@@ -184,12 +194,32 @@ class TemperatureScaling(_LogitScaler):
     .. math::
 
         \bar p_\tau(x) = \frac1T\sum_{t=1}^T \operatorname{softmax}(z_t(x) / \tau),\qquad
-        \hat\tau = \arg\min_{\tau} -\frac1N \sum_i \log \bar p_\tau(x_i)_{y_i}
+        \hat\tau = \arg\min_{\tau_{\min} \le \tau \le \tau_{\max}}
+        -\frac1N \sum_i \log \bar p_\tau(x_i)_{y_i} + \frac{(\log\tau)^2}{2 s^2 N}
 
-    The fit searches :math:`\log\tau` (so :math:`\tau` stays positive) on a coarse grid over
-    :math:`[10^{-4}, 10^4]` and refines with bounded Brent; :math:`\tau = 1` is kept when it is at least as
-    good, so the NLL on the fitting data never rises. Temperature scaling preserves each pass's argmax;
-    the argmax of the pass average can change.
+    The penalty is a log-normal prior on :math:`\tau` centred on 1 with scale :math:`s` (``prior_scale``):
+    the fit is the maximum a posteriori temperature. On a large validation set it is negligible; on a few
+    rows, or a set with no errors — where the NLL of MC passes keeps falling as :math:`\tau \to 0`, each
+    pass turning one-hot and the average a vote share — it keeps the temperature near 1 instead of letting
+    it run to the bound. The search runs over :math:`\log\tau` in ``bounds`` on a coarse grid, then bounded
+    Brent; :math:`\tau = 1` is kept when it is at least as good, so the penalised NLL on the fitting data
+    never rises. Temperature scaling preserves each pass's argmax; the argmax of the pass average can
+    change.
+
+    A :class:`CalibrationWarning` says when the fit is weaker than it looks: the optimum sits on a bound,
+    or the validation set has fewer than ``min_errors`` misclassified rows (or fewer than ``min_errors``
+    correct ones) to identify a temperature.
+
+    Parameters
+    ----------
+    bounds : tuple of two floats, default (0.05, 20.0)
+        The search interval :math:`[\tau_{\min}, \tau_{\max}]`, with :math:`0 < \tau_{\min} < 1 <
+        \tau_{\max}`.
+    prior_scale : float or None, default 0.5
+        Standard deviation :math:`s` of the prior on :math:`\log\tau`; None fits the plain maximum
+        likelihood temperature.
+    min_errors : int, default 20
+        Fewest misclassified (and fewest correctly classified) validation rows for a fit without a warning.
 
     Attributes
     ----------
@@ -197,6 +227,8 @@ class TemperatureScaling(_LogitScaler):
         The fitted temperature; > 1 softens overconfident predictions.
     nll_before_, nll_after_ : float
         NLL on the fitting data at :math:`\tau = 1` and at the fitted temperature.
+    n_errors_ : int
+        Misclassified validation rows (argmax of the pass average at :math:`\tau = 1`).
 
     Examples
     --------
@@ -209,6 +241,23 @@ class TemperatureScaling(_LogitScaler):
     2.0
     """
 
+    #: The default search interval for the temperature.
+    DEFAULT_BOUNDS = (0.05, 20.0)
+
+    def __init__(self, *, bounds: tuple[float, float] = DEFAULT_BOUNDS, prior_scale: float | None = 0.5,
+                 min_errors: int = 20):
+        expected = "two temperatures 0 < low < 1 < high, as a (low, high) tuple"
+        try:
+            low, high = (float(b) for b in bounds)
+        except (TypeError, ValueError):
+            raise invalid("bounds", expected, bounds) from None
+        if not (np.isfinite(high) and 0 < low < 1 < high):
+            raise invalid("bounds", expected, bounds)
+        self.bounds = (low, high)
+        self.prior_scale = None if prior_scale is None else check_float(
+            prior_scale, "prior_scale", low=0.0, low_inclusive=False)
+        self.min_errors = check_int(min_errors, "min_errors", minimum=0)
+
     def _apply(self, logits):
         return logits / self.temperature_
 
@@ -219,16 +268,42 @@ class TemperatureScaling(_LogitScaler):
         shifted = logits - logits.max(axis=-1, keepdims=True)  # (T, N, C), <= 0
         picked = shifted[:, np.arange(n), labels]  # (T, N)
         buffer = np.empty_like(shifted)
+        weight = 0.0 if self.prior_scale is None else 1.0 / (2.0 * self.prior_scale ** 2 * n)
 
-        def nll(u):
+        def objective(u):
             k = np.exp(-u)
             np.multiply(shifted, k, out=buffer)
             np.exp(buffer, out=buffer)
             log_p = k * picked - np.log(buffer.sum(axis=-1))  # (T, N) per-pass log p_t(y)
-            return float(-np.mean(_logsumexp(log_p, axis=0) - np.log(t)))
+            return float(-np.mean(_logsumexp(log_p, axis=0) - np.log(t))) + weight * u * u
 
-        log_t, best = _minimise_log_scale(nll)
+        log_bounds = (float(np.log(self.bounds[0])), float(np.log(self.bounds[1])))
+        log_t, best = _minimise_log_scale(objective, log_bounds)
         self.temperature_ = float(np.exp(log_t)) if best < self.nll_before_ else 1.0
+        mean = np.exp(_log_softmax(logits)).mean(axis=0)
+        self.n_errors_ = int(np.sum(mean.argmax(axis=-1) != labels))
+        self._warn(n, log_t, log_bounds)
+
+    def _warn(self, n: int, log_t: float, log_bounds: tuple[float, float]) -> None:
+        rows = f"{n} validation row{'s' if n != 1 else ''}"
+        fitted = f"temperature {self.temperature_:.4g}"
+        few = [f"{count} {what}" for count, what in ((self.n_errors_, "misclassified"),
+                                                   (n - self.n_errors_, "correctly classified"))
+               if count < self.min_errors]
+        if few:
+            held = " (held near 1 by its prior)" if self.prior_scale is not None else ""
+            warnings.warn(
+                f"TemperatureScaling was fitted on {rows} with {' and '.join(few)}: fewer than "
+                f"min_errors={self.min_errors} are too few to identify a temperature; {fitted}{held} may not "
+                "help on new data. Fit on a larger validation set, and compare the NLL on held-out data with "
+                "and without it.", CalibrationWarning, stacklevel=4)
+        for side, bound, value in (("lower", log_bounds[0], self.bounds[0]),
+                                   ("upper", log_bounds[1], self.bounds[1])):
+            if self.temperature_ != 1.0 and abs(log_t - bound) < 1e-3:
+                warnings.warn(
+                    f"TemperatureScaling's optimum sits on its {side} bound {value:g} ({fitted}, fitted on "
+                    f"{rows}): the best temperature may lie beyond it. Check the inputs are logits or "
+                    "probabilities as declared, or widen `bounds`.", CalibrationWarning, stacklevel=4)
 
 
 class VectorScaling(_LogitScaler):

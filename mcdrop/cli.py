@@ -422,6 +422,7 @@ def _cmd_predict(args) -> int:
     else:
         pred = mc.predict(x, return_samples=return_samples)
     arrays = {**pred.to_dict(), **_provenance(pred)}
+    arrays["model"] = np.array(str(args.model))  # shown in the provenance of `mcdrop evaluate`'s report
     if out is not None:
         io.save_npz(out, arrays)
     summary = _prediction_summary(pred)
@@ -477,6 +478,16 @@ def _rows_table(pred) -> str:
     return format_table(["row", "mean", "std", "epistemic_var", "aleatoric_var"], rows)
 
 
+def _report_provenance(args) -> dict[str, Any]:
+    """The files a report came from: the model (recorded by `mcdrop predict`), PREDS and LABELS."""
+    model = None
+    if str(args.preds).endswith(".npz"):
+        with np.load(args.preds, allow_pickle=False) as arrays:
+            if "model" in arrays.files:
+                model = str(arrays["model"])
+    return {"model file": model, "predictions file": args.preds, "labels file": args.labels}
+
+
 def _cmd_evaluate(args) -> int:
     import mcdrop
     from mcdrop import io
@@ -492,7 +503,7 @@ def _cmd_evaluate(args) -> int:
     report = mcdrop.evaluate(pred, y, **_evaluate_sections(args, pred))
     if out is not None:
         with io.staged_directory(out) as stage:
-            report.to_html(stage / "report.html")
+            report.to_html(stage / "report.html", provenance=_report_provenance(args))
             report.to_json(stage / "metrics.json")
     payload = report.to_dict()
     _emit(args, str(report), payload)

@@ -1,18 +1,21 @@
-"""The main demo job: what Monte Carlo dropout buys on a small image classifier.
+"""The main demo job: where Monte Carlo dropout helps on a small image classifier, and where it does not.
 
 ``mcdrop demo`` (and ``make demo``) runs :func:`run`:
 
 1. trains a small dropout CNN on scikit-learn's bundled 8×8 digits, classes 0–7 only
    (digits 8 and 9 are held out of training to serve as out-of-distribution inputs);
 2. compares the deterministic network, MC dropout, and MC dropout followed by
-   temperature scaling of its predictive mean (fitted on a validation split) on the
-   test split: accuracy, NLL, Brier score, ECE and AURC;
-3. detects the held-out digits by predictive entropy (deterministic and MC) and by
-   mutual information, scored by AUROC, AUPR and FPR at 95% TPR;
+   temperature scaling fitted pass by pass on a validation split (the guide's recipe) on
+   the test split: accuracy, NLL, Brier score, ECE and AURC;
+3. detects two shifts — the held-out digits, and the test digits inverted — by predictive
+   entropy (deterministic and MC) and by mutual information, scored by AUROC, AUPR and FPR
+   at 95% TPR;
 4. picks the next batch to label from an unlabeled pool with BALD (top-k) and
-   BatchBALD (Kirsch et al., 2019), beside a random batch, and reports how many
-   classes each batch covers and its joint mutual information with the model;
-5. writes ``report.html`` (self-contained, figures embedded), ``metrics.json`` and
+   BatchBALD (Kirsch et al., 2019), beside a random batch, and again from the pool with
+   near-copies of its most uncertain images; reports how many classes (or distinct images)
+   each batch covers and a sampled estimate of its joint mutual information with the model;
+5. says under each table, in a sentence computed from its numbers, what it shows;
+6. writes ``report.html`` (self-contained, figures embedded), ``metrics.json`` and
    the PNG figures to the output folder, all or nothing.
 
 Everything runs offline on a CPU in about a minute; ``fast=True`` trains a few
@@ -21,10 +24,8 @@ epochs with few passes for the tests.
 
 from __future__ import annotations
 
-import base64
 import html
 import io as _bytes_io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -191,17 +192,27 @@ def _run(out, *, fast, seed, epochs, num_samples, k, bar):
     det = {part: ClassificationPrediction.from_samples(model.predict(data[f"x_{part}"], verbose=0)[None])
            for part in ("test", "ood")}
     mc = mcdrop.MCDropout(model, num_samples=num_samples, seed=seed, verbose=0)
-    mc_pred = {part: mc.predict(data[f"x_{part}"], return_samples=part == "pool")
+    mc_pred = {part: mc.predict(data[f"x_{part}"], return_samples=part in ("val", "test", "pool"))
                for part in ("val", "test", "ood", "pool")}
+    # a second shift, where the inputs change rather than the classes: the test digits inverted
+    inverted = 1.0 - data["x_test"]
+    det["inverted"] = ClassificationPrediction.from_samples(model.predict(inverted, verbose=0)[None])
+    mc_pred["inverted"] = mc.predict(inverted)
     step("calibrate")
 
-    # 2. calibration: one temperature on the log of the MC predictive mean, fitted by NLL on the
-    # validation split. (Scaling every pass before averaging has a degenerate direction: as the
-    # temperature goes to 0 each pass becomes one-hot and the average a vote share, whose NLL on a
-    # small validation set with few errors can be lowest there, and then costs dearly on test data.)
-    scaler = TemperatureScaling().fit(mc_pred["val"].mean, data["y_val"])
+    # 2. calibration: the guide's recipe — one temperature dividing every pass's logits, fitted on the
+    # validation split's passes (bounded, with a log-normal prior that holds it near 1 when the split has
+    # too few errors to identify it). Whatever it warns is kept and said beside the table.
+    import warnings
+
+    from mcdrop.calibration import CalibrationWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CalibrationWarning)
+        scaler = TemperatureScaling().fit(mc_pred["val"], data["y_val"])
+    calibration_warnings = [str(w.message) for w in caught if issubclass(w.category, CalibrationWarning)]
     predictions = {"deterministic": det["test"], "mc_dropout": mc_pred["test"],
-                   "mc_temperature": scaler.transform(mc_pred["test"].mean)}
+                   "mc_temperature": scaler.transform_prediction(mc_pred["test"])}
     y_test = data["y_test"]
     comparison = {
         name: {
@@ -216,16 +227,20 @@ def _run(out, *, fast, seed, epochs, num_samples, k, bar):
     step("detect")
 
     # 3. out-of-distribution: the held-out digits should be the uncertain ones
-    scores_in_out = {
-        "deterministic_entropy": (det["test"].entropy, det["ood"].entropy),
-        "mc_entropy": (mc_pred["test"].entropy, mc_pred["ood"].entropy),
-        "mc_mutual_information": (mc_pred["test"].mutual_information, mc_pred["ood"].mutual_information),
-    }
-    ood = {
-        name: {"auroc": metrics.ood_auroc(u_in, u_out), "aupr": metrics.ood_aupr(u_in, u_out),
-               "fpr_at_95_tpr": metrics.fpr_at_95_tpr(u_in, u_out)}
-        for name, (u_in, u_out) in scores_in_out.items()
-    }
+    def detection(shift):
+        scores_in_out = {
+            "deterministic_entropy": (det["test"].entropy, det[shift].entropy),
+            "mc_entropy": (mc_pred["test"].entropy, mc_pred[shift].entropy),
+            "mc_mutual_information": (mc_pred["test"].mutual_information, mc_pred[shift].mutual_information),
+        }
+        return {
+            name: {"auroc": metrics.ood_auroc(u_in, u_out), "aupr": metrics.ood_aupr(u_in, u_out),
+                   "fpr_at_95_tpr": metrics.fpr_at_95_tpr(u_in, u_out)}
+            for name, (u_in, u_out) in scores_in_out.items()
+        }
+
+    ood = detection("ood")
+    ood_inverted = detection("inverted")
     step("select")
 
     # 4. the next batch to label
@@ -242,6 +257,7 @@ def _run(out, *, fast, seed, epochs, num_samples, k, bar):
             "bald_sum": float(np.sum(pool.mutual_information[indices])),
             "joint_mutual_information": joint_mutual_information_estimate(pool.samples, indices, seed=seed),
         }
+    selection_duplicates = _near_duplicate_selection(mc, data["x_pool"], pool, k, seed)
     step("figures")
 
     figures = _figures(data, det, mc_pred, predictions, selection)
@@ -255,8 +271,11 @@ def _run(out, *, fast, seed, epochs, num_samples, k, bar):
         },
         "comparison": comparison,
         "temperature": float(scaler.temperature_),
+        "calibration_warnings": calibration_warnings,
         "ood": ood,
+        "ood_inverted": ood_inverted,
         "selection": selection,
+        "selection_duplicates": selection_duplicates,
         "files": [],
     }
     if out is not None:
@@ -271,6 +290,33 @@ def _run(out, *, fast, seed, epochs, num_samples, k, bar):
             save_json(stage / "metrics.json", results)
     step("done")
     return results
+
+
+#: In the near-duplicate pool, the pool's most uncertain images (by BALD) each appear this many times more.
+DUPLICATED, COPIES = 30, 2
+
+
+def _near_duplicate_selection(mc, x_pool, pool, k, seed) -> dict[str, dict[str, Any]]:
+    """BALD and BatchBALD on the pool plus near-copies of its most uncertain images (pixel noise of 0.03):
+    the case BatchBALD is for. Top-k BALD takes an image and its copies together; BatchBALD spreads out."""
+    from mcdrop import acquisition
+
+    rng = np.random.default_rng(seed)
+    top = np.argsort(-pool.mutual_information, kind="stable")[:DUPLICATED]
+    copies = [np.clip(x_pool[top] + rng.normal(0, 0.03, x_pool[top].shape), 0, 1).astype(x_pool.dtype)
+              for _ in range(COPIES)]
+    source = np.concatenate([np.arange(len(x_pool)), np.tile(top, COPIES)])  # the image each row copies
+    dup = mc.predict(np.concatenate([x_pool, *copies]), return_samples=True)
+    out = {}
+    for method in ("bald", "batch_bald"):
+        indices = np.asarray(acquisition.select(dup, k, method=method, seed=seed), dtype=np.int64)
+        out[method] = {
+            "indices": indices.tolist(),
+            "distinct_images": int(np.unique(source[indices]).size),
+            "bald_sum": float(np.sum(dup.mutual_information[indices])),
+            "joint_mutual_information": joint_mutual_information_estimate(dup.samples, indices, seed=seed),
+        }
+    return out
 
 
 def joint_mutual_information_estimate(samples, indices, *, num_draws: int = 10000, seed: int = 0) -> float:
@@ -342,7 +388,7 @@ def _figures(data, det, mc_pred, predictions, selection) -> dict[str, bytes]:
     figures = {}
 
     # reliability diagrams, with the confidence histogram under each
-    fig = _subplots(1, 1, figsize=(15, 5.6))[0]
+    fig = _subplots(1, 1, figsize=(10, 5.2))[0]
     fig.clear()
     grid = fig.add_gridspec(2, 3, height_ratios=(3, 1))
     for col, (name, pred) in enumerate(predictions.items()):
@@ -359,7 +405,7 @@ def _figures(data, det, mc_pred, predictions, selection) -> dict[str, bytes]:
     figures["risk_coverage.png"] = _png(fig)
 
     # uncertainty of in-distribution test digits vs held-out digits
-    fig, axes = _subplots(1, 3, figsize=(15, 4))
+    fig, axes = _subplots(1, 3, figsize=(10, 3.6))
     panels = [("deterministic", det, "entropy"), ("MC dropout", mc_pred, "entropy"),
               ("MC dropout", mc_pred, "mutual_information")]
     for ax, (label, preds, measure) in zip(axes, panels):
@@ -386,65 +432,160 @@ def _figures(data, det, mc_pred, predictions, selection) -> dict[str, bytes]:
 # --------------------------------------------------------------------------- text and HTML
 
 
-def _tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
+def _ood_rows(scores: dict[str, dict[str, float]]) -> list[list[Any]]:
+    return [[_OOD_SCORES[name], v["auroc"], v["aupr"], v["fpr_at_95_tpr"]] for name, v in scores.items()]
+
+
+def _tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]], str]]:
+    """(title, headers, rows, what the numbers say) for every table the demo prints and reports."""
     cfg = results["config"]
     comparison = [[_MODELS[name]] + [values[m] for m in _METRICS] for name, values in results["comparison"].items()]
-    ood = [[_OOD_SCORES[name], v["auroc"], v["aupr"], v["fpr_at_95_tpr"]] for name, v in results["ood"].items()]
     selection = [[_SELECTORS[name], v["distinct_classes"], v["joint_mutual_information"], v["bald_sum"],
                   " ".join(str(c) for c in v["classes"])]
                  for name, v in results["selection"].items()]
-    return [
+    notes = _findings(results)
+    tables = [
         (f"Test split, digits 0-7 ({cfg['sizes']['test']} images; T={cfg['num_samples']} passes; "
-         f"temperature {results['temperature']:.3f} fitted on {cfg['sizes']['val']} validation images)",
-         ["model", *_METRICS.values()], comparison),
+         f"temperature {results['temperature']:.3f} fitted per pass on {cfg['sizes']['val']} validation images)",
+         ["model", *_METRICS.values()], comparison, notes["comparison"]),
         (f"Out-of-distribution detection: held-out digits 8-9 ({cfg['sizes']['ood']}) vs test digits 0-7",
-         ["uncertainty", "AUROC", "AUPR", "FPR@95%TPR"], ood),
-        (f"Next batch of {cfg['k']} from a pool of {cfg['sizes']['pool']}",
-         ["method", "classes covered", "joint MI (nats)", "sum of BALD", "true classes"], selection),
+         ["uncertainty", "AUROC", "AUPR", "FPR@95%TPR"], _ood_rows(results["ood"]), notes["ood"]),
     ]
+    if "ood_inverted" in results:
+        tables.append((f"Out-of-distribution detection: the test digits inverted ({cfg['sizes']['test']}) vs "
+                       "test digits 0-7", ["uncertainty", "AUROC", "AUPR", "FPR@95%TPR"],
+                       _ood_rows(results["ood_inverted"]), notes["ood_inverted"]))
+    tables.append((f"Next batch of {cfg['k']} from a pool of {cfg['sizes']['pool']}",
+                   ["method", "classes covered", "joint MI (nats, sampled)", "sum of BALD", "true classes"],
+                   selection, notes["selection"]))
+    if "selection_duplicates" in results:
+        dup = results["selection_duplicates"]
+        tables.append((f"Next batch of {cfg['k']} from the pool with near-duplicates (its {DUPLICATED} most "
+                       f"uncertain images {COPIES} more times each, with pixel noise)",
+                       ["method", "distinct images", "joint MI (nats, sampled)", "sum of BALD"],
+                       [[_SELECTORS[m], v["distinct_images"], v["joint_mutual_information"], v["bald_sum"]]
+                        for m, v in dup.items()], notes["selection_duplicates"]))
+    return tables
+
+
+def _findings(results: dict[str, Any]) -> dict[str, str]:
+    """One or two plain sentences per table, read off the numbers: where MC dropout helps, and where not."""
+    comparison = results["comparison"]
+    det, mc, ts = (comparison[k] for k in ("deterministic", "mc_dropout", "mc_temperature"))
+    lower = [_METRICS[m] for m in ("nll", "brier", "ece") if mc[m] < det[m]]
+    higher = [_METRICS[m] for m in ("nll", "brier", "ece") if mc[m] >= det[m]]
+    text = ("Lower is better for NLL, Brier, ECE and AURC. "
+            + (f"MC dropout lowers the deterministic network's {', '.join(lower)}" if lower
+               else "MC dropout lowers none of NLL, Brier and ECE")
+            + (f"; it does not lower its {', '.join(higher)}" if higher else "")
+            + (f", and its AURC is {'lower' if mc['aurc'] < det['aurc'] else 'not lower'}. "))
+    if ts["nll"] <= mc["nll"]:
+        text += f"The temperature lowers MC dropout's test NLL ({mc['nll']:.4f} to {ts['nll']:.4f})."
+    else:
+        text += (f"The temperature does not help here: MC dropout's test NLL rises from {mc['nll']:.4f} to "
+                 f"{ts['nll']:.4f}.")
+    if results.get("calibration_warnings"):
+        text += " The fit warned: " + " ".join(results["calibration_warnings"])
+
+    def detection(scores, shift):
+        best = max(scores, key=lambda k: scores[k]["auroc"])
+        d, mi = scores["deterministic_entropy"]["auroc"], scores["mc_mutual_information"]["auroc"]
+        verdict = ("MC dropout helps" if max(mi, scores["mc_entropy"]["auroc"]) > d + 0.005
+                   else "MC dropout does not help")
+        return (f"Higher AUROC and AUPR, lower FPR are better. On {shift}, {verdict}: MC mutual information "
+                f"scores AUROC {mi:.4f} against the deterministic softmax entropy's {d:.4f}; the best detector "
+                f"is {_OOD_SCORES[best]}.")
+
+    selection = results["selection"]
+    shared = len(set(selection["bald"]["indices"]) & set(selection["batch_bald"]["indices"]))
+    k = len(selection["bald"]["indices"])
+    pick = ("so on this pool BatchBALD buys little over top-k BALD" if shared >= k - max(1, k // 5)
+            else "so BatchBALD spreads the batch where top-k BALD concentrates it")
+    over = ""
+    above = [_SELECTORS[m] for m, v in selection.items() if v["joint_mutual_information"] > v["bald_sum"]]
+    if above:
+        over = (f"; where the estimate exceeds the sum ({', '.join(above)}), which bounds the exact value, the "
+                "excess is sampling error")
+    dup = results.get("selection_duplicates")
+    dup_note = ""
+    if dup:
+        b, bb = dup["bald"], dup["batch_bald"]
+        dup_note = (f"Where the pool holds near-copies, top-k BALD spends its {k} labels on {b['distinct_images']} "
+                    f"distinct images, BatchBALD on {bb['distinct_images']}"
+                    + f" (sampled joint MI {bb['joint_mutual_information']:.4f} against "
+                      f"{b['joint_mutual_information']:.4f} nats)"
+                    + (": this is where BatchBALD earns its cost." if bb["distinct_images"] > b["distinct_images"]
+                       else ": here it does not spread the batch either."))
+    return {
+        "selection_duplicates": dup_note,
+        "comparison": text,
+        "ood": detection(results["ood"], "unseen digit classes"),
+        "ood_inverted": detection(results["ood_inverted"], "inverted digits") if "ood_inverted" in results else "",
+        "selection": (f"BatchBALD keeps {shared} of BALD's {k} picks, {pick}. The joint mutual information is a "
+                      "sampled (Monte Carlo) estimate of the batch's information, in nats; the sum of BALD counts "
+                      "shared information once per point, so it over-states a batch's value" + over + "."),
+    }
 
 
 def format_results(results: dict[str, Any]) -> str:
-    """The demo's results as plain-text tables (what ``mcdrop demo`` prints)."""
-    blocks = [format_table(headers, rows, title=title) for title, headers, rows in _tables(results)]
+    """The demo's results as plain-text tables (what ``mcdrop demo`` prints), each with what it shows."""
+    import textwrap
+
+    blocks = []
+    for title, headers, rows, note in _tables(results):
+        block = format_table(headers, rows, title=title)
+        if note:
+            block += "\n" + textwrap.fill(note, width=100)
+        blocks.append(block)
     if results.get("files"):
         blocks.append("wrote " + ", ".join(results["files"]))
     return "\n\n".join(blocks)
 
 
+#: Which way is better for a column of the demo's tables (+1 higher, -1 lower); others are not compared.
+_BETTER = {"accuracy": 1, "NLL": -1, "Brier": -1, "ECE": -1, "AURC": -1, "AUROC": 1, "AUPR": 1, "FPR@95%TPR": -1}
+
+_FIGURE_TEXT = {
+    "reliability.png": ("Reliability", "Accuracy against confidence per bin, under each the share of rows per "
+                        "bin (log scale when one bin holds most). On the diagonal the confidences are honest; "
+                        "hatched gaps above the bars are over-confidence. Pale bars hold few rows."),
+    "risk_coverage.png": ("Risk–coverage", "The error rate among the most confident share of the test split. "
+                          "Lower is better; the axis is zoomed to where the curves leave 0."),
+    "uncertainty.png": ("Uncertainty of test digits and held-out digits", "The further apart the two histograms, "
+                        "the better the score flags the held-out digits (AUROC in each title)."),
+    "selection.png": ("The batches picked", "Each row is one method's batch from the pool, the true class "
+                      "above each image."),
+}
+
+
 def _html(results: dict[str, Any], figures: dict[str, bytes]) -> str:
+    from mcdrop import _html as page
     from mcdrop._text import format_value
 
-    parts = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        "<title>mcdrop demo report</title><style>",
-        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}",
-        "table{border-collapse:collapse;margin:0.5em 0 1.5em}th,td{padding:4px 10px;border-bottom:1px solid #ddd}",
-        "td{text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}",
-        "</style></head><body>",
-        "<h1>mcdrop demo: what Monte Carlo dropout buys</h1>",
-        "<p>A small dropout CNN trained on scikit-learn's 8&times;8 digits, classes 0&ndash;7; digits 8 and 9 are "
-        "held out as out-of-distribution inputs. Lower is better for NLL, Brier, ECE, AURC and FPR; higher for "
-        "accuracy, AUROC and AUPR.</p>",
-    ]
-    for title, headers, rows in _tables(results):
-        parts.append(f"<h2>{html.escape(title)}</h2><table><tr>")
-        parts.extend(f"<th>{html.escape(h)}</th>" for h in headers)
-        parts.append("</tr>")
-        for row in rows:
-            parts.append("<tr>" + "".join(f"<td>{html.escape(format_value(v))}</td>" for v in row) + "</tr>")
-        parts.append("</table>")
-    captions = {
-        "reliability.png": "Reliability diagrams: accuracy per confidence bin; shaded bars are the gap to the "
-                           "confidence (above the bar: over-confident).",
-        "risk_coverage.png": "Risk-coverage: the error rate among the most confident fraction of the test split.",
-        "uncertainty.png": "Uncertainty of in-distribution test digits vs held-out digits.",
-        "selection.png": "The batches each method picks from the pool.",
-    }
+    sections = []
+    for title, headers, rows, note in _tables(results):
+        cells = [[html.escape(format_value(v)) for v in row] for row in rows]
+        best = [[False] * (len(headers) - 1) for _ in rows]
+        for c, header in enumerate(headers[1:]):
+            direction = _BETTER.get(header)
+            values = [row[c + 1] for row in rows]
+            if direction and len(rows) > 1 and all(isinstance(v, float) for v in values):
+                top = max(values) if direction > 0 else min(values)
+                for r, v in enumerate(values):
+                    best[r][c] = v == top
+        sections.append(page.Section(title, note, page.table([html.escape(h) for h in headers], cells, best=best)))
     for name, png in figures.items():
-        data = base64.b64encode(png).decode("ascii")
-        parts.append(f"<h2>{html.escape(captions.get(name, name))}</h2>"
-                     f"<img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>")
-    parts.append("<h2>Configuration</h2><pre>" + html.escape(json.dumps(results["config"], indent=2)) + "</pre>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
+        heading, intro = _FIGURE_TEXT.get(name, (name, ""))
+        sections.append(page.Section(heading, intro, page.figure(png, name)))
+    cfg = results["config"]
+    rows = [(key.replace("_", " "), value) for key, value in cfg.items() if key != "sizes"]
+    rows += [(f"{part} images", size) for part, size in cfg["sizes"].items()]
+    sections.append(page.Section("Configuration", "What this run trained and measured on.",
+                                 page.key_value_table(rows)))
+    provenance = [("model", "the digits CNN trained in this run"), ("passes T", cfg["num_samples"]),
+                  ("seed", cfg["seed"]), ("mask mode", "consistent")]
+    lead = ("A small dropout CNN trained on scikit-learn's 8×8 digits, classes 0–7; digits 8 and 9 are held out "
+            "as out-of-distribution inputs, and the test digits inverted are a second shift. The best value of "
+            "each column is highlighted.")
+    return page.page("mcdrop demo: where Monte Carlo dropout helps, and where it does not", sections,
+                     provenance=provenance, lead=lead)

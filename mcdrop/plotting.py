@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from mcdrop import metrics
+from mcdrop._text import format_value
 from mcdrop._validation import check_int, check_same_length
 from mcdrop.metrics._common import (
     is_classification_prediction,
@@ -51,6 +52,24 @@ def _axes(ax, figsize=(5.0, 4.0)):
         return ax.figure, ax
     fig = _new_figure(figsize)
     return fig, fig.add_subplot()
+
+
+#: Readable names and units of the uncertainty scores (entropies are natural-log: nats).
+_SCORES = {
+    "entropy": ("predictive entropy", "nats"), "mutual_information": ("mutual information", "nats"),
+    "expected_entropy": ("expected entropy", "nats"), "variation_ratio": ("variation ratio", "share of passes"),
+    "variance": ("predictive variance", "output units²"), "epistemic_variance": ("epistemic variance", "output units²"),
+    "aleatoric_variance": ("aleatoric variance", "output units²"), "std": ("predictive std", "output units"),
+    "max_probability": ("1 − max probability", ""),
+}
+
+
+def _score_label(measure: str | None) -> str:
+    """``"mutual information (nats)"`` for a known score; the name as given otherwise."""
+    if measure in _SCORES:
+        name, unit = _SCORES[measure]
+        return f"{name} ({unit})" if unit else name
+    return (measure or "uncertainty").replace("_", " ")
 
 
 def _diagonal(ax) -> None:
@@ -107,15 +126,22 @@ class ReliabilityDisplay:
             grid = fig.add_gridspec(2, 1, height_ratios=(3, 1))
             ax = fig.add_subplot(grid[0])
             hist_ax = fig.add_subplot(grid[1], sharex=ax)
+        from matplotlib.colors import to_rgba
+        from matplotlib.patches import Patch
+
         filled = self.count > 0
         left, width = self.edges[:-1], np.diff(self.edges)
         acc = np.where(filled, self.accuracy, 0.0)
         conf = np.where(filled, self.confidence, 0.0)
-        ax.bar(left[filled], acc[filled], width=width[filled], align="edge", color=_MAIN_COLOR,
-               edgecolor="black", linewidth=0.6, label="Accuracy")
+        # a bin's weight shows as its opacity: full for the fullest bin, pale for a handful of rows
+        weight = 0.2 + 0.8 * np.sqrt(self.count / max(self.count.max(), 1))
+        main = [to_rgba(_MAIN_COLOR, a) for a in weight[filled]]
+        gap = [to_rgba(_ERROR_COLOR, 0.35 * a) for a in weight[filled]]
+        ax.bar(left[filled], acc[filled], width=width[filled], align="edge", color=main,
+               edgecolor="black", linewidth=0.6)
         gap_bottom = np.minimum(acc, conf)[filled]
         ax.bar(left[filled], np.abs(conf - acc)[filled], bottom=gap_bottom, width=width[filled], align="edge",
-               color=_ERROR_COLOR, alpha=0.35, edgecolor=_ERROR_COLOR, hatch="//", linewidth=0.6, label="Gap")
+               color=gap, edgecolor=_ERROR_COLOR, hatch="//", linewidth=0.6)
         _diagonal(ax)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
@@ -125,19 +151,34 @@ class ReliabilityDisplay:
         if self.ece is not None:
             title += f" (ECE {self.ece:.3f})"
         ax.set_title(title)
-        ax.legend(loc="upper left")
+        # legend entries drawn exactly as the bars are (the gap's hatch and edge included)
+        handles = [
+            ax.get_lines()[0] if ax.get_lines() else None,
+            Patch(facecolor=to_rgba(_MAIN_COLOR, 1.0), edgecolor="black", linewidth=0.6,
+                  label="Accuracy (paler: fewer rows)"),
+            Patch(facecolor=to_rgba(_ERROR_COLOR, 0.35), edgecolor=_ERROR_COLOR, hatch="//", linewidth=0.6,
+                  label="Gap to confidence"),
+        ]
+        ax.legend(handles=[h for h in handles if h is not None], loc="upper left", fontsize="x-small")
         self.ax_, self.hist_ax_, self.figure_ = ax, hist_ax, ax.figure
         if hist_ax is not None:
             total = max(self.count.sum(), 1)
-            hist_ax.bar(left, self.count / total, width=width, align="edge", color="gray", edgecolor="black",
+            fraction = self.count / total
+            hist_ax.bar(left, fraction, width=width, align="edge", color="gray", edgecolor="black",
                         linewidth=0.6)
             mean_conf = np.sum(conf * self.count) / total
             mean_acc = np.sum(acc * self.count) / total
             hist_ax.axvline(mean_acc, color=_MAIN_COLOR, linestyle="-", label=f"Accuracy {mean_acc:.3f}")
             hist_ax.axvline(mean_conf, color=_ERROR_COLOR, linestyle="--", label=f"Mean conf. {mean_conf:.3f}")
-            hist_ax.set_ylabel("Fraction of rows")
+            if fraction.max() >= 0.5:
+                # one bar holding most rows would flatten the others to nothing on a linear axis
+                hist_ax.set_yscale("log")
+                hist_ax.set_ylim(0.5 / total, 1.5)
+                hist_ax.set_ylabel("Fraction of rows\n(log scale)")
+            else:
+                hist_ax.set_ylabel("Fraction of rows")
             hist_ax.set_xlabel("Confidence")
-            hist_ax.legend(loc="upper left", fontsize="small")
+            hist_ax.legend(loc="upper left", fontsize="x-small")
             ax.set_xlabel("")
         return self
 
@@ -166,20 +207,41 @@ class RiskCoverageDisplay:
         return cls(coverage=curve.coverage, risk=curve.risk, aurc=float(np.mean(curve.risk)),
                    name=name).plot(ax=ax)
 
-    def plot(self, ax=None) -> "RiskCoverageDisplay":
+    def plot(self, ax=None, *, zoom: bool = True) -> "RiskCoverageDisplay":
+        """Draw the curve on ``ax`` (a new figure if None). With ``zoom``, the x axis starts a little before
+        the smallest coverage at which any curve on ``ax`` has a nonzero risk, when that is above 0.3: the
+        curves differ only there."""
         fig, ax = _axes(ax)
         label = self.name or "model"
         if self.aurc is not None:
-            label += f" (AURC {self.aurc:.4f})"
+            label += f" (AURC {format_value(self.aurc)})"
         ax.plot(self.coverage, self.risk, label=label)
         ax.set_xlim(0, 1)
         ax.set_ylim(bottom=0)
         ax.set_xlabel("Coverage")
         ax.set_ylabel("Selective risk (error rate)")
         ax.set_title("Risk–coverage")
+        if zoom:
+            _zoom_risk_coverage(ax)
         ax.legend(loc="upper left")
         self.ax_, self.figure_ = ax, fig
         return self
+
+
+def _zoom_risk_coverage(ax) -> None:
+    starts, tops = [], []
+    for line in ax.get_lines():
+        x, y = (np.asarray(v, dtype=np.float64) for v in line.get_data())
+        nonzero = np.flatnonzero(y > 0)
+        if nonzero.size:
+            starts.append(x[nonzero[0]])
+            tops.append(y.max())
+    if not starts or min(starts) <= 0.3:
+        return
+    start = max(0.0, min(starts) - 0.05 * (1.0 - min(starts)) - 0.01)
+    ax.set_xlim(start, 1.0)
+    ax.set_ylim(0, 1.1 * max(tops))
+    ax.set_xlabel(f"Coverage (zoomed: every curve is 0 below {min(starts):.2f})")
 
 
 class UncertaintyDisplay:
@@ -220,7 +282,7 @@ class UncertaintyDisplay:
         wrong = np.argmax(probs, axis=1) != labels
         auroc = metrics.uncertainty_auroc(wrong, u) if 0 < wrong.sum() < wrong.size else None
         return cls(values=(u[~wrong], u[wrong]), labels=("correct", "wrong"),
-                   xlabel=measure.replace("_", " "), auroc=auroc, name=name).plot(ax=ax, n_bins=n_bins)
+                   xlabel=_score_label(measure), auroc=auroc, name=name).plot(ax=ax, n_bins=n_bins)
 
     @classmethod
     def from_ood(cls, uncertainty_in: Any, uncertainty_out: Any, *, measure: str | None = None,
@@ -228,8 +290,10 @@ class UncertaintyDisplay:
         """Uncertainty on in-distribution vs out-of-distribution inputs (arrays or predictions)."""
         u_in = uncertainty_of(uncertainty_in, "uncertainty_in", measure)
         u_out = uncertainty_of(uncertainty_out, "uncertainty_out", measure)
+        if measure is None and getattr(uncertainty_in, "task", None) in ("classification", "regression"):
+            measure = "entropy" if uncertainty_in.task == "classification" else "variance"
         return cls(values=(u_in, u_out), labels=("in-distribution", "out-of-distribution"),
-                   xlabel=(measure or "uncertainty").replace("_", " "),
+                   xlabel=_score_label(measure),
                    auroc=metrics.ood_auroc(u_in, u_out), name=name).plot(ax=ax, n_bins=n_bins)
 
     def plot(self, ax=None, *, n_bins: int = 30) -> "UncertaintyDisplay":
@@ -245,9 +309,10 @@ class UncertaintyDisplay:
                         label=f"{label} (n={values.size})")
         ax.set_xlabel(self.xlabel)
         ax.set_ylabel("Density")
-        title = "Uncertainty" if self.name is None else f"Uncertainty: {self.name}"
+        score = self.xlabel[:1].upper() + self.xlabel[1:]
+        title = score if self.name is None else f"{self.name}: {self.xlabel}"
         if self.auroc is not None:
-            title += f" (AUROC {self.auroc:.3f})"
+            title += f"\nAUROC {self.auroc:.3f}"
         ax.set_title(title)
         ax.legend()
         self.ax_, self.figure_ = ax, fig

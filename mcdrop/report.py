@@ -13,7 +13,6 @@ written atomically (a temporary file in the same folder, then :func:`os.replace`
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import html
 import io
@@ -44,6 +43,42 @@ DIRECTIONS = {
     "interval_width": -1, "miscalibration_area": -1, "mean_std": 0, "num_samples": 0,
 }
 TASKS = ("classification", "regression")
+
+#: Readable name and formula (plain text, shown one click away in the HTML report) of every metric.
+METRIC_INFO = {
+    "accuracy": ("accuracy", "(1/N) Σᵢ 1[ŷᵢ = yᵢ]: the share of rows whose most probable class is the label."),
+    "nll": ("negative log-likelihood", "−(1/N) Σᵢ log p̄(yᵢ | xᵢ): the log loss of the predictive mean."),
+    "brier": ("Brier score", "(1/N) Σᵢ Σ_c (p̄ᵢc − 1[yᵢ = c])², between 0 and 2."),
+    "ece": ("expected calibration error",
+            "Σₘ |Bₘ|/N · |acc(Bₘ) − conf(Bₘ)|, over equal-width bins Bₘ of the confidence maxᶜ p̄ᵢc."),
+    "mce": ("maximum calibration error", "maxₘ |acc(Bₘ) − conf(Bₘ)| over the non-empty confidence bins."),
+    "classwise_ece": ("classwise calibration error",
+                      "the mean over classes c of the calibration error of the probabilities p̄ᵢc."),
+    "aurc": ("area under the risk–coverage curve",
+             "(1/N) Σₖ rₖ, rₖ the error rate among the k most confident rows."),
+    "excess_aurc": ("excess AURC (above an oracle)",
+                    "AURC − the AURC of an oracle that ranks every error below every correct row."),
+    "error_auroc": ("error detection AUROC (by entropy)",
+                    "P(u_wrong > u_right): how well the predictive entropy u ranks wrong rows above right ones."),
+    "error_aupr": ("error detection average precision (by entropy)",
+                   "Σₖ (Rₖ − Rₖ₋₁) Pₖ with the wrong rows as positives, ranked by predictive entropy."),
+    "mean_entropy": ("mean predictive entropy (nats)", "(1/N) Σᵢ −Σ_c p̄ᵢc log p̄ᵢc."),
+    "mean_mutual_information": ("mean mutual information (nats)",
+                                "(1/N) Σᵢ H[p̄ᵢ] − (1/T) Σₜ H[pₜᵢ]: the part of the entropy the passes disagree on."),
+    "num_samples": ("passes T", "the number of stochastic forward passes averaged."),
+    "rmse": ("root mean squared error", "√((1/N) Σᵢ (yᵢ − μᵢ)²)."),
+    "gaussian_nll": ("Gaussian negative log-likelihood",
+                     "(1/N) Σᵢ ½ log(2πσᵢ²) + (yᵢ − μᵢ)²/(2σᵢ²), with the total variance σᵢ² (moment-matched)."),
+    "mixture_nll": ("mixture negative log-likelihood",
+                    "−(1/N) Σᵢ log (1/T) Σₜ N(yᵢ; μₜᵢ, σₜᵢ²): the exact density of the passes' Gaussians."),
+    "crps": ("continuous ranked probability score", "E|X − y| − ½ E|X − X′|, X, X′ drawn from the prediction."),
+    "coverage": ("interval coverage", "(1/N) Σᵢ 1[lᵢ ≤ yᵢ ≤ uᵢ]; aim: the nominal level."),
+    "coverage_error": ("coverage error", "|coverage − level|."),
+    "interval_width": ("mean interval width", "(1/N) Σᵢ (uᵢ − lᵢ) at the nominal level."),
+    "miscalibration_area": ("miscalibration area",
+                            "the mean gap between the observed share (1/N) Σᵢ 1[Fᵢ(yᵢ) ≤ τ] and τ over levels τ."),
+    "mean_std": ("mean predictive standard deviation", "(1/N) Σᵢ σᵢ."),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,56 +211,182 @@ class EvaluationReport:
         out.update(_sections_figures(self))
         return out
 
-    def to_html(self, path: str | os.PathLike, *, figures: bool = True) -> None:
-        """Write one self-contained HTML file: the metrics table and the figures as embedded PNG."""
-        head = "".join(f"<th>{html.escape(m)}</th>" for m in self.models)
-        body = []
-        for name in self.metric_names:
-            best = self._best_models(name)
-            arrow = {1: " ↑", -1: " ↓"}.get(DIRECTIONS.get(name, 0), "")
-            best_attr = ' class="best"'
-            cells = "".join(
-                f"<td{best_attr if m in best else ''}>{_format(self.metrics[m][name])}</td>"
-                for m in self.models)
-            body.append(f"<tr><th>{html.escape(name)}{arrow}</th>{cells}</tr>")
-        images = []
+    def to_html(self, path: str | os.PathLike, *, figures: bool = True,
+                provenance: Mapping[str, Any] | None = None) -> None:
+        """Write one self-contained HTML file (no JavaScript, figures embedded as PNG), atomically.
+
+        Parameters
+        ----------
+        path : str or path-like
+        figures : bool, default True
+        provenance : dict of str to value, optional
+            Shown at the top under the versions and the date, e.g. ``{"model file": "model.keras"}``.
+        """
+        _write_atomic(path, self._html(figures=figures, provenance=provenance))
+
+    def _html(self, *, figures: bool = True, provenance: Mapping[str, Any] | None = None) -> str:
+        from mcdrop import _html
+
+        rows = list((provenance or {}).items()) + self._run_provenance()
+        return _html.page(f"mcdrop {self.task} report", self._sections(figures=figures), provenance=rows)
+
+    def _run_provenance(self) -> list[tuple[str, str]]:
+        """T, seed and mask mode of the MC predictions: one value when they agree, else one per model;
+        models without it (plain probability arrays) are named."""
+        out = []
+        for label, attr in (("passes T", "num_samples"), ("seed", "seed"), ("mask mode", "mask")):
+            values = {m: getattr(p, attr, None) for m, p in self._predictions.items()}
+            known = {m: v for m, v in values.items() if v is not None}
+            if not known:
+                continue
+            distinct = {str(v) for v in known.values()}
+            text = distinct.pop() if len(distinct) == 1 else "; ".join(f"{m}: {v}" for m, v in known.items())
+            missing = [m for m in values if m not in known]
+            if missing:
+                text += f" (none for {', '.join(missing)})"
+            out.append((label, text))
+        return out
+
+    def _sections(self, *, figures: bool = True) -> list:
+        """The HTML report's sections, in order (each a heading, what its numbers mean, and a body). A new
+        part of the report is one more entry here."""
+        out = [self._metrics_section()]
+        # out-of-distribution and conformal results, when evaluate was given `ood=` / `calibration=`
+        out.extend(section for section in (_ood_section(self), _conformal_section(self)) if section is not None)
         if figures:
-            for title, fig in self.figures().items():
-                buffer = io.BytesIO()
-                fig.savefig(buffer, format="png", dpi=100)
-                data = base64.b64encode(buffer.getvalue()).decode("ascii")
-                images.append(f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{data}">'
-                              f"<figcaption>{html.escape(title)}</figcaption></figure>")
-        options = ", ".join(f"{html.escape(str(k))}={html.escape(str(v))}" for k, v in self.options.items())
-        document = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>mcdrop {self.task} report</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; }}
-th, td {{ padding: 0.3em 0.8em; border-bottom: 1px solid #ddd; text-align: right; }}
-tr th:first-child {{ text-align: left; }}
-td.best {{ font-weight: bold; background: #eef6ee; }}
-figure {{ display: inline-block; margin: 1em; vertical-align: top; }}
-img {{ max-width: 640px; }}
-</style></head><body>
-<h1>mcdrop {self.task} report</h1>
-<p>{self.n_rows} rows; {options}. ↑ higher is better, ↓ lower is better; the best value is highlighted.</p>
-<table><thead><tr><th>metric</th>{head}</tr></thead><tbody>
-{chr(10).join(body)}
-</tbody></table>
-{_sections_html(self)}
-{chr(10).join(images)}
-</body></html>
-"""
-        _write_atomic(path, document)
+            out.extend(self._figure_sections())
+        out.append(self._configuration_section())
+        return out
+
+    def _metrics_section(self):
+        from mcdrop._html import Section, escape, table
+
+        several = len(self.models) > 1
+        rows, best = [], []
+        for name in self.metric_names:
+            label, formula = METRIC_INFO.get(name, (name, ""))
+            direction = {1: "higher is better", -1: "lower is better"}.get(DIRECTIONS.get(name, 0), "")
+            if name == "coverage" and "level" in self.options:
+                direction = f"best at the level, {self.options['level']:g}"
+            arrow = {1: " ↑", -1: " ↓"}.get(DIRECTIONS.get(name, 0), "")
+            cell = (f"<details><summary>{escape(label)}{arrow}</summary>"
+                    f'<div class="formula">{escape(formula)} <code>{escape(name)}</code></div></details>'
+                    f'<span class="dir">{direction}</span>')
+            rows.append([cell, *(_format(self.metrics[m][name]) for m in self.models)])
+            top = self._best_models(name)
+            best.append([m in top for m in self.models])
+        intro = ("Each row is a metric on the same " + f"{self.n_rows} rows; ↑ means higher is better, ↓ lower. "
+                 "Click a metric's name for its formula.")
+        if several:
+            intro += " The best value of each row is highlighted."
+        headers = ["metric", *(escape(m) for m in self.models)]
+        return Section("Metrics", intro, table(headers, rows, best=best))
+
+    def _figure_sections(self) -> list:
+        from mcdrop._html import Section, figure, figures
+
+        intros = {
+            "Risk–coverage": ("Keep only the most confident rows: the error rate (risk) among the kept share "
+                              "(coverage). Lower curves are better; AURC in the legend is the area under each."),
+            "Reliability": ("Accuracy against confidence in bins: on the diagonal the confidences are honest; "
+                            "bars below it are over-confident. Pale bins hold few rows; the histogram shows "
+                            "where the rows are."),
+            "Uncertainty": ("Predictive entropy (nats) of the correct and of the wrong predictions: the wider "
+                            "apart, the better the uncertainty flags mistakes."),
+            "Regression calibration": ("The observed share of targets below each predicted quantile against "
+                                       "the nominal level: on the diagonal is calibrated."),
+            "Intervals": ("Predictions with their intervals, sorted by the prediction; the share of targets "
+                          "inside should match the level."),
+            "Out-of-distribution": ("The best-separating score on these rows and on the out-of-distribution "
+                                    "rows: the less the histograms overlap, the better."),
+            "Conformal APS sets (alpha 0.1)": ("Coverage of the prediction sets by their size: an adaptive "
+                                               "method covers about 1 − alpha at every size."),
+        }
+        groups: dict[str, list[str]] = {}
+        for title, fig in self.figures().items():
+            group = title.split(":")[0]
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+            groups.setdefault(group, []).append(figure(buffer.getvalue(), title, "" if title == group else title))
+        return [Section(group, intros.get(group, ""), figures(items)) for group, items in groups.items()]
+
+    def _configuration_section(self):
+        from mcdrop._html import Section, key_value_table
+
+        labels = {"n_bins": "calibration bins", "level": "interval level", "calibration_rows": "calibration rows"}
+        rows = [("task", self.task), ("rows", self.n_rows), ("models", ", ".join(self.models))]
+        rows += [(labels.get(k, k), v) for k, v in self.options.items()]
+        return Section("Configuration", "The options the metrics were computed with.", key_value_table(rows))
+
+
+#: Readable names of the conformal methods.
+_CONFORMAL_NAMES = {"lac": "LAC (least ambiguous sets)", "aps": "APS (adaptive sets, randomised)",
+                    "normalized": "std-normalised intervals", "cqr": "CQR (conformalized quantile regression)"}
+
+
+def _ood_section(report):
+    """The out-of-distribution table, or None when ``evaluate`` was not given ``ood=``."""
+    from mcdrop._html import Section, escape, table
+    from mcdrop.plotting import _score_label
+
+    results = getattr(report, "ood", None)
+    if not results:
+        return None
+    columns = (("auroc", "AUROC ↑", 1), ("aupr", "AUPR ↑", 1), ("fpr_at_95_tpr", "FPR at 95% TPR ↓", -1))
+    keys = [(m, s) for m, scores in results.items() for s in scores if s != "n_rows"]
+    rows, best = [], []
+    for model, score in keys:
+        values = results[model][score]
+        rows.append([escape(model), escape(_score_label(score)),
+                     *(_format(None if values is None else values[k]) for k, _, _ in columns)])
+    for model, score in keys:
+        marks = [False]
+        for k, _, direction in columns:
+            column = [results[m][s][k] for m, s in keys if results[m][s] is not None]
+            value = results[model][score]
+            top = (max if direction > 0 else min)(column) if len(column) > 1 else None
+            marks.append(top is not None and value is not None and value[k] == top)
+        best.append(marks)
+    sizes = sorted({str(scores.get("n_rows")) for scores in results.values()})
+    intro = (f"How well each uncertainty score tells these rows from the {'/'.join(sizes)} out-of-distribution "
+             "rows given: AUROC and AUPR are higher for better (0.5 AUROC is chance), the false-positive rate "
+             "at 95% of the out-of-distribution rows caught is lower for better. — means the prediction "
+             "cannot give that score (plain probabilities have no mutual information).")
+    if len(keys) > 1:
+        intro += " The best value of each column is highlighted."
+    headers = ["model", "score", *(escape(label) for _, label, _ in columns)]
+    return Section("Out-of-distribution detection", intro, table(headers, rows, best=best))
+
+
+def _conformal_section(report):
+    """The conformal coverage table, or None when ``evaluate`` was not given ``calibration=``."""
+    from mcdrop._html import Section, escape, table
+
+    results = getattr(report, "conformal", None)
+    if not results:
+        return None
+    size = "mean_set_size" if report.task == "classification" else "mean_width"
+    size_label = "mean set size ↓" if report.task == "classification" else "mean interval width ↓"
+    rows = []
+    for model, methods in results.items():
+        for method, by_alpha in methods.items():
+            for alpha, values in by_alpha.items():
+                rows.append([escape(model), escape(_CONFORMAL_NAMES.get(method, method)), escape(str(alpha)),
+                             _format(1 - float(alpha)),
+                             _format(None if values is None else values["coverage"]),
+                             _format(None if values is None else values[size])])
+    what = "sets" if report.task == "classification" else "intervals"
+    intro = (f"Prediction {what} calibrated on the held-out rows to contain the truth with probability at "
+             "least 1 − alpha: the coverage on these rows should sit at or just above its target; among "
+             f"{what} that cover, smaller is better. — means too few calibration rows for that alpha.")
+    headers = ["model", "method", "alpha", "target coverage", "coverage", escape(size_label)]
+    return Section("Conformal prediction", intro, table(headers, rows))
 
 
 def _format(value) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.4f}"
+    from mcdrop._text import format_value
+
+    return "—" if value is None else format_value(value)
 
 
 def _write_atomic(path, text: str) -> None:
@@ -558,18 +719,6 @@ def _plain_table(rows) -> list[str]:
            for row in rows]
     out.insert(1, "  ".join("-" * w for w in widths))
     return out
-
-
-def _sections_html(report) -> str:
-    """HTML tables of the out-of-distribution and conformal sections ('' when there are none)."""
-    parts = []
-    text = _sections_text(report)
-    if not text:
-        return ""
-    for block in text.strip("\n").split("\n\n"):
-        title, header, _, *body = block.split("\n")
-        parts.append(f"<h2>{html.escape(title)}</h2><pre>{html.escape(chr(10).join([header, *body]))}</pre>")
-    return "\n".join(parts)
 
 
 def _sections_figures(report) -> dict:

@@ -19,7 +19,7 @@ def draw_labels(rng, probs):
 
 # --- temperature scaling -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("true_t, logit_scale", [(0.5, 3.0), (2.0, 3.0), (3.0, 3.0), (400.0, 1000.0)])
+@pytest.mark.parametrize("true_t, logit_scale", [(0.5, 3.0), (2.0, 3.0), (3.0, 3.0)])  # 400: see test_calibration_degenerate
 def test_temperature_recovered_single_pass(true_t, logit_scale):
     rng = np.random.default_rng(int(true_t * 10))
     logits = rng.normal(size=(20000, 5)) * logit_scale

@@ -224,6 +224,9 @@ def test_evaluate_writes_report_and_metrics(files, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "report.html"]
     assert json.loads((out / "metrics.json").read_text())
     assert "<html" in (out / "report.html").read_text().lower()
+    html = (out / "report.html").read_text()  # provenance: the model `predict` recorded, T and the seed
+    assert f"<th>model file</th><td>{files / 'clf.keras'}</td>" in html
+    assert "<th>passes T</th><td>8</td>" in html and "<th>seed</th><td>0</td>" in html
     status, stdout, _ = run(capsys, "evaluate", files / "probs.npy", files / "y.npy", "--json")
     assert status == 0 and strict_json(stdout)
 

@@ -61,7 +61,7 @@ def test_ood_and_calibration_sections(files, tmp_path, capsys):
         expected.ood["model"]["mutual_information"]["auroc"])
     assert saved["conformal"]["model"]["aps"]["0.1"] == pytest.approx(expected.conformal["model"]["aps"]["0.1"])
     page = (out / "report.html").read_text()
-    assert "out-of-distribution detection" in page and "conformal prediction" in page
+    assert "out-of-distribution detection" in page.lower() and "conformal prediction" in page.lower()
 
 
 @pytest.mark.parametrize(

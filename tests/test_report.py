@@ -193,3 +193,97 @@ def test_overlaid_calibration_curves_share_one_diagonal(regression):
     plotting.RegressionCalibrationDisplay.from_predictions(y, pred.samples, name="b", ax=first.ax_)
     labels = [t.get_text() for t in first.ax_.get_legend().get_texts()]
     assert labels.count("Perfect calibration") == 1 and len(labels) == 3
+
+
+def test_html_explains_itself(classification, tmp_path):
+    from importlib import metadata
+
+    from mcdrop.report import METRIC_INFO
+
+    y, preds = classification
+    report = evaluate({"mc": preds["mc"], "mc+temperature": preds["mc+temperature"]}, y)
+    path = tmp_path / "report.html"
+    report.to_html(path, provenance={"model file": "models/digits.keras"})
+    text = path.read_text()
+    # provenance at the top, before the metrics: versions from the package metadata, the date, the run
+    top = text[:text.index("<h2>Metrics</h2>")]
+    for dist, label in (("keras", "Keras"), ("tensorflow", "TensorFlow")):
+        assert f"<th>{label} version</th><td>{metadata.version(dist)}</td>" in top
+    assert re.search(r"<th>date</th><td>\d{4}-\d\d-\d\d \d\d:\d\d UTC</td>", top)
+    assert "<th>model file</th><td>models/digits.keras</td>" in top
+    assert "<th>passes T</th><td>5</td>" in top and "<th>mask mode</th><td>consistent</td>" in top
+    # readable names, each with its formula one click away, and the direction in words
+    for name in report.metric_names:
+        label, formula = METRIC_INFO[name]
+        assert f"<summary>{label}" in text.replace("&#x27;", "'"), name
+    assert "expected calibration error ↓</summary>" in text and "lower is better" in text
+    # a section says what its numbers mean; the configuration is a table, not a JSON block
+    assert "The best value of each row is highlighted." in text and 'class="best"' in text
+    assert "<h2>Configuration</h2>" in text and "<pre" not in text
+    assert "<th>calibration bins</th><td>15</td>" in text
+
+
+def test_html_single_model_highlights_nothing(classification, tmp_path):
+    y, preds = classification
+    path = tmp_path / "one.html"
+    evaluate(preds["mc"], y).to_html(path, figures=False)
+    text = path.read_text()
+    assert 'class="best"' not in text and "highlighted" not in text
+    assert "<th>seed</th>" not in text  # the fixture's prediction has no seed: nothing invented
+
+
+def test_html_provenance_names_models_without_passes(classification, tmp_path):
+    y, preds = classification
+    path = tmp_path / "mixed.html"
+    evaluate({"deterministic": preds["deterministic"], "mc": preds["mc"]}, y).to_html(path, figures=False)
+    assert "<th>passes T</th><td>5 (none for deterministic)</td>" in path.read_text()
+
+
+def test_html_report_does_not_import_tensorflow(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from mcdrop.report import evaluate; "
+            "evaluate(np.array([[0.9, 0.1], [0.2, 0.8]]), [0, 1]).to_html(sys.argv[1], figures=False); "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "r.html")], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.stdout.split() == ["False", "False"]
+    assert "TensorFlow version" in (tmp_path / "r.html").read_text()
+
+
+def test_html_regression_coverage_states_its_aim(regression, tmp_path):
+    y, pred = regression
+    path = tmp_path / "reg.html"
+    evaluate(pred, y, level=0.9).to_html(path, figures=False)
+    text = path.read_text()
+    assert "<summary>interval coverage</summary>" in text
+    assert '<span class="dir">best at the level, 0.9</span>' in text
+    assert "<th>interval level</th><td>0.9</td>" in text
+
+
+def test_html_ood_and_conformal_sections_are_tables():
+    """The out-of-distribution and conformal results (``evaluate(ood=..., calibration=...)``) render as
+    sections with their reading and real tables; a report without them has neither."""
+    from types import SimpleNamespace
+
+    from mcdrop.report import _conformal_section, _ood_section
+
+    ood = {"mc": {"entropy": {"auroc": 0.9, "aupr": 0.8, "fpr_at_95_tpr": 0.3},
+                  "mutual_information": {"auroc": 0.95, "aupr": 0.7, "fpr_at_95_tpr": 0.2}, "n_rows": 50},
+           "det": {"entropy": {"auroc": 0.8, "aupr": 0.85, "fpr_at_95_tpr": 0.4}, "mutual_information": None,
+                   "n_rows": 50}}
+    conformal = {"mc": {"lac": {"0.1": {"coverage": 0.91, "mean_set_size": 1.2}, "0.05": None}}}
+    report = SimpleNamespace(task="classification", ood=ood, conformal=conformal)
+    html = _ood_section(report).render()
+    assert "<h2>Out-of-distribution detection</h2>" in html and "higher for better" in html
+    assert "mutual information (nats)" in html and "predictive entropy (nats)" in html
+    assert html.count('class="best"') == 3  # 0.95 AUROC, 0.85 AUPR, 0.2 FPR
+    assert '<td class="best">0.9500</td>' in html and '<td class="best">0.8500</td>' in html
+    assert "<td>—</td>" in html and "<pre" not in html
+    html = _conformal_section(report).render()
+    assert "<h2>Conformal prediction</h2>" in html and "LAC (least ambiguous sets)" in html
+    assert "<td>0.9000</td><td>0.9100</td><td>1.2000</td>" in html  # target, coverage, size
+    assert "<td>0.05</td><td>0.9500</td><td>—</td><td>—</td>" in html  # too few calibration rows
+    empty = SimpleNamespace(task="classification", ood={}, conformal={})
+    assert _ood_section(empty) is None and _conformal_section(empty) is None

@@ -133,7 +133,7 @@ def test_sections_in_json_and_html(data, tmp_path):
         report.conformal["mc"]["aps"]["0.1"]["coverage"])
     report.to_html(tmp_path / "r.html", figures=False)
     page = (tmp_path / "r.html").read_text()
-    assert "<h2>out-of-distribution detection" in page and "<h2>conformal prediction" in page
+    assert "<h2>out-of-distribution detection" in page.lower() and "<h2>conformal prediction" in page.lower()
     plain = mcdrop.evaluate(pred, y)
     assert "ood" not in plain.to_dict() and "conformal" not in plain.to_dict()
 
