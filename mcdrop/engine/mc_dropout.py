@@ -155,6 +155,10 @@ class MCDropout:
                     raise invalid("heteroscedastic", "None for task='classification'", h)
             if o is not None and t == "regression":
                 raise invalid("outputs", "None for task='regression' (it describes class scores)", o)
+        if len(self._activations) == n:
+            names = self._output_names() if n > 1 else []
+            for i, (t, o, h, act) in enumerate(zip(tasks, outs, hets, self._activations)):
+                _check_declared_head(t, o, h, act, names[i] if len(names) == n else None)
         return tasks, outs, hets
 
     def _decide_heads(self, raw_outputs):
@@ -171,6 +175,8 @@ class MCDropout:
         heads = []
         for raw, task, out, het, act in zip(raw_outputs, tasks, outs, hets, activations):
             looks_like_probs = _looks_like_probs(raw)
+            if looks_like_probs and act is None:
+                _warn_probability_values(out, het)
             if task is None:
                 if het is not None or out is None and act not in (None, "softmax", "sigmoid"):
                     task = "regression"
@@ -420,6 +426,42 @@ def _nonfinite_error(rows: int, total: int) -> ValueError:
         f"Invalid model output: {rows} of {total} row(s) of `x` gave NaN or infinite values in at least one "
         "pass. Check the input values and the model's numerical stability."
     )
+
+
+def _check_declared_head(task, outputs, heteroscedastic, activation, name) -> None:
+    """Refuse a declaration the output's final activation contradicts.
+
+    These are errors, not warnings: each makes every number wrong (a softmax output read as a mean half
+    and a variance half, probabilities softmaxed a second time, a regressor's value read as a logit), and
+    the activation says so before any pass runs.
+    """
+    where = f"Output {name!r} has a {activation} activation." if name else None
+    if activation in ("softmax", "sigmoid"):
+        if heteroscedastic is not None:
+            raise invalid("heteroscedastic", f"None for an output with a {activation} activation (its values are "
+                          "class probabilities, not a mean half and a variance half)", heteroscedastic, detail=where)
+        if outputs == "logits":
+            raise invalid("outputs", f"'probs' (or None) for an output with a {activation} activation (its values "
+                          "are already probabilities; reading them as logits applies a second softmax)", outputs,
+                          detail=where)
+    elif activation is not None and task == "classification" and outputs is None:
+        raise invalid("task", f"'regression' for an output with a {activation} activation, or outputs='logits' "
+                      "stated with it if the output holds class scores", task,
+                      detail=where or "A linear output is what a regressor has; mcdrop does not guess that it "
+                      "holds logits.")
+
+
+def _warn_probability_values(outputs, heteroscedastic) -> None:
+    """Where no activation can be read (a subclassed model), warn when a declaration meets values that are
+    rows of probabilities: possible by chance, so a warning, but most likely a misread head."""
+    if outputs == "logits":
+        warnings.warn("outputs='logits' was stated, but every pass gave rows of probabilities (in [0, 1], summing "
+                      "to one): reading them as logits applies a second softmax and flattens the confidence. "
+                      "State outputs='probs' if the model ends in a softmax.", UserWarning, stacklevel=5)
+    if heteroscedastic is not None:
+        warnings.warn(f"heteroscedastic={heteroscedastic!r} was stated, but every pass gave rows of probabilities "
+                      "(in [0, 1], summing to one), as a classifier does, not a mean half and a variance half.",
+                      UserWarning, stacklevel=5)
 
 
 def _looks_like_probs(raw: np.ndarray) -> bool:
