@@ -13,6 +13,7 @@ from keras import tree
 from mcdrop._validation import check_choice, check_int, invalid
 from mcdrop.accumulators import nonfinite_rows
 from mcdrop.engine import inputs as _inputs
+from mcdrop.engine.graph import functional_of
 from mcdrop.engine.sampler import CPU_ROW_PASSES, CompiledSampler, plan_chunks, widest_activation
 from mcdrop.engine.view import build_view, output_activations
 from mcdrop.heads import HETEROSCEDASTIC, OUTPUTS, TASKS, Head
@@ -112,10 +113,11 @@ class MCDropout:
             )
         self._spec = _inputs.input_spec(model)
         self._activations = output_activations(model)
-        self._head_args = self._check_head_args(task, outputs, heteroscedastic)
-        self._heads = None  # decided on the first outputs when the graph cannot tell
         self.sampler = CompiledSampler(model, self.view, mask=self.mask, run_eagerly=bool(run_eagerly),
                                        strategy=strategy)
+        self._head_given = (task, outputs, heteroscedastic)
+        self._head_args = self._check_head_args(task, outputs, heteroscedastic)
+        self._heads = None  # decided on the first outputs when the graph cannot tell
         self._widest = widest_activation(model)
         self._on_accelerator = bool(tf.config.list_logical_devices("GPU"))
 
@@ -124,8 +126,10 @@ class MCDropout:
         if isinstance(value, dict):
             names = self._output_names()
             missing = [k for k in names if k not in value]
-            if missing:
-                raise invalid(name, f"a value for every model output {names}", value)
+            unknown = [k for k in value if k not in names]
+            if missing or unknown:
+                raise invalid(name, f"a value for every model output {names}", value,
+                              detail=f"Unknown output name(s): {unknown}." if unknown else None)
             return [value[k] for k in names]
         if isinstance(value, (list, tuple)):
             if len(value) != n_outputs:
@@ -133,14 +137,35 @@ class MCDropout:
             return list(value)
         return [value] * n_outputs
 
-    def _output_names(self):
+    def _outputs_structure(self):
+        """How the model's outputs nest: declared by its graph, or (a model without one) as its ``call``
+        returned them on the first run (None before that)."""
         structure = getattr(self.model, "_outputs_struct", None)
+        if structure is None and functional_of(self.model) is None:
+            structure = self.sampler.output_structure
+        return structure
+
+    def _output_names(self):
+        structure = self._outputs_structure()
         if isinstance(structure, dict):
             return [path[0] for path, _ in tree.flatten_with_path(structure)]
+        if functional_of(self.model) is None and structure is not None:
+            return [str(i) for i in range(len(tree.flatten(structure)))]
         return [getattr(t, "name", str(i)) for i, t in enumerate(getattr(self.model, "outputs", []) or [])]
 
-    def _check_head_args(self, task, outputs, heteroscedastic):
-        n = len(self._activations)
+    def _check_head_args(self, task, outputs, heteroscedastic, n=None):
+        if n is None and functional_of(self.model) is None:
+            # no graph: how many outputs (and their names) is known after the first run; check the
+            # values now and match them to outputs then (_decide_heads)
+            for value, name, choices in ((task, "task", TASKS), (outputs, "outputs", OUTPUTS),
+                                         (heteroscedastic, "heteroscedastic", HETEROSCEDASTIC)):
+                values = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) \
+                    else [value]
+                for v in values:
+                    if v is not None:
+                        check_choice(v, name, choices)
+            return None
+        n = len(self._activations) if n is None else n
         tasks = self._per_output(task, "task", n)
         outs = self._per_output(outputs, "outputs", n)
         hets = self._per_output(heteroscedastic, "heteroscedastic", n)
@@ -155,7 +180,7 @@ class MCDropout:
                     raise invalid("heteroscedastic", "None for task='classification'", h)
             if o is not None and t == "regression":
                 raise invalid("outputs", "None for task='regression' (it describes class scores)", o)
-        if len(self._activations) == n:
+        if functional_of(self.model) is not None and len(self._activations) == n:
             names = self._output_names() if n > 1 else []
             for i, (t, o, h, act) in enumerate(zip(tasks, outs, hets, self._activations)):
                 _check_declared_head(t, o, h, act, names[i] if len(names) == n else None)
@@ -163,14 +188,13 @@ class MCDropout:
 
     def _decide_heads(self, raw_outputs):
         """Pick each output's head from what was stated, the graph, or (last) the values."""
-        tasks, outs, hets = self._head_args
-        if len(raw_outputs) != len(tasks):
-            # a model without a readable graph: the stated values were read for one output; apply them
-            # to every output it turned out to have
+        if self._head_args is None:
+            # a model without a graph: its outputs are known now; match the stated values to them
             n = len(raw_outputs)
-            tasks, outs, hets = [tasks[0]] * n, [outs[0]] * n, [hets[0]] * n
+            tasks, outs, hets = self._check_head_args(*self._head_given, n=n)
             activations = [None] * n
         else:
+            tasks, outs, hets = self._head_args
             activations = self._activations
         heads = []
         for raw, task, out, het, act in zip(raw_outputs, tasks, outs, hets, activations):
@@ -307,7 +331,7 @@ class MCDropout:
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as err:
             if isinstance(err, ValueError) and str(err).startswith("Invalid value for argument"):
                 raise
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = _root_cause(err)
             flat = flats[0]
             raise invalid("x", "input the model can take", flat[0] if len(flat) == 1 else
                           f"{len(flat)} arrays", detail=f"The model failed on it: {first}") from err
@@ -406,7 +430,7 @@ class MCDropout:
     def _pack_outputs(self, flat):
         if len(flat) == 1:
             return flat[0]
-        structure = getattr(self.model, "_outputs_struct", None)
+        structure = self._outputs_structure()
         if isinstance(structure, dict):
             return dict(zip(self._output_names(), flat))
         return list(flat)
@@ -462,6 +486,25 @@ def _warn_probability_values(outputs, heteroscedastic) -> None:
         warnings.warn(f"heteroscedastic={heteroscedastic!r} was stated, but every pass gave rows of probabilities "
                       "(in [0, 1], summing to one), as a classifier does, not a mean half and a variance half.",
                       UserWarning, stacklevel=5)
+
+
+def _root_cause(err: BaseException) -> str:
+    """The line of a failed step that says what went wrong.
+
+    A traced step's failure reads "Graph execution error:", then where the failing op was defined
+    (``File ...`` lines), then the kernel's own message and the op's name in ``[[...]]``: the message is
+    the last line that is none of these. Any other error's own first line is its cause.
+    """
+    text = str(getattr(err, "message", None) or err).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    if not lines[0].startswith("Graph execution error"):
+        return lines[0]
+    skip = ("Graph execution error", "Detected at node", "File \"", "[[", "Stack trace for op definition")
+    causes = [line for line in lines if not line.startswith(skip) and not line.endswith("defined at (most recent "
+                                                                                          "call last):")]
+    return causes[-1].split(" [Op:")[0] if causes else lines[0]
 
 
 def _looks_like_probs(raw: np.ndarray) -> bool:
