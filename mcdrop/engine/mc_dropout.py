@@ -59,6 +59,10 @@ class MCDropout:
         input, as Keras does in training.
     gaussian_noise : bool, default False
         Also make ``GaussianNoise`` layers stochastic.
+    stochastic_layers : sequence of layer classes, layers or layer names, optional
+        The user's own stochastic layers (a StochasticDepth, say) to run in training mode, seeded per
+        pass like the built-in ones: each must take ``training`` and draw its noise with a
+        ``keras.random.SeedGenerator`` it owns. See the engine docs for an example.
     allow_deterministic : bool, default False
         Accept a model with no stochastic layer (all passes then agree). Off by default, since it
         is usually a mistake that would silently report zero uncertainty.
@@ -84,7 +88,7 @@ class MCDropout:
     """
 
     def __init__(self, model, num_samples: int = 50, seed: int | None = None, *, task=None, outputs=None,
-                 heteroscedastic=None, mask: str = "consistent", gaussian_noise: bool = False,
+                 heteroscedastic=None, mask: str = "consistent", gaussian_noise: bool = False, stochastic_layers=(),
                  allow_deterministic: bool = False, batch_size: int | None = None,
                  passes_per_chunk: int | None = None, memory_budget: int = _DEFAULT_BUDGET,
                  run_eagerly: bool = False, verbose="auto", strategy=None):
@@ -103,12 +107,12 @@ class MCDropout:
         self.verbose = check_choice(verbose, "verbose", ("auto", 0, 1, True, False))
         if strategy is not None and not isinstance(strategy, tf.distribute.Strategy):
             raise invalid("strategy", "a tf.distribute.Strategy", strategy, error=TypeError)
-        self.view = build_view(model, gaussian_noise=bool(gaussian_noise))
+        self.view = build_view(model, gaussian_noise=bool(gaussian_noise), stochastic_layers=stochastic_layers)
         if not self.view.is_stochastic and not allow_deterministic:
             raise invalid(
                 "model", "a model with at least one stochastic layer (Dropout, SpatialDropout*, "
-                "GaussianDropout, AlphaDropout, RNN dropout/recurrent_dropout, MultiHeadAttention dropout) "
-                "with a rate > 0", model,
+                "GaussianDropout, AlphaDropout, RNN dropout/recurrent_dropout, MultiHeadAttention, Attention or "
+                "AdditiveAttention dropout) with a rate > 0, or a layer opted in with stochastic_layers", model,
                 detail="Every pass would be identical. Pass allow_deterministic=True to accept this.",
             )
         self._spec = _inputs.input_spec(model)
@@ -325,7 +329,9 @@ class MCDropout:
     def _call(self, flats, structure, passes, seed_pair, offsets, shapes):
         """Per-pass outputs for one piece per replica: a list (per output) of (replicas, Tc, n, ...)."""
         try:
-            return self.sampler(flats, structure, passes, seed_pair, offsets, shapes)
+            outputs = self.sampler(flats, structure, passes, seed_pair, offsets, shapes)
+            self._check_noise_reaches(outputs)
+            return outputs
         except tf.errors.ResourceExhaustedError:
             raise
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as err:
@@ -335,6 +341,46 @@ class MCDropout:
             flat = flats[0]
             raise invalid("x", "input the model can take", flat[0] if len(flat) == 1 else
                           f"{len(flat)} arrays", detail=f"The model failed on it: {first}") from err
+
+    def _check_noise_reaches(self, outputs):
+        """Warn, once per engine, naming the output, when every pass of the first chunk with two passes or
+        more gave the same values although the model has stochastic layers: their noise never reaches
+        that output (a Dropout called only under ``if training:`` in a subclassed ``call``, say), and its
+        variance would read exactly 0."""
+        if getattr(self, "_noise_checked", False) or not self.view.is_stochastic:
+            return
+        silent = self.sampler.silent
+        if silent and not getattr(self, "_silent_warned", False):
+            self._silent_warned = True
+            warnings.warn(
+                f"These stochastic layers never ran in a pass, so their noise is never sampled: "
+                f"{', '.join(f'{type(layer).__name__}({layer.name})' for layer in silent)}. A layer called only "
+                "under `if training:` in a subclassed `call` is skipped at inference; call it unconditionally "
+                "(mcdrop makes it stochastic).", UserWarning, stacklevel=7)
+        if not outputs or np.shape(outputs[0])[1] < 2:
+            return
+        self._noise_checked = True
+        labels = self._output_labels(len(outputs))
+        constant = [name for name, o in zip(labels, outputs) if np.array_equal(o, np.broadcast_to(o[:, :1], o.shape))]
+        if constant:
+            label = ", ".join(repr(n) for n in constant) if len(outputs) > 1 else "the model's output"
+            why = ("a stochastic layer it depends on never ran (see the warning above)" if silent else
+                   "the noise does not change it for these inputs (all-zero activations into the dropout, say)")
+            warnings.warn(
+                f"Every pass gave identical values for {label} (first {np.shape(outputs[0])[1]} passes) although "
+                f"the model has stochastic layers ({self.view.describe()}): {why}. Its variance and mutual "
+                "information are exactly 0.", UserWarning, stacklevel=7)
+
+    def _output_labels(self, n):
+        """Names for messages: dict keys, or the layers that make the outputs, or indices."""
+        names = self._output_names()
+        if isinstance(self._outputs_structure(), dict) and len(names) == n:
+            return names
+        outputs = list(getattr(self.model, "outputs", None) or []) if functional_of(self.model) is not None else []
+        layers = [getattr(getattr(t, "_keras_history", None), "operation", None) for t in outputs]
+        if len(layers) == n and all(layer is not None for layer in layers):
+            return [layer.name for layer in layers]
+        return [str(i) for i in range(n)]
 
     def sample(self, x, *, batch_size: int | None = None, verbose=None, row_offset: int = 0):
         """The raw per-pass outputs, passes first: a numpy array (T, N, ...), or a list/dict of them for
@@ -481,11 +527,11 @@ def _warn_probability_values(outputs, heteroscedastic) -> None:
     if outputs == "logits":
         warnings.warn("outputs='logits' was stated, but every pass gave rows of probabilities (in [0, 1], summing "
                       "to one): reading them as logits applies a second softmax and flattens the confidence. "
-                      "State outputs='probs' if the model ends in a softmax.", UserWarning, stacklevel=5)
+                      "State outputs='probs' if the model ends in a softmax.", UserWarning, stacklevel=7)
     if heteroscedastic is not None:
         warnings.warn(f"heteroscedastic={heteroscedastic!r} was stated, but every pass gave rows of probabilities "
                       "(in [0, 1], summing to one), as a classifier does, not a mean half and a variance half.",
-                      UserWarning, stacklevel=5)
+                      UserWarning, stacklevel=7)
 
 
 def _root_cause(err: BaseException) -> str:

@@ -107,16 +107,20 @@ class CompiledSampler:
         self.traces = 0  # how many times a step was traced (tests watch for retracing)
         #: the nesting of a graphless model's outputs (a dict or list of None), once it has run
         self.output_structure = None
+        #: the stochastic layers the last traced step never called (their noise is never sampled)
+        self.silent = ()
 
     def _step(self, flat_inputs, structure, passes, seed, row_offset):
         self.traces += 1
         rows = tf.shape(flat_inputs[0])[0]
         ctx = PassContext(passes, rows, seed, row_offset, self.mask)
-        with patched(self.view, ctx):
+        with patched(self.view, ctx) as ran:
             record = {}
             outputs = run_model(self.model, flat_inputs, structure, ctx, self._stochastic_ids, record)
             if "outputs" in record:
                 self.output_structure = record["outputs"]
+        self.silent = tuple(layer for layer in (*self.view.leaves, *self.view.rnns, *self.view.attentions,
+                                                *self.view.custom) if id(layer) not in ran)
         return [ctx.unflatten(o) for o in outputs]
 
     def _signature(self, flat, spec_shapes):
