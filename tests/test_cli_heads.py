@@ -23,7 +23,6 @@ def files(tmp_path_factory):
                                  keras.layers.Dropout(0.5), keras.layers.Dense(units, activation=activation)])
 
     model(3, "softmax").save(folder / "softmax.keras")
-    model(1, "sigmoid").save(folder / "sigmoid.keras")
     model(1, None).save(folder / "linear.keras")
     np.save(folder / "x.npy", np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32))
     return folder
@@ -33,7 +32,6 @@ def files(tmp_path_factory):
     ("softmax", ["--heteroscedastic", "log_variance"],
      r"`heteroscedastic`: expected None for an output with a softmax activation"),
     ("softmax", ["--outputs", "logits"], r"`outputs`: expected 'probs' \(or None\) for an output with a softmax"),
-    ("sigmoid", ["--outputs", "logits"], r"`outputs`: expected 'probs' \(or None\) for an output with a sigmoid"),
     ("linear", ["--task", "classification"], r"`task`: expected 'regression' for an output with a linear activation"),
 ])
 @pytest.mark.parametrize("command", ["predict"])

@@ -330,8 +330,6 @@ class MCDropout:
         """Per-pass outputs for one piece per replica: a list (per output) of (replicas, Tc, n, ...)."""
         try:
             outputs = self.sampler(flats, structure, passes, seed_pair, offsets, shapes)
-            self._check_noise_reaches(outputs)
-            return outputs
         except tf.errors.ResourceExhaustedError:
             raise
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as err:
@@ -341,6 +339,8 @@ class MCDropout:
             flat = flats[0]
             raise invalid("x", "input the model can take", flat[0] if len(flat) == 1 else
                           f"{len(flat)} arrays", detail=f"The model failed on it: {first}") from err
+        self._check_noise_reaches(outputs)
+        return outputs
 
     def _check_noise_reaches(self, outputs):
         """Warn, once per engine, naming the output, when every pass of the first chunk with two passes or
