@@ -61,7 +61,7 @@ def test_a_failed_step_shows_the_real_cause():
 # -- unbatched datasets ------------------------------------------------------------------------------
 
 def test_an_unbatched_dataset_is_told_to_batch():
-    x = np.zeros((6, 8), "float32")
+    x = np.random.default_rng(0).standard_normal((6, 8)).astype("float32")
     mc = mcdrop.MCDropout(mlp(), num_samples=2, seed=0, verbose=0)
     for ds in (tf.data.Dataset.from_tensor_slices(x), tf.data.Dataset.from_tensor_slices((x, np.zeros(6)))):
         with pytest.raises(ValueError, match=r"argument `x`: expected a batched tf.data.Dataset.*single rows.*"
@@ -139,3 +139,12 @@ def test_subclassed_per_output_options_that_do_not_match(two_heads):
     with pytest.raises(ValueError, match=r"argument `task`: expected one of 'classification', 'regression', "
                                          r"received 'ranking'"):
         mcdrop.MCDropout(model, num_samples=2, verbose=0, task={"zeta": "ranking"})
+
+
+def test_subclassed_dict_outputs_stream_to_named_folders(two_heads, tmp_path):
+    model, x = two_heads
+    mc = mcdrop.MCDropout(model, num_samples=4, seed=0, verbose=0)
+    pred = mc.predict(x, out=tmp_path / "pool")
+    assert set(pred) == {"zeta", "alpha"}
+    assert sorted(p.name for p in (tmp_path / "pool").iterdir()) == ["alpha", "zeta"]
+    np.testing.assert_allclose(np.asarray(pred["zeta"].mean), mc.predict(x)["zeta"].mean)
