@@ -331,13 +331,19 @@ def test_opted_in_per_example_masks_are_independent_across_rows():
     inp = keras.Input((4,))
     model = keras.Model(inp, depth(inp))
     x = np.ones((2, 4), "float32")
-    s = mcdrop.MCDropout(model, num_samples=400, seed=0, verbose=0, task="regression", mask="per_example",
-                         stochastic_layers=[depth]).sample(x)
+
+    def sample(**kwargs):
+        return mcdrop.MCDropout(model, num_samples=400, seed=0, verbose=0, task="regression", mask="per_example",
+                                stochastic_layers=[depth], **kwargs).sample(x)
+
+    s = sample()
     kept = s[:, :, 0] > 0  # (T, 2)
     assert 0.4 < kept.mean() < 0.6
     # independent rows agree on half the passes (sd 0.025 at T=400); shared draws would agree on all
     assert 0.4 < np.mean(kept[:, 0] == kept[:, 1]) < 0.6
     np.testing.assert_allclose(np.unique(s), [0.0, 2.0])
+    # keyed by the row's index in the input, not its place in a block: the same whatever the batch size
+    np.testing.assert_array_equal(sample(batch_size=1), s)
 
 
 def test_stochastic_layers_that_cannot_be_driven_are_refused():
@@ -351,3 +357,15 @@ def test_stochastic_layers_that_cannot_be_driven_are_refused():
     with pytest.raises(TypeError, match=r"argument `stochastic_layers`: expected layer classes, layers or layer "
                                         r"names, received 3"):
         mcdrop.MCDropout(model, stochastic_layers=[3])
+
+
+@pytest.mark.parametrize("mask", ["consistent", "per_example"])
+def test_opted_in_layer_eagerly_equals_compiled(mask):
+    depth = StochasticDepth(0.5)
+    inp = keras.Input((3,))
+    model = keras.Model(inp, L.Dense(2)(depth(inp)))
+    x = np.random.default_rng(0).standard_normal((3, 3)).astype("float32")
+    runs = [mcdrop.MCDropout(model, num_samples=8, seed=0, verbose=0, task="regression", mask=mask,
+                             stochastic_layers=[depth], run_eagerly=eager).sample(x) for eager in (False, True)]
+    np.testing.assert_allclose(runs[1], runs[0], rtol=1e-6, atol=1e-6)
+    assert np.std(runs[0], axis=0).max() > 0
