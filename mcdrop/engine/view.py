@@ -359,7 +359,11 @@ def patched(view: StochasticView, ctx) -> Iterator[set]:
 
 def output_activations(model) -> list[str | None]:
     """The final activation of each model output ('softmax', 'sigmoid', 'linear', ...), None where
-    it cannot be read from the graph (subclassed models)."""
+    it cannot be read from the graph (subclassed models, and a last layer that does not say).
+
+    'linear' only where the last layer says so (an ``activation`` attribute that is linear, as a Dense
+    layer without activation has); a layer without one (a custom or a reshaping layer) gives None, so
+    its values decide, and a declaration is never refused because of it."""
     outputs = getattr(model, "outputs", None)
     try:
         outputs = list(outputs) if outputs else None
@@ -377,6 +381,9 @@ def _activation_of(tensor, depth: int = 0) -> str | None:
     op = history[0]
     if isinstance(op, keras.layers.Softmax):
         return "softmax"
+    if not isinstance(op, keras.layers.Layer):  # an op such as keras.ops.softmax applied in the graph
+        name = type(op).__name__.lower()
+        return name if name in ("softmax", "sigmoid") else None
     if isinstance(op, keras.Model) and getattr(op, "outputs", None):
         inner = list(op.outputs)
         index = history[2] if len(history) > 2 else 0
@@ -386,6 +393,6 @@ def _activation_of(tensor, depth: int = 0) -> str | None:
         return _activation_of(node.input_tensors[0], depth + 1) if node.input_tensors else None
     activation = getattr(op, "activation", None)
     if activation is None:
-        return "linear"
+        return None
     name = getattr(activation, "__name__", None) or getattr(activation, "name", None)
     return str(name) if name else None

@@ -84,3 +84,23 @@ def test_values_that_look_like_probabilities_warn_for_logits_and_gaussian_heads(
         mcdrop.MCDropout(model, num_samples=4, seed=0, verbose=0, outputs="logits").predict(X)
     with pytest.warns(UserWarning, match=r"heteroscedastic='log_variance'.*rows of probabilities"):
         mcdrop.MCDropout(model, num_samples=4, seed=0, verbose=0, heteroscedastic="log_variance").predict(X)
+
+
+def test_a_softmax_op_in_the_graph_is_a_softmax_output():
+    """`keras.ops.softmax` in a Functional graph is read as a softmax (it used to read as linear, and so as
+    a regressor); a final layer that does not say what it computes is never refused as linear."""
+    inp = keras.Input((8,))
+    model = keras.Model(inp, keras.ops.softmax(L.Dense(3)(L.Dropout(0.5)(inp))))
+    pred = mcdrop.MCDropout(model, num_samples=4, seed=0, verbose=0).predict(X)
+    assert pred.task == "classification" and pred.outputs == "probs"
+    with pytest.raises(ValueError, match=r"argument `outputs`: expected 'probs' \(or None\) for an output with a "
+                                         r"softmax activation"):
+        mcdrop.MCDropout(model, outputs="logits")
+
+    class Normalise(L.Layer):  # a custom last layer: its activation cannot be read
+        def call(self, x):
+            return keras.ops.softmax(x)
+
+    model = keras.Model(inp, Normalise()(L.Dense(3)(L.Dropout(0.5)(inp))))
+    pred = mcdrop.MCDropout(model, num_samples=4, seed=0, verbose=0, task="classification").predict(X)
+    assert pred.outputs == "probs"  # read from the values, which are probabilities
