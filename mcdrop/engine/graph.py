@@ -107,14 +107,19 @@ class _Runner:
         return False
 
 
-def run_model(model, flat_inputs, structure, ctx, stochastic_ids):
+def run_model(model, flat_inputs, structure, ctx, stochastic_ids, record=None):
     """Per-pass outputs of ``model`` on ``flat_inputs`` (each (n, ...)), as a flat list of
     (Tc * n, ...) tensors, pass-major, in the order of ``model.outputs``. ``structure`` is the
-    nesting of the user's input (used to call models that have no graph)."""
+    nesting of the user's input (used to call models that have no graph). For those models the
+    nesting of what ``call`` returned (a dict or list of outputs) is stored in ``record["outputs"]``
+    (leaves replaced by None), since no graph declares it."""
     functional = functional_of(model)
     if functional is None:
         tiled = [_tile(ctx, x) for x in flat_inputs]
         arg = tree.pack_sequence_as(structure, tiled)
-        return [tf.convert_to_tensor(o) for o in tree.flatten(model(arg, training=False))]
+        result = model(arg, training=False)
+        if record is not None:
+            record["outputs"] = tree.map_structure(lambda _: None, result)
+        return [tf.convert_to_tensor(o) for o in tree.flatten(result)]
     outputs, flags = _Runner(ctx, stochastic_ids).run(functional, list(flat_inputs), [False] * len(flat_inputs))
     return [o if flag else _tile(ctx, o) for o, flag in zip(outputs, flags)]

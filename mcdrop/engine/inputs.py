@@ -152,6 +152,22 @@ def _concat(parts):
             for i in range(len(parts[0]))]
 
 
+def _check_batched(dataset, spec: InputSpec | None, name: str) -> None:
+    """An unbatched dataset yields single rows without their batch axis: say so (and how to fix it)
+    instead of reporting a shape mismatch. Known from the element spec before any element is read."""
+    element = _take_x(dataset.element_spec)
+    ranks = [len(s.shape) for s in tree.flatten(element) if isinstance(s, tf.TensorSpec)]
+    if spec is not None:
+        unbatched = bool(ranks) and len(ranks) == len(spec.shapes) and all(
+            r == len(shape) for r, shape in zip(ranks, spec.shapes))
+    else:  # no declared inputs: only a scalar element is surely unbatched
+        unbatched = bool(ranks) and min(ranks) == 0
+    if unbatched:
+        raise invalid(name, "a batched tf.data.Dataset (elements with a batch axis)",
+                      f"a dataset of single rows (element_spec {element})",
+                      detail="Call `.batch(n)` on it, e.g. `dataset.batch(256)`.")
+
+
 def iter_blocks(x, spec: InputSpec | None, rows: int, name: str = "x") -> Iterator[tuple]:
     """Yield (block, structure, row offset, valid rows): blocks of exactly ``rows`` rows.
 
@@ -170,6 +186,8 @@ def iter_blocks(x, spec: InputSpec | None, rows: int, name: str = "x") -> Iterat
             valid = int(block[0].shape[0])
             yield pad(block, rows), structure, start, valid
         return
+    if isinstance(x, tf.data.Dataset):
+        _check_batched(x, spec, name)
     buffer, buffered, offset, structure = [], 0, 0, None
     for element in x:
         flat, structure = as_flat(_take_x(element), spec, name)

@@ -13,6 +13,7 @@ from keras import tree
 from mcdrop._validation import check_choice, check_int, invalid
 from mcdrop.accumulators import nonfinite_rows
 from mcdrop.engine import inputs as _inputs
+from mcdrop.engine.graph import functional_of
 from mcdrop.engine.sampler import CPU_ROW_PASSES, CompiledSampler, plan_chunks, widest_activation
 from mcdrop.engine.view import build_view, output_activations
 from mcdrop.heads import HETEROSCEDASTIC, OUTPUTS, TASKS, Head
@@ -58,6 +59,10 @@ class MCDropout:
         input, as Keras does in training.
     gaussian_noise : bool, default False
         Also make ``GaussianNoise`` layers stochastic.
+    stochastic_layers : sequence of layer classes, layers or layer names, optional
+        The user's own stochastic layers (a StochasticDepth, say) to run in training mode, seeded per
+        pass like the built-in ones: each must take ``training`` and draw its noise with a
+        ``keras.random.SeedGenerator`` it owns. See the engine docs for an example.
     allow_deterministic : bool, default False
         Accept a model with no stochastic layer (all passes then agree). Off by default, since it
         is usually a mistake that would silently report zero uncertainty.
@@ -83,7 +88,7 @@ class MCDropout:
     """
 
     def __init__(self, model, num_samples: int = 50, seed: int | None = None, *, task=None, outputs=None,
-                 heteroscedastic=None, mask: str = "consistent", gaussian_noise: bool = False,
+                 heteroscedastic=None, mask: str = "consistent", gaussian_noise: bool = False, stochastic_layers=(),
                  allow_deterministic: bool = False, batch_size: int | None = None,
                  passes_per_chunk: int | None = None, memory_budget: int = _DEFAULT_BUDGET,
                  run_eagerly: bool = False, verbose="auto", strategy=None):
@@ -102,20 +107,21 @@ class MCDropout:
         self.verbose = check_choice(verbose, "verbose", ("auto", 0, 1, True, False))
         if strategy is not None and not isinstance(strategy, tf.distribute.Strategy):
             raise invalid("strategy", "a tf.distribute.Strategy", strategy, error=TypeError)
-        self.view = build_view(model, gaussian_noise=bool(gaussian_noise))
+        self.view = build_view(model, gaussian_noise=bool(gaussian_noise), stochastic_layers=stochastic_layers)
         if not self.view.is_stochastic and not allow_deterministic:
             raise invalid(
                 "model", "a model with at least one stochastic layer (Dropout, SpatialDropout*, "
-                "GaussianDropout, AlphaDropout, RNN dropout/recurrent_dropout, MultiHeadAttention dropout) "
-                "with a rate > 0", model,
+                "GaussianDropout, AlphaDropout, RNN dropout/recurrent_dropout, MultiHeadAttention, Attention or "
+                "AdditiveAttention dropout) with a rate > 0, or a layer opted in with stochastic_layers", model,
                 detail="Every pass would be identical. Pass allow_deterministic=True to accept this.",
             )
         self._spec = _inputs.input_spec(model)
         self._activations = output_activations(model)
-        self._head_args = self._check_head_args(task, outputs, heteroscedastic)
-        self._heads = None  # decided on the first outputs when the graph cannot tell
         self.sampler = CompiledSampler(model, self.view, mask=self.mask, run_eagerly=bool(run_eagerly),
                                        strategy=strategy)
+        self._head_given = (task, outputs, heteroscedastic)
+        self._head_args = self._check_head_args(task, outputs, heteroscedastic)
+        self._heads = None  # decided on the first outputs when the graph cannot tell
         self._widest = widest_activation(model)
         self._on_accelerator = bool(tf.config.list_logical_devices("GPU"))
 
@@ -124,8 +130,10 @@ class MCDropout:
         if isinstance(value, dict):
             names = self._output_names()
             missing = [k for k in names if k not in value]
-            if missing:
-                raise invalid(name, f"a value for every model output {names}", value)
+            unknown = [k for k in value if k not in names]
+            if missing or unknown:
+                raise invalid(name, f"a value for every model output {names}", value,
+                              detail=f"Unknown output name(s): {unknown}." if unknown else None)
             return [value[k] for k in names]
         if isinstance(value, (list, tuple)):
             if len(value) != n_outputs:
@@ -133,14 +141,35 @@ class MCDropout:
             return list(value)
         return [value] * n_outputs
 
-    def _output_names(self):
+    def _outputs_structure(self):
+        """How the model's outputs nest: declared by its graph, or (a model without one) as its ``call``
+        returned them on the first run (None before that)."""
         structure = getattr(self.model, "_outputs_struct", None)
+        if structure is None and functional_of(self.model) is None:
+            structure = self.sampler.output_structure
+        return structure
+
+    def _output_names(self):
+        structure = self._outputs_structure()
         if isinstance(structure, dict):
             return [path[0] for path, _ in tree.flatten_with_path(structure)]
+        if functional_of(self.model) is None and structure is not None:
+            return [str(i) for i in range(len(tree.flatten(structure)))]
         return [getattr(t, "name", str(i)) for i, t in enumerate(getattr(self.model, "outputs", []) or [])]
 
-    def _check_head_args(self, task, outputs, heteroscedastic):
-        n = len(self._activations)
+    def _check_head_args(self, task, outputs, heteroscedastic, n=None):
+        if n is None and functional_of(self.model) is None:
+            # no graph: how many outputs (and their names) is known after the first run; check the
+            # values now and match them to outputs then (_decide_heads)
+            for value, name, choices in ((task, "task", TASKS), (outputs, "outputs", OUTPUTS),
+                                         (heteroscedastic, "heteroscedastic", HETEROSCEDASTIC)):
+                values = value.values() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) \
+                    else [value]
+                for v in values:
+                    if v is not None:
+                        check_choice(v, name, choices)
+            return None
+        n = len(self._activations) if n is None else n
         tasks = self._per_output(task, "task", n)
         outs = self._per_output(outputs, "outputs", n)
         hets = self._per_output(heteroscedastic, "heteroscedastic", n)
@@ -155,22 +184,27 @@ class MCDropout:
                     raise invalid("heteroscedastic", "None for task='classification'", h)
             if o is not None and t == "regression":
                 raise invalid("outputs", "None for task='regression' (it describes class scores)", o)
+        if functional_of(self.model) is not None and len(self._activations) == n:
+            names = self._output_names() if n > 1 else []
+            for i, (t, o, h, act) in enumerate(zip(tasks, outs, hets, self._activations)):
+                _check_declared_head(t, o, h, act, names[i] if len(names) == n else None)
         return tasks, outs, hets
 
     def _decide_heads(self, raw_outputs):
         """Pick each output's head from what was stated, the graph, or (last) the values."""
-        tasks, outs, hets = self._head_args
-        if len(raw_outputs) != len(tasks):
-            # a model without a readable graph: the stated values were read for one output; apply them
-            # to every output it turned out to have
+        if self._head_args is None:
+            # a model without a graph: its outputs are known now; match the stated values to them
             n = len(raw_outputs)
-            tasks, outs, hets = [tasks[0]] * n, [outs[0]] * n, [hets[0]] * n
+            tasks, outs, hets = self._check_head_args(*self._head_given, n=n)
             activations = [None] * n
         else:
+            tasks, outs, hets = self._head_args
             activations = self._activations
         heads = []
         for raw, task, out, het, act in zip(raw_outputs, tasks, outs, hets, activations):
             looks_like_probs = _looks_like_probs(raw)
+            if looks_like_probs and act is None:
+                _warn_probability_values(out, het)
             if task is None:
                 if het is not None or out is None and act not in (None, "softmax", "sigmoid"):
                     task = "regression"
@@ -295,16 +329,58 @@ class MCDropout:
     def _call(self, flats, structure, passes, seed_pair, offsets, shapes):
         """Per-pass outputs for one piece per replica: a list (per output) of (replicas, Tc, n, ...)."""
         try:
-            return self.sampler(flats, structure, passes, seed_pair, offsets, shapes)
+            outputs = self.sampler(flats, structure, passes, seed_pair, offsets, shapes)
         except tf.errors.ResourceExhaustedError:
             raise
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as err:
             if isinstance(err, ValueError) and str(err).startswith("Invalid value for argument"):
                 raise
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            first = _root_cause(err)
             flat = flats[0]
             raise invalid("x", "input the model can take", flat[0] if len(flat) == 1 else
                           f"{len(flat)} arrays", detail=f"The model failed on it: {first}") from err
+        self._check_noise_reaches(outputs)
+        return outputs
+
+    def _check_noise_reaches(self, outputs):
+        """Warn, once per engine, naming the output, when every pass of the first chunk with two passes or
+        more gave the same values although the model has stochastic layers: their noise never reaches
+        that output (a Dropout called only under ``if training:`` in a subclassed ``call``, say), and its
+        variance would read exactly 0."""
+        if getattr(self, "_noise_checked", False) or not self.view.is_stochastic:
+            return
+        silent = self.sampler.silent
+        if silent and not getattr(self, "_silent_warned", False):
+            self._silent_warned = True
+            warnings.warn(
+                f"These stochastic layers never ran in a pass, so their noise is never sampled: "
+                f"{', '.join(f'{type(layer).__name__}({layer.name})' for layer in silent)}. A layer called only "
+                "under `if training:` in a subclassed `call` is skipped at inference; call it unconditionally "
+                "(mcdrop makes it stochastic).", UserWarning, stacklevel=7)
+        if not outputs or np.shape(outputs[0])[1] < 2:
+            return
+        self._noise_checked = True
+        labels = self._output_labels(len(outputs))
+        constant = [name for name, o in zip(labels, outputs) if np.array_equal(o, np.broadcast_to(o[:, :1], o.shape))]
+        if constant:
+            label = ", ".join(repr(n) for n in constant) if len(outputs) > 1 else "the model's output"
+            why = ("a stochastic layer it depends on never ran (see the warning above)" if silent else
+                   "the noise does not change it for these inputs (all-zero activations into the dropout, say)")
+            warnings.warn(
+                f"Every pass gave identical values for {label} (first {np.shape(outputs[0])[1]} passes) although "
+                f"the model has stochastic layers ({self.view.describe()}): {why}. Its variance and mutual "
+                "information are exactly 0.", UserWarning, stacklevel=7)
+
+    def _output_labels(self, n):
+        """Names for messages: dict keys, or the layers that make the outputs, or indices."""
+        names = self._output_names()
+        if isinstance(self._outputs_structure(), dict) and len(names) == n:
+            return names
+        outputs = list(getattr(self.model, "outputs", None) or []) if functional_of(self.model) is not None else []
+        layers = [getattr(getattr(t, "_keras_history", None), "operation", None) for t in outputs]
+        if len(layers) == n and all(layer is not None for layer in layers):
+            return [layer.name for layer in layers]
+        return [str(i) for i in range(n)]
 
     def sample(self, x, *, batch_size: int | None = None, verbose=None, row_offset: int = 0):
         """The raw per-pass outputs, passes first: a numpy array (T, N, ...), or a list/dict of them for
@@ -400,7 +476,7 @@ class MCDropout:
     def _pack_outputs(self, flat):
         if len(flat) == 1:
             return flat[0]
-        structure = getattr(self.model, "_outputs_struct", None)
+        structure = self._outputs_structure()
         if isinstance(structure, dict):
             return dict(zip(self._output_names(), flat))
         return list(flat)
@@ -420,6 +496,61 @@ def _nonfinite_error(rows: int, total: int) -> ValueError:
         f"Invalid model output: {rows} of {total} row(s) of `x` gave NaN or infinite values in at least one "
         "pass. Check the input values and the model's numerical stability."
     )
+
+
+def _check_declared_head(task, outputs, heteroscedastic, activation, name) -> None:
+    """Refuse a declaration the output's final activation contradicts.
+
+    These are errors, not warnings: each makes every number wrong (a softmax output read as a mean half
+    and a variance half, probabilities softmaxed a second time, a regressor's value read as a logit), and
+    the activation says so before any pass runs.
+    """
+    where = f"Output {name!r} has a {activation} activation." if name else None
+    if activation in ("softmax", "sigmoid"):
+        if heteroscedastic is not None:
+            raise invalid("heteroscedastic", f"None for an output with a {activation} activation (its values are "
+                          "class probabilities, not a mean half and a variance half)", heteroscedastic, detail=where)
+        if outputs == "logits":
+            raise invalid("outputs", f"'probs' (or None) for an output with a {activation} activation (its values "
+                          "are already probabilities; reading them as logits applies a second softmax)", outputs,
+                          detail=where)
+    elif activation is not None and task == "classification" and outputs is None:
+        raise invalid("task", f"'regression' for an output with a {activation} activation, or outputs='logits' "
+                      "stated with it if the output holds class scores", task,
+                      detail=where or "A linear output is what a regressor has; mcdrop does not guess that it "
+                      "holds logits.")
+
+
+def _warn_probability_values(outputs, heteroscedastic) -> None:
+    """Where no activation can be read (a subclassed model), warn when a declaration meets values that are
+    rows of probabilities: possible by chance, so a warning, but most likely a misread head."""
+    if outputs == "logits":
+        warnings.warn("outputs='logits' was stated, but every pass gave rows of probabilities (in [0, 1], summing "
+                      "to one): reading them as logits applies a second softmax and flattens the confidence. "
+                      "State outputs='probs' if the model ends in a softmax.", UserWarning, stacklevel=7)
+    if heteroscedastic is not None:
+        warnings.warn(f"heteroscedastic={heteroscedastic!r} was stated, but every pass gave rows of probabilities "
+                      "(in [0, 1], summing to one), as a classifier does, not a mean half and a variance half.",
+                      UserWarning, stacklevel=7)
+
+
+def _root_cause(err: BaseException) -> str:
+    """The line of a failed step that says what went wrong.
+
+    A traced step's failure reads "Graph execution error:", then where the failing op was defined
+    (``File ...`` lines), then the kernel's own message and the op's name in ``[[...]]``: the message is
+    the last line that is none of these. Any other error's own first line is its cause.
+    """
+    text = str(getattr(err, "message", None) or err).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    if not lines[0].startswith("Graph execution error"):
+        return lines[0]
+    skip = ("Graph execution error", "Detected at node", "File \"", "[[", "Stack trace for op definition")
+    causes = [line for line in lines if not line.startswith(skip) and not line.endswith("defined at (most recent "
+                                                                                          "call last):")]
+    return causes[-1].split(" [Op:")[0] if causes else lines[0]
 
 
 def _looks_like_probs(raw: np.ndarray) -> bool:

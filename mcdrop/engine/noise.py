@@ -85,6 +85,27 @@ class PassContext:
     def normal(self, features, dtype):
         return self._draw(lambda s, k, d: tf.random.stateless_normal(s, seed=k, dtype=d), features, dtype)
 
+    def per_row(self, fn, inputs):
+        """Run ``fn(row, key)`` on each of the ``Tc * n`` rows of ``inputs`` (a tensor or a nest of them,
+        pass-major) and stack the results: the opted-in custom layers' path. One site per call; the key
+        of row ``t * n + i`` is (seed, site, absolute pass index), and with per-example masks also the
+        row's index in the whole input (``row_offset + i``), so it does not depend on the batching."""
+        site_key = tf.random.experimental.stateless_fold_in(self.seed, self._next_site())
+        flat = tf.nest.flatten(inputs)
+        index = tf.range(tf.shape(flat[0])[0])
+        pass_of = tf.gather(self.passes, index // self.rows)
+        row_of = self.row_offset + tf.cast(index % self.rows, tf.int64)
+
+        def one(args):
+            row, t, i = args
+            key = tf.random.experimental.stateless_fold_in(site_key, tf.cast(t, tf.int64))
+            if self.mask == "per_example":
+                key = tf.random.experimental.stateless_fold_in(key, i)
+            return fn(tf.nest.pack_sequence_as(inputs, row), key)
+
+        return tf.map_fn(one, (flat, pass_of, row_of), fn_output_signature=flat[0].dtype,
+                         parallel_iterations=32)
+
     # -- layout ----------------------------------------------------------------------------------
     def unflatten(self, x):
         """(Tc * n, ...) → (Tc, n, ...)."""

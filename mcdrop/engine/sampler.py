@@ -105,22 +105,30 @@ class CompiledSampler:
         self._stochastic_ids = view.stochastic_ids
         self._functions = {}
         self.traces = 0  # how many times a step was traced (tests watch for retracing)
+        #: the nesting of a graphless model's outputs (a dict or list of None), once it has run
+        self.output_structure = None
+        #: the stochastic layers the last traced step never called (their noise is never sampled)
+        self.silent = ()
 
     def _step(self, flat_inputs, structure, passes, seed, row_offset):
         self.traces += 1
         rows = tf.shape(flat_inputs[0])[0]
         ctx = PassContext(passes, rows, seed, row_offset, self.mask)
-        with patched(self.view, ctx):
-            outputs = run_model(self.model, flat_inputs, structure, ctx, self._stochastic_ids)
+        with patched(self.view, ctx) as ran:
+            record = {}
+            outputs = run_model(self.model, flat_inputs, structure, ctx, self._stochastic_ids, record)
+            if "outputs" in record:
+                self.output_structure = record["outputs"]
+        self.silent = tuple(layer for layer in (*self.view.leaves, *self.view.rnns, *self.view.attentions,
+                                                *self.view.custom) if id(layer) not in ran)
         return [ctx.unflatten(o) for o in outputs]
 
     def _signature(self, flat, spec_shapes):
-        specs = []
-        for i, a in enumerate(flat):
-            declared = spec_shapes[i] if spec_shapes is not None else None
-            shape = (None, *(declared if declared is not None else tuple(a.shape[1:])))
-            specs.append(tf.TensorSpec(shape, tf.as_dtype(a.dtype)))
-        return specs
+        """The batch axis stays unknown (a new batch size does not retrace); every other axis takes the
+        data's concrete size, also where the model declares None: some Keras layers are wrong over an
+        unknown axis inside ``tf.function`` (``TimeDistributed`` over an unknown time axis slices by the
+        batch size, and so raises or drops steps). A new length there is a new signature, traced once."""
+        return [tf.TensorSpec((None, *(int(d) for d in a.shape[1:])), tf.as_dtype(a.dtype)) for a in flat]
 
     def function(self, flat, structure, spec_shapes=None):
         specs = self._signature(flat, spec_shapes)

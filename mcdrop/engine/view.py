@@ -46,24 +46,38 @@ class StochasticView:
     rnns : the RNN layers that own those cells (run with ``training=True`` so the cell applies
         our masks; nothing else in an RNN depends on the flag)
     ignored : layers that look stochastic but that the engine cannot drive (reported to the user)
+    attentions : ``Attention``/``AdditiveAttention`` layers with ``dropout`` > 0 (their attention
+        weights get our dropout)
+    custom : the user's own stochastic layers, opted in with ``stochastic_layers=`` (run in training
+        mode, one keyed seed per pass)
+    undriven : layers whose ``call`` takes ``training`` that the engine neither drives nor knows to be
+        deterministic (reported to the user)
     """
 
     leaves: tuple
     cells: tuple
     rnns: tuple
     ignored: tuple
+    attentions: tuple = ()
+    custom: tuple = ()
+    undriven: tuple = ()
 
     @property
     def stochastic_ids(self) -> frozenset:
-        return frozenset(id(layer) for layer in (*self.leaves, *self.cells, *self.rnns))
+        return frozenset(id(layer) for layer in (*self.leaves, *self.cells, *self.rnns, *self.attentions,
+                                                 *self.custom))
 
     @property
     def is_stochastic(self) -> bool:
-        return bool(self.leaves or self.cells)
+        return bool(self.leaves or self.cells or self.attentions or self.custom)
 
     def describe(self) -> str:
-        names = [f"{type(layer).__name__}({layer.name})" for layer in (*self.leaves, *self.rnns)]
+        names = [_label(layer) for layer in (*self.leaves, *self.rnns, *self.attentions, *self.custom)]
         return ", ".join(names) if names else "none"
+
+
+def _label(layer) -> str:
+    return f"{type(layer).__name__}({layer.name})"
 
 
 def _all_layers(model) -> list:
@@ -88,12 +102,21 @@ def _rnn_cells(rnn) -> list:
             and (getattr(c, "dropout", 0) > 0 or getattr(c, "recurrent_dropout", 0) > 0)]
 
 
-def build_view(model, *, gaussian_noise: bool = False) -> StochasticView:
-    """Find the stochastic layers of ``model``."""
+def build_view(model, *, gaussian_noise: bool = False, stochastic_layers=()) -> StochasticView:
+    """Find the stochastic layers of ``model``.
+
+    ``stochastic_layers`` opts the user's own stochastic layers in: layer classes, layer objects or
+    layer names (see :func:`_custom_layers`).
+    """
     if not isinstance(model, keras.Model):
         raise invalid("model", "a keras.Model (Keras 3)", model, error=TypeError)
-    leaves, cells, rnns, ignored = [], [], [], []
-    for layer in _all_layers(model):
+    layers = _all_layers(model)
+    custom = _custom_layers(layers, stochastic_layers)
+    custom_ids = {id(layer) for layer in custom}
+    leaves, cells, rnns, attentions = [], [], [], []
+    for layer in layers:
+        if id(layer) in custom_ids:
+            continue
         if _is_leaf(layer, gaussian_noise):
             leaves.append(layer)
         elif isinstance(layer, keras.layers.RNN):
@@ -103,14 +126,74 @@ def build_view(model, *, gaussian_noise: bool = False) -> StochasticView:
                 rnns.append(layer)
         elif (isinstance(layer, (keras.layers.Attention, keras.layers.AdditiveAttention))
               and getattr(layer, "dropout", 0) > 0):
-            ignored.append(layer)
-    if ignored:
-        names = ", ".join(f"{type(layer).__name__}({layer.name})" for layer in ignored)
+            attentions.append(layer)
+    undriven = tuple(layer for layer in layers if id(layer) not in custom_ids and _undriven(layer))
+    if undriven:
         warnings.warn(
-            f"mcdrop cannot make the dropout of these layers stochastic; they run in inference mode: {names}.",
-            stacklevel=3,
+            "mcdrop does not drive these layers, whose `call` takes `training`: they run with training=False, "
+            "so any noise they draw in training is missing from the passes: "
+            f"{', '.join(_label(layer) for layer in undriven)}. If they are stochastic, opt them in with "
+            "stochastic_layers=[...] (see the engine docs); if not, this warning can be ignored.",
+            UserWarning, stacklevel=3,
         )
-    return StochasticView(tuple(leaves), tuple(cells), tuple(rnns), tuple(ignored))
+    return StochasticView(tuple(leaves), tuple(cells), tuple(rnns), (), tuple(attentions),
+                          tuple(custom), undriven)
+
+
+def _takes_training(layer) -> bool:
+    return bool(getattr(layer, "_call_has_training_arg", False))
+
+
+def _undriven(layer) -> bool:
+    """A layer of the user's own whose ``call`` takes ``training`` but that nothing here drives.
+
+    Excepted: Keras' own layers (the engine knows which of them are stochastic: the dropout family, RNN
+    and attention dropout, GaussianNoise when opted in; the rest, BatchNormalization included, are
+    deterministic at inference), models (they pass ``training`` on to their layers, which are looked at
+    themselves), and layers containing a layer that takes ``training`` (they most likely take it only to
+    pass it on, as a Transformer block does to its Dropout and BatchNormalization).
+    """
+    if not _takes_training(layer) or isinstance(layer, keras.Model):
+        return False
+    if type(layer).__module__.split(".")[0] == "keras":
+        return False
+    return not any(_takes_training(sub) for sub in layer._flatten_layers(include_self=False, recursive=True))
+
+
+def _custom_layers(layers, requested) -> list:
+    """The layers ``stochastic_layers=`` names: each entry a layer class (every instance in the model),
+    a layer object, or a layer name; each must match at least one layer that draws its noise from a
+    ``keras.random.SeedGenerator`` it owns and whose ``call`` takes ``training``."""
+    if requested is None:
+        return []
+    if isinstance(requested, (str, type, keras.layers.Layer)):
+        requested = [requested]
+    found = []
+    for entry in requested:
+        if isinstance(entry, type):
+            matches = [layer for layer in layers if isinstance(layer, entry)]
+        elif isinstance(entry, str):
+            matches = [layer for layer in layers if layer.name == entry]
+        elif isinstance(entry, keras.layers.Layer):
+            matches = [layer for layer in layers if layer is entry]
+        else:
+            raise invalid("stochastic_layers", "layer classes, layers or layer names", entry, error=TypeError)
+        if not matches:
+            raise invalid("stochastic_layers", "layer classes, layers or layer names found in the model",
+                          entry if not isinstance(entry, type) else entry.__name__)
+        for layer in matches:
+            if not _takes_training(layer) or not _seed_generators(layer):
+                raise invalid("stochastic_layers", "layers whose `call` takes `training` and that draw their "
+                              "noise with a keras.random.SeedGenerator they own (as Keras' own layers do)",
+                              _label(layer))
+            if all(layer is not f for f in found):
+                found.append(layer)
+    return found
+
+
+def _seed_generators(layer) -> list:
+    own = list(getattr(layer, "_seed_generators", None) or [])
+    return own or [v for v in vars(layer).values() if isinstance(v, keras.random.SeedGenerator)]
 
 
 def _noise_shape(layer, x):
@@ -136,6 +219,58 @@ def _leaf_call(layer, ctx):
         if isinstance(layer, keras.layers.AlphaDropout):
             return ctx.alpha_dropout(inputs, float(layer.rate), _noise_shape(layer, inputs))
         return ctx.gaussian_noise(inputs, float(layer.stddev))
+
+    return call
+
+
+def _attention_scores(layer, ctx):
+    """``Attention``/``AdditiveAttention._apply_scores`` with our dropout on the attention weights: Keras'
+    own masking and softmax (run with training=False), then keyed dropout, then the weighted sum."""
+    bound = type(layer)._apply_scores.__get__(layer)
+
+    def apply_scores(scores, value, scores_mask=None, training=False):
+        _, weights = bound(scores, value, scores_mask=scores_mask, training=False)
+        weights = ctx.dropout(weights, float(layer.dropout))
+        return keras.ops.matmul(weights, value), weights
+
+    return apply_scores
+
+
+def _custom_call(layer, ctx):
+    """An opted-in layer's ``call`` in training mode, once per row of every pass, its seed generators
+    returning seeds keyed like the built-in noise: by (seed, site, pass), and the row's index in the
+    whole input with per-example masks. One row at a time is what makes a layer that draws noise of
+    shape (batch, ...) give the same draw to every input of a pass (consistent masks)."""
+    bound = type(layer).call.__get__(layer)
+    generators = _seed_generators(layer)
+
+    def call(inputs, *args, **kwargs):
+        kwargs["training"] = True
+
+        def one_row(row, key):
+            counter = iter(range(1 << 30))
+
+            def next_seed(ordered=True):
+                import tensorflow as tf
+
+                return tf.random.experimental.stateless_fold_in(key, next(counter))
+
+            undo = []
+            for generator in generators:
+                had, previous = "next" in vars(generator), vars(generator).get("next")
+                object.__setattr__(generator, "next", next_seed)
+                undo.append((generator, had, previous))
+            try:
+                batched = keras.tree.map_structure(lambda t: t[None], row)
+                return keras.tree.map_structure(lambda t: t[0], bound(batched, *args, **kwargs))
+            finally:
+                for generator, had, previous in undo:
+                    if had:
+                        object.__setattr__(generator, "next", previous)
+                    else:
+                        object.__delattr__(generator, "next")
+
+        return ctx.per_row(one_row, inputs)
 
     return call
 
@@ -177,29 +312,43 @@ def _cell_patches(cell, ctx) -> dict:
 
 
 @contextlib.contextmanager
-def patched(view: StochasticView, ctx) -> Iterator[None]:
-    """Shadow the stochastic layers' methods with keyed-noise versions while a step is traced.
+def patched(view: StochasticView, ctx) -> Iterator[set]:
+    """Shadow the stochastic layers' methods with keyed-noise versions while a step is traced; yield the
+    set that collects the ids of the stochastic layers that ran (a layer the model's ``call`` skips, as
+    under ``if training:``, never draws its noise).
 
     Instance attributes are set with ``object.__setattr__`` (bypassing Keras' attribute
     tracking) and deleted afterwards, whatever happens, leaving the model as it was.
     """
     undo = []
+    ran = set()  # ids of the stochastic layers whose noise was drawn while tracing
 
-    def shadow(obj, name, fn):
+    def shadow(obj, name, fn, record=False):
         had = name in vars(obj)
         previous = vars(obj).get(name)
+        if record:
+            inner = fn
+
+            def fn(*args, **kwargs):
+                ran.add(id(obj))
+                return inner(*args, **kwargs)
+
         object.__setattr__(obj, name, fn)
         undo.append((obj, name, had, previous))
 
     try:
         for layer in view.leaves:
-            shadow(layer, "call", _leaf_call(layer, ctx))
+            shadow(layer, "call", _leaf_call(layer, ctx), record=True)
         for rnn in view.rnns:
-            shadow(rnn, "call", _training_call(rnn))
+            shadow(rnn, "call", _training_call(rnn), record=True)
+        for layer in view.attentions:
+            shadow(layer, "_apply_scores", _attention_scores(layer, ctx), record=True)
+        for layer in view.custom:
+            shadow(layer, "call", _custom_call(layer, ctx), record=True)
         for cell in view.cells:
             for name, fn in _cell_patches(cell, ctx).items():
                 shadow(cell, name, fn)
-        yield
+        yield ran
     finally:
         for obj, name, had, previous in reversed(undo):
             if had:
@@ -210,7 +359,11 @@ def patched(view: StochasticView, ctx) -> Iterator[None]:
 
 def output_activations(model) -> list[str | None]:
     """The final activation of each model output ('softmax', 'sigmoid', 'linear', ...), None where
-    it cannot be read from the graph (subclassed models)."""
+    it cannot be read from the graph (subclassed models, and a last layer that does not say).
+
+    'linear' only where the last layer says so (an ``activation`` attribute that is linear, as a Dense
+    layer without activation has); a layer without one (a custom or a reshaping layer) gives None, so
+    its values decide, and a declaration is never refused because of it."""
     outputs = getattr(model, "outputs", None)
     try:
         outputs = list(outputs) if outputs else None
@@ -228,6 +381,9 @@ def _activation_of(tensor, depth: int = 0) -> str | None:
     op = history[0]
     if isinstance(op, keras.layers.Softmax):
         return "softmax"
+    if not isinstance(op, keras.layers.Layer):  # an op such as keras.ops.softmax applied in the graph
+        name = type(op).__name__.lower()
+        return name if name in ("softmax", "sigmoid") else None
     if isinstance(op, keras.Model) and getattr(op, "outputs", None):
         inner = list(op.outputs)
         index = history[2] if len(history) > 2 else 0
@@ -237,6 +393,6 @@ def _activation_of(tensor, depth: int = 0) -> str | None:
         return _activation_of(node.input_tensors[0], depth + 1) if node.input_tensors else None
     activation = getattr(op, "activation", None)
     if activation is None:
-        return "linear"
+        return None
     name = getattr(activation, "__name__", None) or getattr(activation, "name", None)
     return str(name) if name else None

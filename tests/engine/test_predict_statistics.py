@@ -45,7 +45,7 @@ def test_samples_not_kept_by_default_for_classification():
 
 def test_logits_are_softmaxed_per_pass_before_averaging():
     model = mlp(activation=None)
-    mc = mcdrop.MCDropout(model, num_samples=20, seed=0, verbose=0, task="classification")
+    mc = mcdrop.MCDropout(model, num_samples=20, seed=0, verbose=0, task="classification", outputs="logits")
     logits = mc.sample(X).astype(np.float64)
     pred = mc.predict(X)
     assert pred.outputs == "logits"
