@@ -204,10 +204,11 @@ def _saved_model_input_specs(fn):
 # --------------------------------------------------------------------------- arrays
 
 
-def load_arrays(path, *, name: str = "data") -> dict[str, np.ndarray]:
+def load_arrays(path, *, name: str = "data", header: bool | None = None) -> dict[str, np.ndarray]:
     """Every array of a ``.npz`` file by key; a ``.npy`` or ``.csv`` file as ``{"arr_0": ...}``.
 
-    Nothing is unpickled: an object array raises :class:`InputError`.
+    Nothing is unpickled: an object array raises :class:`InputError`. ``header`` is for a
+    ``.csv`` file only (see :func:`load_array`).
     """
     path = _existing(path, name)
     suffix = path.suffix.lower()
@@ -217,7 +218,7 @@ def load_arrays(path, *, name: str = "data") -> dict[str, np.ndarray]:
         raise _error(name, "a .npy, .npz or .csv file", path,
                      f"Unknown array format {suffix or '(no suffix)'!r}.")
     if suffix == ".csv":
-        return {"arr_0": _load_csv(path, name)}
+        return {"arr_0": _load_csv(path, name, header)}
     magic = {".npy": b"\x93NUMPY", ".npz": b"PK"}[suffix]
     with open(path, "rb") as handle:
         if handle.read(len(magic)) != magic:
@@ -238,15 +239,21 @@ def load_arrays(path, *, name: str = "data") -> dict[str, np.ndarray]:
         raise _error(name, f"a readable {suffix} file", path, _one_line(exc)) from None
 
 
-def load_array(path, *, key: str | None = None, name: str = "data") -> np.ndarray:
+def load_array(path, *, key: str | None = None, name: str = "data", header: bool | None = None) -> np.ndarray:
     """One numeric array from a ``.npy``, ``.npz`` or ``.csv`` file.
 
     For a ``.npz`` holding several arrays, ``key`` chooses one; without it the file
-    must hold exactly one array, or one named ``x``. A ``.csv`` file is read with
-    ``numpy.loadtxt`` (comma separated, one header line skipped when it is not
-    numeric); a single column comes back with shape (N,).
+    must hold exactly one array, or one named ``x``.
+
+    A ``.csv`` file is comma separated, one row per input; a single column comes back
+    with shape (N,), and integer-valued data as int64. Its first line is a header
+    (skipped) when ``header=True``, data when ``header=False``, and by default a header
+    only when *none* of its fields parses as a number, so a first data row with a typo
+    or an empty cell is never dropped as a header. Any other cell that is not a number
+    (an empty one included) raises :class:`InputError` naming its row and column,
+    counted from 1 as lines in the file.
     """
-    arrays = load_arrays(path, name=name)
+    arrays = load_arrays(path, name=name, header=header)
     if key is not None:
         if key not in arrays:
             raise invalid("key", f"one of the arrays in {Path(path).name} ({', '.join(sorted(arrays))})",
@@ -264,26 +271,70 @@ def load_array(path, *, key: str | None = None, name: str = "data") -> np.ndarra
     return array
 
 
-def _load_csv(path: Path, name: str) -> np.ndarray:
-    def read(skip: int) -> np.ndarray:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # an empty file warns in numpy; treat it as an error
-            return np.loadtxt(path, delimiter=",", skiprows=skip, dtype=np.float64, ndmin=2)
-
+def _is_number(cell: str) -> bool:
     try:
-        try:
-            data = read(0)
-        except ValueError:
-            data = read(1)  # a header line
-    except Exception as exc:
-        raise _error(name, "a numeric .csv file", path, _one_line(exc)) from None
-    if data.size == 0:
-        raise _error(name, "a non-empty .csv file", path)
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _load_csv(path: Path, name: str, header: bool | None = None) -> np.ndarray:
+    """A numeric CSV file as an array; see :func:`load_array` for the header rule.
+
+    Rows and columns in error messages count from 1, as a person counts lines in the
+    file (a header line and blank lines included).
+    """
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            lines = handle.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _error(name, "a readable .csv file", path, _one_line(exc)) from None
+    rows = [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+    if not rows:
+        raise _error(name, "a numeric .csv file", path, "It is empty.")
+    guessed = header is None
+    if guessed:  # a header only when none of its fields could be a number
+        header = not any(_is_number(cell) for cell in rows[0][1].split(","))
+    body = rows[1:] if header else rows
+    if not body:
+        raise _error(name, "a .csv file with at least one data row", path, "It holds only a header line.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            data = np.loadtxt([line for _, line in body], delimiter=",", dtype=np.float64, ndmin=2)
+    except ValueError as exc:
+        raise _csv_error(path, name, rows, body, first_row_guessed=guessed and not header,
+                         fallback=_one_line(exc)) from None
     if data.shape[1] == 1:
         data = data[:, 0]
     if np.all(data == np.round(data)) and np.all(np.abs(data) < 2**53):
         return data.astype(np.int64)
     return data
+
+
+_COUNTING = "(rows and columns count from 1, as lines in the file, a header line included)"
+
+
+def _csv_error(path: Path, name: str, rows, body, *, first_row_guessed: bool, fallback: str) -> InputError:
+    """The first cell (or row) of a CSV body that is not a number, by row and column."""
+    width = len(rows[0][1].split(","))
+    for number, line in body:
+        cells = line.split(",")
+        if len(cells) != width:
+            return _error(name, "a numeric .csv file with the same number of columns on every row", path,
+                          f"Row {number} has {len(cells)} columns where row {rows[0][0]} has {width} "
+                          f"{_COUNTING}.")
+        for column, cell in enumerate(cells, start=1):
+            if _is_number(cell):
+                continue
+            what = "is empty" if not cell.strip() else f"holds {cell.strip()[:40]!r}, which is not a number"
+            detail = f"Row {number}, column {column} {what} {_COUNTING}."
+            if first_row_guessed and number == rows[0][0]:
+                detail += (" The first row was read as data because some of its fields are numbers; "
+                           "if it is a header, pass header=True (--header on the command line).")
+            return _error(name, "a numeric .csv file", path, detail)
+    return _error(name, "a numeric .csv file", path, fallback)
 
 
 # --------------------------------------------------------------------------- writing

@@ -231,3 +231,47 @@ def test_staged_directory_refuses_a_file(tmp_path):
         with io.staged_directory(tmp_path / "taken"):
             pass
     assert os.listdir(tmp_path) == ["taken"]
+
+
+# --------------------------------------------------------------------------- CSV header rule (issue 9.2)
+
+
+def test_csv_first_row_with_a_typo_is_an_error_not_a_header(tmp_path):
+    # on main the row was dropped as a header: every row index after it was off by one
+    (tmp_path / "typo.csv").write_text("1.0,2.o,3.0\n4.0,5.0,6.0\n7.0,8.0,9.0\n")
+    with pytest.raises(io.InputError, match=r"argument `data`: expected a numeric \.csv file, received "
+                       r"'.*typo\.csv'\. Row 1, column 2 holds '2\.o', which is not a number \(rows and "
+                       r"columns count from 1, as lines in the file.*--header on the command line"):
+        io.load_array(tmp_path / "typo.csv")
+
+
+def test_csv_first_row_with_an_empty_cell_is_an_error_not_a_header(tmp_path):
+    (tmp_path / "gap.csv").write_text("1.0,,3.0\n4.0,5.0,6.0\n")
+    with pytest.raises(io.InputError, match=r"Row 1, column 2 is empty \(rows and columns count from 1"):
+        io.load_array(tmp_path / "gap.csv")
+
+
+def test_csv_bad_cell_further_down_names_its_line_in_the_file(tmp_path):
+    # the header is line 1 and the blank line 3 still counts: the empty cell is on line 5
+    (tmp_path / "gap.csv").write_text("a,b\n1,2\n\n3,4\n5,\n")
+    with pytest.raises(io.InputError, match=r"Row 5, column 2 is empty"):
+        io.load_array(tmp_path / "gap.csv")
+    (tmp_path / "ragged.csv").write_text("1,2\n3,4,5\n")
+    with pytest.raises(io.InputError, match=r"same number of columns on every row.*Row 2 has 3 columns "
+                                            r"where row 1 has 2"):
+        io.load_array(tmp_path / "ragged.csv")
+
+
+def test_csv_header_only_when_no_field_is_a_number(tmp_path):
+    (tmp_path / "named.csv").write_text("x1,x2\n1.5,2\n3,4\n")
+    np.testing.assert_array_equal(io.load_array(tmp_path / "named.csv"), [[1.5, 2.0], [3.0, 4.0]])
+    # a header whose names look like numbers must be declared
+    (tmp_path / "numeric_names.csv").write_text("1,2\n3,4\n5,6\n")
+    np.testing.assert_array_equal(io.load_array(tmp_path / "numeric_names.csv"), [[1, 2], [3, 4], [5, 6]])
+    np.testing.assert_array_equal(io.load_array(tmp_path / "numeric_names.csv", header=True), [[3, 4], [5, 6]])
+    # and a first data row of words can be declared data: then it is an error, not silently dropped
+    with pytest.raises(io.InputError, match=r"Row 1, column 1 holds 'x1', which is not a number"):
+        io.load_array(tmp_path / "named.csv", header=False)
+    (tmp_path / "only_header.csv").write_text("a,b\n")
+    with pytest.raises(io.InputError, match=r"at least one data row.*only a header line"):
+        io.load_array(tmp_path / "only_header.csv")
