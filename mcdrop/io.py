@@ -51,6 +51,7 @@ __all__ = [
     "load_arrays",
     "atomic_write",
     "staged_directory",
+    "remove_leftovers",
     "save_npz",
     "save_json",
     "to_json",
@@ -340,13 +341,90 @@ def _csv_error(path: Path, name: str, rows, body, *, first_row_guessed: bool, fa
 # --------------------------------------------------------------------------- writing
 
 
+#: Marks the hidden temporary files and staging folders of this module, so that leftovers
+#: of a killed write can be told from a user's own hidden files.
+_TMP_TAG = ".mcdrop-"
+_TMP_SUFFIX = ".tmp"
+_LOCK_NAME = ".lock"
+
+
+def _lock(handle) -> None:
+    """Hold an exclusive lock on an open file for as long as it stays open (POSIX ``flock``).
+
+    The kernel drops the lock when the writing process dies, even by SIGKILL, which is how
+    :func:`remove_leftovers` tells a dead write's file from a live one.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: leftovers are then kept
+        return
+    with contextlib.suppress(OSError):
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _abandoned(lock_path: Path) -> bool:
+    """Whether no live process holds the lock on ``lock_path`` (never True off POSIX)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return False
+    try:
+        with open(lock_path, "rb") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return False  # a live write holds it
+            return True
+    except OSError:
+        return False
+
+
+def remove_leftovers(folder) -> list[Path]:
+    """Remove the hidden temporary files and staging folders that killed writes left in ``folder``.
+
+    A write by :func:`atomic_write` or :func:`staged_directory` holds a lock on its temporary
+    file for as long as it runs; a process killed mid-write (SIGKILL, power loss) cannot remove
+    its temporary file, but its lock is gone. This removes exactly those unlocked leftovers of
+    this module (named ``.<name>.mcdrop-<random>.tmp``), never a write still running in another
+    process, nor any other file. Called by every write; returns the paths removed.
+    """
+    removed = []
+    folder = Path(folder)
+    try:
+        candidates = [p for p in folder.iterdir()
+                      if p.name.startswith(".") and _TMP_TAG in p.name and p.name.endswith(_TMP_SUFFIX)]
+    except OSError:
+        return removed
+    for item in candidates:
+        with contextlib.suppress(OSError):
+            if item.is_dir() and not item.is_symlink():
+                lock = item / _LOCK_NAME
+                if lock.is_file() and _abandoned(lock):
+                    shutil.rmtree(item)
+                    removed.append(item)
+            elif item.is_file() and _abandoned(item):
+                item.unlink()
+                removed.append(item)
+    return removed
+
+
+def _path_error(exc: OSError, path: Path) -> OSError:
+    """``exc`` re-addressed to the destination ``path`` (never to a temporary file's name)."""
+    error = OSError(exc.errno, exc.strerror or _one_line(exc), str(path))
+    error.__cause__ = exc
+    return error
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "wb", **open_kwargs) -> Iterator[Any]:
     """Write ``path`` all or nothing.
 
     Yields a file object for a temporary file in the same folder (so the final
     :func:`os.replace` is a rename on one file system, atomic on POSIX). If the block
-    raises, the temporary file is removed and ``path`` is untouched.
+    raises, the temporary file is removed and ``path`` is untouched. An ``OSError`` while
+    writing (a full disk, a folder without write permission) is raised with ``filename``
+    set to ``path``, not to the temporary file. Leftovers of writes killed earlier in the
+    same folder are removed first (:func:`remove_leftovers`).
 
     >>> import os, tempfile
     >>> folder = tempfile.mkdtemp()
@@ -361,14 +439,27 @@ def atomic_write(path, mode: str = "wb", **open_kwargs) -> Iterator[Any]:
         raise _error("out", "a path in an existing folder", path, f"No such folder: {folder}.")
     if path.is_dir():
         raise _error("out", "a file path", path, "It is a folder.")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    remove_leftovers(folder)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}{_TMP_TAG}", suffix=_TMP_SUFFIX)
+    except OSError as exc:
+        raise _path_error(exc, path) from None
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, mode, **open_kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+            _lock(handle)
+            try:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            except OSError as exc:
+                if exc.filename in (None, tmp):
+                    raise _path_error(exc, path) from None
+                raise
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise _path_error(exc, path) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -396,16 +487,26 @@ def staged_directory(path) -> Iterator[Path]:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise _error("out", "a folder whose parent exists", path, f"No such folder: {parent}.")
-    stage = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp"))
+    remove_leftovers(parent)
     try:
-        yield stage
-        path.mkdir(exist_ok=True)
-        for item in sorted(stage.rglob("*")):
-            if item.is_dir():
-                continue
-            target = path / item.relative_to(stage)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(item, target)
+        stage = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}{_TMP_TAG}", suffix=_TMP_SUFFIX))
+    except OSError as exc:
+        raise _path_error(exc, path) from None
+    try:
+        with open(stage / _LOCK_NAME, "wb") as lock:
+            _lock(lock)
+            yield stage
+            path.mkdir(exist_ok=True)
+            for item in sorted(stage.rglob("*")):
+                if item.is_dir() or item == stage / _LOCK_NAME:
+                    continue
+                target = path / item.relative_to(stage)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(item, target)
+    except OSError as exc:
+        if exc.filename is None or str(exc.filename).startswith(str(stage)):
+            raise _path_error(exc, path) from None
+        raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 

@@ -275,3 +275,78 @@ def test_csv_header_only_when_no_field_is_a_number(tmp_path):
     (tmp_path / "only_header.csv").write_text("a,b\n")
     with pytest.raises(io.InputError, match=r"at least one data row.*only a header line"):
         io.load_array(tmp_path / "only_header.csv")
+
+
+# --------------------------------------------------------------------------- leftovers of killed writes (9.15)
+
+_KILLED_WRITER = """
+import sys, time
+from mcdrop import io
+kind, target = sys.argv[1], sys.argv[2]
+if kind == "file":
+    with io.atomic_write(target, "w") as handle:
+        handle.write("half")
+        handle.flush()
+        print("ready", flush=True)
+        time.sleep(60)
+else:
+    with io.staged_directory(target) as stage:
+        (stage / "report.html").write_text("half")
+        print("ready", flush=True)
+        time.sleep(60)
+"""
+
+
+def _killed_write(kind, target):
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, kind, str(target)], stdout=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_a_sigkilled_write_leaves_a_hidden_tmp_that_the_next_write_removes(tmp_path, kind):
+    (tmp_path / "mine.tmp").write_text("not ours")  # a user's own file is never touched
+    (tmp_path / ".other.tmp").write_text("not ours either")
+    target = tmp_path / ("preds.npz" if kind == "file" else "report")
+    _killed_write(kind, target)
+    leftovers = [n for n in _listing(tmp_path) if ".mcdrop-" in n]
+    assert len(leftovers) == 1 and leftovers[0].startswith(f".{target.name}") and leftovers[0].endswith(".tmp")
+    io.save_text(tmp_path / "next.txt", "x")  # any write to the folder cleans up
+    assert _listing(tmp_path) == [".other.tmp", "mine.tmp", "next.txt"]
+
+
+def test_a_live_write_is_never_taken_for_a_leftover(tmp_path):
+    with io.atomic_write(tmp_path / "a.txt", "w") as handle:
+        handle.write("in progress")
+        (live,) = [n for n in _listing(tmp_path) if ".mcdrop-" in n]
+        assert io.remove_leftovers(tmp_path) == []
+        with io.staged_directory(tmp_path / "out") as stage:
+            assert io.remove_leftovers(tmp_path) == []
+            (stage / "b.txt").write_text("b")
+        assert live in _listing(tmp_path)
+    assert _listing(tmp_path) == ["a.txt", "out"]
+    assert _listing(tmp_path / "out") == ["b.txt"]  # the lock file is not moved in
+
+
+def test_a_full_disk_names_the_destination_not_the_temporary_file(tmp_path, monkeypatch):
+    import errno
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io.os, "fsync", full)
+    with pytest.raises(OSError, match="No space left on device") as info:
+        io.save_npz(tmp_path / "preds.npz", {"mean": np.zeros(3)})
+    assert info.value.errno == errno.ENOSPC
+    assert info.value.filename == str(tmp_path / "preds.npz")
+    assert _listing(tmp_path) == []
