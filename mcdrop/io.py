@@ -47,6 +47,7 @@ __all__ = [
     "MODEL_SUFFIXES",
     "ARRAY_SUFFIXES",
     "load_model",
+    "check_model_path",
     "load_array",
     "load_arrays",
     "atomic_write",
@@ -127,11 +128,24 @@ def load_model(path, *, unsafe: bool = False, name: str = "model"):
     InputError
         The path is missing, of an unknown format, unreadable, or needs ``unsafe``.
     """
+    path = check_model_path(path, unsafe=unsafe, name=name)
+    if path.is_dir() and not (path / "config.json").is_file():
+        return _load_saved_model(path, name=name)
+    return _load_keras(path, unsafe=unsafe, name=name)
+
+
+def check_model_path(path, *, unsafe: bool = False, name: str = "model") -> Path:
+    """Every check of :func:`load_model` that needs no Keras: the path exists, has a model
+    format, a ``.keras`` file is a zip archive, and a SavedModel folder comes with ``unsafe``.
+
+    Cheap (no TensorFlow import), so a command line can refuse a bad path at once.
+    Returns the path; raises :class:`InputError` like :func:`load_model`.
+    """
     path = _existing(path, name)
     suffix = path.suffix.lower()
     if path.is_dir():
         if (path / "config.json").is_file():
-            return _load_keras(path, unsafe=unsafe, name=name)
+            return path
         if _is_saved_model(path):
             if not unsafe:
                 raise _error(
@@ -140,13 +154,15 @@ def load_model(path, *, unsafe: bool = False, name: str = "model"):
                     "run, which safe mode does not load; pass unsafe=True (--unsafe on the command line) only "
                     "if you trust it.",
                 )
-            return _load_saved_model(path, name=name)
+            return path
         raise _error(name, "a .keras or .h5 file or a SavedModel folder", path,
                      "The folder holds neither saved_model.pb nor a Keras config.json.")
     if suffix not in MODEL_SUFFIXES:
         raise _error(name, "a .keras or .h5 file or a SavedModel folder", path,
                      f"Unknown model format {suffix or '(no suffix)'!r}.")
-    return _load_keras(path, unsafe=unsafe, name=name)
+    if suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise _error(name, "a readable Keras model", path, "It is not a .keras (zip) archive.")
+    return path
 
 
 def _load_keras(path: Path, *, unsafe: bool, name: str):
