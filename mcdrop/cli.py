@@ -271,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         status.clear()
-        print(f"{prog}: error: {in_cli_words(_message(exc), args)}", file=sys.stderr)
+        print(f"{prog}: error: {_in_cli_words(_message(exc), args)}", file=sys.stderr)
         return EXIT_ERROR
     finally:
         status.clear()
@@ -328,7 +328,7 @@ _CLI_WORDS = {
 _SWITCHES = {"--unsafe", "--header"}
 
 
-def in_cli_words(message: str, args=None) -> str:
+def _in_cli_words(message: str, args=None) -> str:
     """A library error message in the command line's words.
 
     Argument names become flags or positional names (```x``` -> ```DATA```, ```seed``` -> ```--seed```),
@@ -570,7 +570,7 @@ def _make_engine(args, model, **options):
         return mcdrop.MCDropout(model, **kwargs)
     except ValueError as exc:
         if _is_tfsm(model):
-            raise CommandError(f"{in_cli_words(_message(exc), args)} MODEL is a SavedModel folder, which Keras 3 loads as an "
+            raise CommandError(f"{_in_cli_words(_message(exc), args)} MODEL is a SavedModel folder, which Keras 3 loads as an "
                                "inference-only TFSMLayer with its dropout traced off: save the model as "
                                ".keras to use MC dropout.") from None
         raise

@@ -499,7 +499,7 @@ def test_library_messages_are_put_in_the_command_lines_words(message, command, e
     import argparse
 
     args = argparse.Namespace(command=command, model="m.keras")
-    text = cli.in_cli_words(message, args)
+    text = cli._in_cli_words(message, args)
     assert text.startswith(expected) if expected.startswith("Invalid") else expected in text, text
     assert "=" not in text.replace("<=", "").replace(">=", "")  # no API advice is left
 
