@@ -328,6 +328,21 @@ _CLI_WORDS = {
 _SWITCHES = {"--unsafe", "--header"}
 
 
+def _summary(match: re.Match) -> str:
+    """A short summary of an array or list printed in a message: its shape and a few values."""
+    body = match.group(1) if match.lastindex else match.group(0)
+    import ast
+
+    try:
+        values = np.asarray(ast.literal_eval(body))
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):  # e.g. holds nan: keep its start
+        return body[:40] + "…]"
+    flat = values.ravel()
+    head = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in flat[:3].tolist())
+    more = ", …" if flat.size > 3 else ""
+    return f"an array of shape {values.shape} ([{head}{more}])"
+
+
 def _in_cli_words(message: str, args=None) -> str:
     """A library error message in the command line's words.
 
@@ -370,6 +385,8 @@ def _in_cli_words(message: str, args=None) -> str:
     sentences = re.split(r"(?<=[.!?])\s+", text)
     kept = [sentences[0]] + [x for x in sentences[1:] if not re.search(r"\b[a-z_]\w*=\S", x)]
     text = " ".join(kept)
+    text = re.sub(r"array\((\[[^()]*\])(?:, dtype=(\w+))?\)", _summary, text)  # never an array's repr
+    text = re.sub(r"\[[-+\d.e, \[\]]{60,}\]", _summary, text)  # nor a long list of numbers
     if command in ("predict", "select") and getattr(args, "model", None):  # the model by its path, not its repr
         text = re.sub(r"received <[^>]*>(?: \(of type [\w.]+\))?", f"received {args.model!r}", text)
     return text

@@ -494,6 +494,10 @@ def test_a_classification_method_for_a_regression_model_fails_before_the_pool_is
      "predict", "It holds Python code; pass --unsafe only if you trust the file."),
     ("Invalid value for argument `seed`: expected an integer >= 0, received -1. Or pass seed=None.",
      "predict", "Invalid value for argument `--seed`: expected an integer >= 0, received -1. Or pass no --seed."),
+    ("Invalid value for argument `initial`: expected distinct indices, received array([3, 3, 1, 2, 7, 9]).",
+     "select", "argument `initial`: expected distinct indices, received an array of shape (6,) ([3, 3, 1, …])."),
+    ("Invalid value for argument `y_true`: expected labels, received " + str(list(range(40))) + ".",
+     "evaluate", "argument `LABELS`: expected labels, received an array of shape (40,) ([0, 1, 2, …])."),
 ])
 def test_library_messages_are_put_in_the_command_lines_words(message, command, expected):
     import argparse
