@@ -186,8 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("preds", metavar="PREDS", help="an .npz from `mcdrop predict`, or a probabilities array")
     evaluate.add_argument("labels", metavar="LABELS", help="true labels (N,) as .npy, .npz or .csv")
     evaluate.add_argument("--out", metavar="DIR", help="write report.html and metrics.json to this folder")
-    _add_header_option(evaluate)
     evaluate.set_defaults(func=_cmd_evaluate)
+    _add_header_option(evaluate, "LABELS")
 
     select = add("select", "Pick the next inputs to label from an unlabeled pool.")
     select.add_argument("model", metavar="MODEL", help="a .keras file (also .h5, or a SavedModel folder)")
@@ -229,9 +229,9 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     _add_header_option(p)
 
 
-def _add_header_option(p: argparse.ArgumentParser) -> None:
+def _add_header_option(p: argparse.ArgumentParser, what: str = "input") -> None:
     p.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
-                   help="whether the first line of a .csv input is a header (default: only when none of "
+                   help=f"whether the first line of a .csv {what} is a header (default: only when none of "
                         "its fields is a number)")
 
 
@@ -513,6 +513,12 @@ def _check_inputs(args, path: str, name: str) -> None:
                            "--key chooses among the arrays of an .npz file.")
 
 
+def _check_exists(path: str, name: str) -> None:
+    if not Path(path).exists():
+        raise CommandError(f"Invalid value for argument `{name}`: expected an existing file, received {path!r}. "
+                           "No such file or folder.")
+
+
 def _check_model_options(args) -> None:
     """Contradictory head declarations, refused before anything is loaded."""
     if args.outputs is not None and args.task == "regression":
@@ -618,7 +624,8 @@ def _cmd_demo(args) -> int:
     out = _check_out_dir(args.out)
     _status(args, "loading TensorFlow")
     _import_tensorflow_quietly()
-    args.status.clear()
+    if getattr(args, "status", None) is not None:
+        args.status.clear()  # the demo draws its own progress
     results = demo.run(out, fast=args.fast, seed=args.seed, progress=_show_progress(args))
     _emit(args, demo.format_results(results), results)
     return 0
@@ -717,13 +724,18 @@ def _cmd_evaluate(args) -> int:
     _status(args, f"reading LABELS {args.labels}")
     y = io.load_array(args.labels, name="LABELS", header=args.header)
     _status(args, f"reading PREDS {args.preds}")
-    pred = _load_prediction(args.preds, header=args.header)
+    try:
+        pred = _load_prediction(args.preds)
+    except ValueError as exc:  # one array is never read as regression: say how PREDS is read
+        raise CommandError(f"{_message(exc)} One array as PREDS is read as class probabilities: apply a "
+                           "softmax to scores or logits first, or evaluate the .npz `mcdrop predict` "
+                           "writes (it records the task).") from None
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
+    _status(args, "computing the metrics")
     if len(y) != len(pred):
         raise CommandError(f"Invalid value for argument `LABELS`: expected {len(pred)} labels (one per row of "
                            f"PREDS), received {len(y)}.")
-    _status(args, "computing the metrics")
     report = mcdrop.evaluate(pred, y)
     if out is not None:
         _status(args, f"writing {out}")
@@ -737,19 +749,13 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
-def _check_exists(path: str, name: str) -> None:
-    if not Path(path).exists():
-        raise CommandError(f"Invalid value for argument `{name}`: expected an existing file, received {path!r}. "
-                           "No such file or folder.")
-
-
-def _load_prediction(path: str, header: bool | None = None):
+def _load_prediction(path: str):
     """A prediction from an .npz of `mcdrop predict`, or from an array of probabilities."""
     from mcdrop import io
     from mcdrop._validation import check_probs
     from mcdrop.predictive import ClassificationPrediction, RegressionPrediction
 
-    arrays = io.load_arrays(path, name="PREDS", header=header)
+    arrays = io.load_arrays(path, name="PREDS")
     if "mean" not in arrays:
         if len(arrays) != 1:
             raise CommandError(f"Invalid value for argument `PREDS`: expected an .npz written by `mcdrop predict` "
@@ -761,12 +767,7 @@ def _load_prediction(path: str, header: bool | None = None):
         if probs.ndim != 3:
             raise CommandError(f"Invalid value for argument `PREDS`: expected probabilities of shape (N, C) or "
                                f"(T, N, C), received an array of shape {probs.shape}.")
-        try:
-            probs = check_probs(probs, "PREDS", ndim=3)
-        except ValueError as exc:  # never read as regression: say how PREDS is read
-            raise CommandError(f"{_message(exc)} One array as PREDS is read as class probabilities: apply a "
-                               "softmax to scores or logits first, or evaluate the .npz `mcdrop predict` "
-                               "writes (it records the task).") from None
+        probs = check_probs(probs, "PREDS", ndim=3)
         return ClassificationPrediction.from_samples(probs, keep_samples=False)
 
     def meta(key, default=None):

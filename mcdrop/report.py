@@ -347,10 +347,8 @@ def evaluate(prediction_or_predictions: Any, y_true: Any, *, n_bins: int = 15, l
     level : float, default 0.95
         Level of the regression prediction intervals.
     task : {"classification", "regression"}, optional
-        Needed only for arrays. Without it, targets that are not all integers mean regression; integer
-        labels mean classification, and the array must then hold probabilities (each row along the last
-        axis summing to one): any other array raises a ``ValueError`` that says so, never a report of
-        the wrong task (the shape alone never decides, so N == C is read like any other shape).
+        Needed only for arrays whose task cannot be read from ``y_true``'s dtype (integer labels mean
+        classification).
 
     Returns
     -------
@@ -361,6 +359,12 @@ def evaluate(prediction_or_predictions: Any, y_true: Any, *, n_bins: int = 15, l
     num_samples. Regression: rmse, gaussian_nll (moment-matched), mixture_nll (exact, Gaussian head with
     kept samples), crps (of the mixture), coverage and coverage_error at ``level``, interval_width,
     miscalibration_area, mean_std, num_samples.
+
+    The task of a bare array (``task`` not given) is read from ``y_true`` and the values, never from the
+    array's shape: targets that are not all integers mean regression; integer labels mean classification,
+    and the array must then hold probabilities (each row along the last axis summing to one). Any other
+    array raises a ``ValueError`` saying how many rows do not sum to one and how to declare the task, so
+    an (N, C) array of scores is never evaluated as regression, N == C included.
     """
     n_bins = check_int(n_bins, "n_bins", minimum=1)
     level = check_float(level, "level", low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
