@@ -803,8 +803,8 @@ def _cmd_select(args) -> int:
 
     # everything that needs no model, before TensorFlow is imported
     out = _check_out_file(args.out, ".csv")
+    _check_stochastic(args, _METHOD_ALIASES.get(args.method, args.method))  # no import needed: first
     method = _check_method(args.method)
-    _check_stochastic(args, method)
     _check_model_options(args)
     if args.task is not None:
         _check_method_task(method, args.task, "--task " + args.task)
@@ -861,7 +861,7 @@ _REGRESSION_METHODS = {"predictive_variance", "epistemic_variance"}
 
 def _check_method_task(method: str, task: str, source: str) -> None:
     """A classification method for a regression model (or the reverse) is refused before any pass."""
-    if method == "random":
+    if method == "random" or task is None:
         return
     if task == "regression" and method not in _REGRESSION_METHODS:
         raise CommandError(f"Invalid value for argument `--method`: expected predictive_variance, "
@@ -872,7 +872,7 @@ def _check_method_task(method: str, task: str, source: str) -> None:
                            f"batchbald, entropy, ...) for a classifier ({source}), received {method!r}.")
 
 
-def _model_task(mc, pool: np.ndarray) -> str:
+def _model_task(mc, pool: np.ndarray) -> str | None:
     """The task the engine reads from the model, found on the first pool row (which also traces the step)."""
     if mc.heads is None:
         verbose, mc.verbose = mc.verbose, 0
@@ -881,7 +881,7 @@ def _model_task(mc, pool: np.ndarray) -> str:
         finally:
             mc.verbose = verbose
     heads = mc.heads or ()
-    return heads[0].task if len(heads) == 1 else "classification"
+    return heads[0].task if len(heads) == 1 else None  # several outputs: the library checks each
 
 
 def _check_stochastic(args, method: str) -> None:
