@@ -168,32 +168,6 @@ def test_oracle_returning_non_integer_labels(tmp_path):
         assert arrays["labeled"].size == 0
 
 
-def test_streaming_scores_do_not_depend_on_chunking():
-    loop = make_loop(DATA[1], initial_labels=None)
-    loop._add(loop.initial, DATA[1][loop.initial])
-    model = train(DATA[0][loop.initial], DATA[1][loop.initial], seed=0)
-    mc = loop._engine(model, seed=11)
-    unlabeled = np.setdiff1d(np.arange(160), loop.labeled)
-    whole = acq.bald(mc.predict(DATA[0][unlabeled], return_samples=True))
-    loop.pool_chunk_size = 37
-    np.testing.assert_allclose(loop._scores(mc, unlabeled, acq.bald), whole, rtol=1e-6, atol=1e-7)
-    chunked = loop._select(mc, 4, seed=5)
-    loop.pool_chunk_size = 10_000
-    np.testing.assert_array_equal(loop._select(mc, 4, seed=5), chunked)
-    assert not np.intersect1d(chunked, loop.labeled).size
-
-
-def test_stochastic_and_random_rounds(tmp_path):
-    oracle = CountingOracle(DATA[1])
-    loop = make_loop(oracle, None, method="bald", stochastic="power", budget=4, x_test=None, y_test=None)
-    history = loop.run()
-    assert [h["num_labels"] for h in history] == [12]  # no test set: no training after the last batch
-    assert "accuracy" not in history[0] and loop.done and loop.labeled.size == 16
-    rand = make_loop(DATA[1], None, method="random", budget=4, x_test=None, y_test=None).run()
-    assert len(set(rand[0]["acquired"])) == 4
-    assert rand[0]["acquired"] != history[0]["acquired"]
-
-
 # --------------------------------------------------------------------------- counts and damaged state (9.15)
 
 
@@ -242,3 +216,30 @@ def test_a_missing_or_damaged_state_array_names_the_file(tmp_path):
     npz.write_bytes(content[:40])
     with pytest.raises(ValueError, match=rf"{npz.name} is damaged"):
         make_loop(DATA[1], tmp_path, method="random")
+
+
+def test_streaming_scores_do_not_depend_on_chunking():
+    loop = make_loop(DATA[1], initial_labels=None)
+    loop._add(loop.initial, DATA[1][loop.initial])
+    model = train(DATA[0][loop.initial], DATA[1][loop.initial], seed=0)
+    mc = loop._engine(model, seed=11)
+    unlabeled = np.setdiff1d(np.arange(160), loop.labeled)
+    whole = acq.bald(mc.predict(DATA[0][unlabeled], return_samples=True))
+    loop.pool_chunk_size = 37
+    np.testing.assert_allclose(loop._scores(mc, unlabeled, acq.bald), whole, rtol=1e-6, atol=1e-7)
+    chunked = loop._select(mc, 4, seed=5)
+    loop.pool_chunk_size = 10_000
+    np.testing.assert_array_equal(loop._select(mc, 4, seed=5), chunked)
+    assert not np.intersect1d(chunked, loop.labeled).size
+
+
+def test_stochastic_and_random_rounds(tmp_path):
+    oracle = CountingOracle(DATA[1])
+    loop = make_loop(oracle, None, method="bald", stochastic="power", budget=4, x_test=None, y_test=None)
+    history = loop.run()
+    assert [h["num_labels"] for h in history] == [12]  # no test set: no training after the last batch
+    assert "accuracy" not in history[0] and loop.done and loop.labeled.size == 16
+    rand = make_loop(DATA[1], None, method="random", budget=4, x_test=None, y_test=None).run()
+    assert len(set(rand[0]["acquired"])) == 4
+    assert rand[0]["acquired"] != history[0]["acquired"]
+
