@@ -242,4 +242,3 @@ def test_stochastic_and_random_rounds(tmp_path):
     rand = make_loop(DATA[1], None, method="random", budget=4, x_test=None, y_test=None).run()
     assert len(set(rand[0]["acquired"])) == 4
     assert rand[0]["acquired"] != history[0]["acquired"]
-
