@@ -212,7 +212,7 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-T", "--num-samples", type=_positive_int("-T"), default=50, metavar="T",
                    help="number of stochastic passes (default: 50)")
     p.add_argument("--seed", type=_seed("--seed", MAX_SEED), default=None,
-                   help=f"seed for reproducible passes, in [0, 2**62 - 1]")
+                   help="seed for reproducible passes, in [0, 2**62 - 1]")
     p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=None, metavar="B",
                    help="rows per batch (default: chosen under a memory budget)")
     p.add_argument("--key", default=None, help="which array of an .npz file to read (default: the only one, or x)")
