@@ -350,3 +350,17 @@ def test_a_full_disk_names_the_destination_not_the_temporary_file(tmp_path, monk
     assert info.value.errno == errno.ENOSPC
     assert info.value.filename == str(tmp_path / "preds.npz")
     assert _listing(tmp_path) == []
+
+
+def test_a_failed_move_into_a_staged_folder_names_the_folder(tmp_path, monkeypatch):
+    import errno
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device", str(src))
+
+    monkeypatch.setattr(io.os, "replace", full)
+    with pytest.raises(OSError, match="No space left on device") as info:
+        with io.staged_directory(tmp_path / "report") as stage:
+            (stage / "a.txt").write_text("a")
+    assert info.value.filename == str(tmp_path / "report")  # not the hidden staging folder's file
+    assert [n for n in _listing(tmp_path) if ".mcdrop-" in n] == []
