@@ -38,14 +38,15 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-def timed(argv: list[str]) -> tuple[float, float, int]:
-    """(seconds to the first byte on the terminal, seconds to exit, exit status) of one fresh process."""
+def on_terminal(argv: list[str]) -> tuple[float, float, int, bytes]:
+    """Run ``argv`` with stderr on a pseudo-terminal: (seconds to its first byte there, seconds to exit,
+    exit status, every byte it wrote there). Stdout is discarded."""
     main_fd, child_fd = pty.openpty()
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=child_fd,
                             env=_env())
     os.close(child_fd)
-    first = None
+    first, seen = None, b""
     try:
         while True:
             ready, _, _ = select.select([main_fd], [], [], 600)
@@ -59,11 +60,17 @@ def timed(argv: list[str]) -> tuple[float, float, int]:
                 break
             if first is None:
                 first = time.perf_counter() - start
+            seen += chunk
     finally:
         status = proc.wait(timeout=600)
         end = time.perf_counter() - start
         os.close(main_fd)
-    return (end if first is None else first), end, status
+    return (end if first is None else first), end, status, seen
+
+
+def timed(argv: list[str]) -> tuple[float, float, int]:
+    """(seconds to the first byte on the terminal, seconds to exit, exit status) of one fresh process."""
+    return on_terminal(argv)[:3]
 
 
 def median_of(argv: list[str], repeat: int, which: int) -> tuple[float, int]:
@@ -71,9 +78,9 @@ def median_of(argv: list[str], repeat: int, which: int) -> tuple[float, int]:
     return statistics.median(r[which] for r in runs), runs[-1][2]
 
 
-def _unwritable(folder: Path) -> str:
-    """A folder this process cannot create files in (root ignores permissions; /sys is read-only)."""
-    locked = folder / "locked"
+def unwritable_folder(folder: Path) -> str | None:
+    """A folder this process cannot create files in, or None (root ignores permissions; /sys is read-only)."""
+    locked = Path(folder) / "locked"
     locked.mkdir()
     locked.chmod(0o500)
     for candidate in (locked, Path("/sys")):
@@ -83,7 +90,7 @@ def _unwritable(folder: Path) -> str:
             return str(candidate)
         os.close(fd)
         os.unlink(probe)
-    raise SystemExit("no unwritable folder on this machine")
+    return None
 
 
 def cpu_model() -> str:
@@ -110,7 +117,9 @@ def main() -> None:
         "m.save(sys.argv[1] + '/clf.keras')\n"
         "np.save(sys.argv[1] + '/x.npy', np.random.default_rng(0).normal(size=(24, 4)).astype('float32'))\n"
     ), str(folder)], check=True, env=_env(), capture_output=True)
-    locked = _unwritable(folder)
+    locked = unwritable_folder(folder)
+    if locked is None:
+        raise SystemExit("no unwritable folder on this machine")
     model, data = str(folder / "clf.keras"), str(folder / "x.npy")
     cli = [sys.executable, "-m", "mcdrop.cli"]
 

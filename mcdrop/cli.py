@@ -110,12 +110,10 @@ MAX_DEMO_SEED = 2**32 - 1
 
 
 def _seed(name: str, maximum: int):
+    as_int = _int(name)
+
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} expects an integer in [0, {maximum}], "
-                                             f"received {text!r}") from None
+        value = as_int(text)
         if not 0 <= value <= maximum:
             raise argparse.ArgumentTypeError(f"{name} expects an integer in [0, {maximum}], received {value}")
         return value

@@ -286,7 +286,8 @@ def test_every_subcommand_has_help_with_an_example(command, capsys):
         (["evaluate", "{f}/probs.npy", "{f}/y.npy", "--out", "{f}/x.npy"],
          r"argument `--out`: expected a folder, received .*which is a file"),
         (["demo", "--out", "{f}/x.npy"], r"argument `--out`: expected a folder, received .*which is a file"),
-        (["demo", "--seed", "x"], r"--seed expects an integer in \[0, 4294967295\], received 'x'"),
+        (["demo", "--seed", "x"], r"--seed expects an integer, received 'x'"),
+        (["demo", "--seed", str(2**32)], r"--seed expects an integer in \[0, 4294967295\], received 4294967296"),
         (["transmogrify"], r"^mcdrop: error: argument COMMAND: invalid choice: 'transmogrify'"),
     ],
 )
@@ -362,21 +363,23 @@ def test_interrupt_exits_2(monkeypatch, tmp_path, capsys):
 # --------------------------------------------------------------------------- every check before the model runs (9.13)
 
 
-def _unwritable_folder(tmp_path):
-    """A folder this process cannot create files in (root ignores permissions: /sys is read-only)."""
-    import tempfile
+def _benchmark():
+    """benchmarks/cli_startup.py, whose terminal runner and unwritable-folder finder the tests share."""
+    import importlib.util
+    from pathlib import Path
 
-    folder = tmp_path / "locked"
-    folder.mkdir()
-    folder.chmod(0o500)
-    for candidate in (folder, "/sys"):
-        try:
-            fd, probe = tempfile.mkstemp(dir=candidate)
-        except OSError:
-            return str(candidate)
-        os.close(fd)
-        os.unlink(probe)
-    pytest.skip("no unwritable folder on this machine")
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "cli_startup.py"
+    spec = importlib.util.spec_from_file_location("cli_startup", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _unwritable_folder(tmp_path):
+    folder = _benchmark().unwritable_folder(tmp_path)
+    if folder is None:
+        pytest.skip("no unwritable folder on this machine")
+    return folder
 
 
 #: Bad options (and the pattern of their one-line error) that must be refused before TensorFlow is imported.
@@ -541,32 +544,10 @@ def test_a_full_disk_names_the_output_path(files, tmp_path, capsys, monkeypatch)
 
 def test_a_terminal_sees_a_status_line_at_once_and_it_is_cleared(files, tmp_path):
     """On a pseudo-terminal the first bytes on stderr are the status line, long before TensorFlow is loaded."""
-    import pty
-    import select as select_module
-
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)}
-    main_fd, child_fd = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "mcdrop.cli", "predict", str(files / "clf.keras"),
-                             str(files / "x.npy"), "-T", "2", "--seed", "0", "--out", str(tmp_path / "p.npz")],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=child_fd, env=env)
-    os.close(child_fd)
-    seen = b""
-    try:
-        while True:
-            ready, _, _ = select_module.select([main_fd], [], [], 120)
-            if not ready:
-                break
-            try:
-                chunk = os.read(main_fd, 4096)
-            except OSError:  # the child closed the terminal
-                break
-            if not chunk:
-                break
-            seen += chunk
-    finally:
-        proc.wait(timeout=300)
-        os.close(main_fd)
-    assert proc.returncode == 0, seen
+    _, _, status, seen = _benchmark().on_terminal([sys.executable, "-m", "mcdrop.cli", "predict", str(files / "clf.keras"),
+                                           str(files / "x.npy"), "-T", "2", "--seed", "0",
+                                           "--out", str(tmp_path / "p.npz")])
+    assert status == 0, seen
     text = seen.decode(errors="replace")
     first = text.index("mcdrop predict: reading DATA")
     assert first < text.index("mcdrop predict: loading TensorFlow") < text.index("mcdrop predict: loading MODEL")
