@@ -7,7 +7,9 @@ STAMP := $(VENV)/.installed
 # ray: the cluster scorer (tests/test_distributed.py starts a local Ray cluster)
 EXTRAS ?= test,docs,ray
 
-export TF_CPP_MIN_LOG_LEVEL ?= 2
+# 3: no TensorFlow C++ notes on screen (e.g. the `cuInit` E0000 line on a machine without a GPU);
+# the command line uses 3 too. Run `make ... TF_CPP_MIN_LOG_LEVEL=0` to see them.
+export TF_CPP_MIN_LOG_LEVEL ?= 3
 export PYTHONHASHSEED ?= 0
 
 .PHONY: demo test install bench docs clean
@@ -33,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/metrics.py
 	$(BIN)/python benchmarks/acquisition.py
 	$(BIN)/python benchmarks/scale.py
+	$(BIN)/python benchmarks/cli_startup.py
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict

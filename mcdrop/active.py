@@ -13,14 +13,13 @@
 The state (labelled indices and labels in a ``.npz`` without pickles, the history and the
 configuration in JSON) is saved after the initial labels and after every round, so an
 interrupted run started again with the same arguments resumes where it stopped, with the
-same history as an uninterrupted run, and the oracle is never asked twice for a label.
+same history as an uninterrupted run, and the oracle is never asked again for a label whose answer
+was saved. ``labels_paid`` counts every label requested from the oracle, saved before each request.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -74,20 +73,12 @@ def _round_seed(seed: int, round_index: int) -> int:
 
 
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
-    """Write via a temporary file in the same directory, fsync, then os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write through :func:`mcdrop.io.atomic_write` (temporary file, fsync, os.replace; leftovers
+    of a killed earlier write in the folder removed)."""
+    from mcdrop.io import atomic_write
+
+    with atomic_write(path, mode) as handle:
+        write(handle)
 
 
 class ActiveLearningLoop:
@@ -251,7 +242,7 @@ class ActiveLearningLoop:
         self.labels = np.empty(0, dtype=np.int64)
         self.history: list[dict] = []
         self.round = 0
-        self.labels_paid = 0  # labels obtained from the oracle by this run (resumed runs included)
+        self.labels_paid = 0  # labels requested from the oracle, answered or not (resumed runs included)
         self.done = False
         if self.state_dir is not None and (self.state_dir / _STATE_FILE).exists():
             self._load()
@@ -268,18 +259,41 @@ class ActiveLearningLoop:
 
     def _load(self) -> None:
         path = self.state_dir / _STATE_FILE
-        state = json.loads(path.read_text())
-        if state.get("format") != _FORMAT:
-            raise invalid("state_dir", f"a state of format {_FORMAT}", str(self.state_dir))
+
+        def unreadable(detail: str):
+            return invalid("state_dir", "a folder holding a readable saved run", str(self.state_dir),
+                           detail=f"{detail} Remove the folder (or use another state_dir) to start afresh.")
+
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise unreadable(f"{path} is not valid JSON ({exc}): it was cut short or edited.") from None
+        except OSError as exc:
+            raise unreadable(f"{path} cannot be read ({exc.strerror}).") from None
+        if not isinstance(state, dict) or state.get("format") != _FORMAT:
+            raise invalid("state_dir", f"a state of format {_FORMAT}", str(self.state_dir),
+                          detail=f"{path} is not a state this version wrote.")
+        missing = [key for key in ("config", "arrays", "round", "labels_paid", "done", "history")
+                   if key not in state]
+        if missing:
+            raise unreadable(f"{path} has no {', '.join(repr(k) for k in missing)} entry.")
         saved, mine = state["config"], json.loads(json.dumps(self._config()))
         if saved != mine:
             diff = [f"{key}: saved {saved.get(key)!r}, given {mine.get(key)!r}"
                     for key in sorted(set(saved) | set(mine)) if saved.get(key) != mine.get(key)]
             raise invalid("state_dir", "a saved run with the same configuration", str(self.state_dir),
                           detail="It differs in " + "; ".join(diff) + ". Use another state_dir to start afresh.")
-        with np.load(self.state_dir / state["arrays"], allow_pickle=False) as arrays:
-            self.labeled = arrays["labeled"].astype(np.int64)
-            self.labels = arrays["labels"].astype(np.int64)
+        arrays_path = self.state_dir / str(state["arrays"])
+        try:
+            with np.load(arrays_path, allow_pickle=False) as arrays:
+                labeled = arrays["labeled"].astype(np.int64)
+                labels = arrays["labels"].astype(np.int64)
+        except FileNotFoundError:
+            raise unreadable(f"{arrays_path}, which {path} names, is missing.") from None
+        except Exception as exc:  # BadZipFile, KeyError, ValueError, EOFError: a damaged file
+            text = str(exc).strip().splitlines()
+            raise unreadable(f"{arrays_path} is damaged ({text[0] if text else type(exc).__name__}).") from None
+        self.labeled, self.labels = labeled, labels
         self.history = state["history"]
         self.round = state["round"]
         self.labels_paid = state["labels_paid"]
@@ -310,6 +324,10 @@ class ActiveLearningLoop:
     def _ask(self, indices: np.ndarray) -> np.ndarray:
         if np.intersect1d(indices, self.labeled).size:  # an internal invariant, never expected
             raise RuntimeError("mcdrop.active: refusing to ask the oracle again for labelled indices.")
+        # A label is paid when it is requested: the count is saved before the oracle is called,
+        # so a crash or an interrupt during (or right after) the call still counts it.
+        self.labels_paid += indices.size
+        self._save()
         if self._oracle_labels is not None:
             answer = self._oracle_labels[indices]
         else:
@@ -319,11 +337,9 @@ class ActiveLearningLoop:
             raise invalid("oracle", f"{indices.size} labels (one per queried index)", answer)
         return labels
 
-    def _add(self, indices: np.ndarray, labels: np.ndarray, *, paid: bool = True) -> None:
+    def _add(self, indices: np.ndarray, labels: np.ndarray) -> None:
         self.labeled = np.concatenate([self.labeled, indices.astype(np.int64)])
         self.labels = np.concatenate([self.labels, labels])
-        if paid:
-            self.labels_paid += indices.size
 
     # -- one round ------------------------------------------------------------------------------
     @property
@@ -392,7 +408,7 @@ class ActiveLearningLoop:
         if self.labeled.size == 0:  # the initial labels, saved before anything else
             given = self._initial_labels is not None
             labels = self._initial_labels if given else self._ask(self.initial)
-            self._add(self.initial, labels, paid=not given)
+            self._add(self.initial, labels)
             self._save()
         k = min(self.batch_size, self.budget - self.acquired)
         if k == 0 and self.x_test is None:  # budget spent, nothing to evaluate: no final training

@@ -5,6 +5,14 @@ calls the library, and writes its outputs atomically. Any failure — a missing 
 an unreadable format, data the model cannot take, a bad option — prints one line
 to stderr and exits with status 2, leaving no partial output file behind.
 
+Every check that needs no model — options, their combinations, input paths, the
+output's folder — runs before TensorFlow is imported (5 to 7 s); the task check runs
+right after the model loads, before any pass over the data. On a terminal a status line
+says what is happening within a second of starting (reading inputs, loading TensorFlow,
+loading and tracing the model, writing the result). Error messages use the command
+line's words: flags and positional names (``DATA``, ``--seed``), never the library's
+parameter names.
+
 Set ``MCDROP_TRACEBACK=1`` in the environment to see the full traceback of an error.
 """
 
@@ -12,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -99,6 +108,36 @@ def _int(name: str):
     return parse
 
 
+#: The largest seed the command line takes: the engine keys its masks by ``seed mod 2**62``,
+#: so a larger seed would silently repeat a smaller one's passes.
+MAX_SEED = 2**62 - 1
+#: The demo seeds NumPy's legacy generator too, which takes 32-bit seeds.
+MAX_DEMO_SEED = 2**32 - 1
+
+
+def _seed(name: str, maximum: int):
+    as_int = _int(name)
+
+    def parse(text: str) -> int:
+        value = as_int(text)
+        if not 0 <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"{name} expects an integer in [0, {maximum}], received {value}")
+        return value
+
+    return parse
+
+
+def _number(name: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} expects a number, received {text!r}") from None
+        return value
+
+    return parse
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -131,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="folder for report.html, metrics.json and the PNG figures (default: demo-out)")
     demo.add_argument("--fast", action="store_true",
                       help="a few epochs and passes: seconds instead of a minute (for tests, not for reading)")
-    demo.add_argument("--seed", type=_int("--seed"), default=0, help="random seed (default: 0)")
+    demo.add_argument("--seed", type=_seed("--seed", MAX_DEMO_SEED), default=0, help="random seed (default: 0)")
     demo.set_defaults(func=_cmd_demo)
 
     predict = add("predict", "Run T stochastic passes of a model over data and save the predictive statistics.")
@@ -157,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--calibration", nargs=2, metavar=("PREDS", "LABELS"),
                           help="predictions and labels of held-out calibration rows: adds the conformal section")
     evaluate.set_defaults(func=_cmd_evaluate)
+    _add_header_option(evaluate, "LABELS")
 
     select = add("select", "Pick the next inputs to label from an unlabeled pool.")
     select.add_argument("model", metavar="MODEL", help="a .keras file (also .h5, or a SavedModel folder)")
@@ -169,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--stochastic", choices=("power", "softmax", "softrank"), default=None,
                         help="sample the batch in proportion to the scores instead of taking the top k "
                              "(stochastic batch acquisition; --method bald --stochastic power is PowerBALD)")
-    select.add_argument("--beta", type=float, default=1.0, help="inverse temperature for --stochastic (default: 1)")
+    select.add_argument("--beta", type=_number("--beta"), default=None,
+                        help="inverse temperature for --stochastic, >= 0 (default: 1)")
     _add_sampling_options(select)
     select.add_argument("--out", metavar="FILE", help="write the picked indices to this .csv file")
     select.set_defaults(func=_cmd_select)
@@ -179,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-T", "--num-samples", type=_positive_int("-T"), default=50, metavar="T",
                    help="number of stochastic passes (default: 50)")
-    p.add_argument("--seed", type=_int("--seed"), default=None, help="seed for reproducible passes")
+    p.add_argument("--seed", type=_seed("--seed", MAX_SEED), default=None,
+                   help="seed for reproducible passes, in [0, 2**62 - 1]")
     p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=None, metavar="B",
                    help="rows per batch (default: chosen under a memory budget)")
     p.add_argument("--key", default=None, help="which array of an .npz file to read (default: the only one, or x)")
@@ -193,6 +235,13 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unsafe", action="store_true",
                    help="allow models holding Python code (Lambda layers) and SavedModel graphs; "
                         "only for files you trust")
+    _add_header_option(p)
+
+
+def _add_header_option(p: argparse.ArgumentParser, what: str = "input") -> None:
+    p.add_argument("--header", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"whether the first line of a .csv {what} is a header (default: only when none of "
+                        "its fields is a number)")
 
 
 # --------------------------------------------------------------------------- entry point
@@ -204,17 +253,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     debug = os.environ.get("MCDROP_TRACEBACK", "") not in ("", "0")
     prog = "mcdrop"
+    status = _Status(None, prog)
+    args = None
     try:
         args = parser.parse_args(argv)
         prog = f"mcdrop {args.command}"
+        status = args.status = _Status(args, prog)
         with warnings.catch_warnings():
             if not debug:
                 warnings.simplefilter("ignore")
             _quiet_tensorflow_logs()
-            if args.command != "evaluate":
-                _import_tensorflow_quietly()
             return int(args.func(args) or 0)
     except CommandError as exc:
+        status.clear()
         print(str(exc) if isinstance(exc, _UsageError) else f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except BrokenPipeError:  # the reader of stdout went away (e.g. `| head`): not an error of ours
@@ -222,13 +273,42 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.dup2(null.fileno(), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
+        status.clear()
         print(f"{prog}: error: interrupted", file=sys.stderr)
         return EXIT_ERROR
     except Exception as exc:
         if debug:
             raise
-        print(f"{prog}: error: {_message(exc)}", file=sys.stderr)
+        status.clear()
+        print(f"{prog}: error: {_in_cli_words(_message(exc), args)}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        status.clear()
+
+
+class _Status:
+    """One transient status line on stderr ("mcdrop predict: loading TensorFlow…"), rewritten in place.
+
+    Shown only where progress bars are (a terminal, no --quiet), so scripts and pipes see stderr hold
+    nothing but a one-line error; cleared before any output, error or progress bar.
+    """
+
+    def __init__(self, args, prog: str):
+        self.on = args is not None and _show_progress(args)
+        self.prog = prog
+        self.shown = False
+
+    def __call__(self, text: str) -> None:
+        if self.on:
+            sys.stderr.write(f"\r\033[K{self.prog}: {text}…")
+            sys.stderr.flush()
+            self.shown = True
+
+    def clear(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+            self.shown = False
 
 
 def _message(exc: BaseException) -> str:
@@ -240,6 +320,85 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+#: The library's argument names in the command line's words, by command. "DATA" stands for the
+#: command's input positional (DATA for predict, POOL for select).
+_CLI_WORDS = {
+    "x": "DATA", "inputs": "DATA", "data": "DATA", "x_pool": "DATA", "pool": "DATA",
+    "model": "MODEL", "key": "--key", "num_samples": "-T", "seed": "--seed", "batch_size": "--batch-size",
+    "task": "--task", "outputs": "--outputs", "heteroscedastic": "--heteroscedastic", "unsafe": "--unsafe",
+    "header": "--header", "out": "--out", "method": "--method", "k": "-k", "beta": "--beta",
+    "stochastic": "--stochastic", "address": "--ray",
+    "y_true": "LABELS", "labels": "LABELS", "y": "LABELS",
+    "samples": "PREDS", "probs": "PREDS", "prediction": "PREDS", "prediction_or_predictions": "PREDS",
+}
+#: Flags that take no value (``unsafe=True`` reads ``--unsafe``).
+_SWITCHES = {"--unsafe", "--header"}
+
+
+def _summary(match: re.Match) -> str:
+    """A short summary of an array or list printed in a message: its shape and a few values."""
+    body = match.group(1) if match.lastindex else match.group(0)
+    import ast
+
+    try:
+        values = np.asarray(ast.literal_eval(body))
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):  # e.g. holds nan: keep its start
+        return body[:40] + "…]"
+    flat = values.ravel()
+    head = ", ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in flat[:3].tolist())
+    more = ", …" if flat.size > 3 else ""
+    return f"an array of shape {values.shape} ([{head}{more}])"
+
+
+def _in_cli_words(message: str, args=None) -> str:
+    """A library error message in the command line's words.
+
+    Argument names become flags or positional names (```x``` -> ```DATA```, ```seed``` -> ```--seed```),
+    ``name=value`` advice becomes the flag (``unsafe=True`` -> ``--unsafe``, ``task='regression'`` ->
+    ``--task regression``), and a sentence of API advice with no matching flag is dropped.
+    """
+    command = getattr(args, "command", None)
+    words = dict(_CLI_WORDS)
+    data = {"predict": "DATA", "select": "POOL"}.get(command)
+    for name, word in words.items():
+        if word == "DATA":
+            words[name] = data or "DATA"
+    if command in ("predict", "select"):  # the per-pass outputs and probabilities are the model's
+        for name in ("samples", "probs", "prediction"):
+            words[name] = "MODEL"
+
+    def argument(match: re.Match) -> str:
+        name, rest = match.group(1), match.group(2)
+        word = words.get(name)
+        return f"argument `{word}{rest}`" if word else match.group(0)
+
+    text = re.sub(r"argument `([A-Za-z_]\w*)((?:\[[^\]]*\])?)`", argument, message)
+    text = re.sub(r"argument `(--[\w-]+)`: expected None\b", r"argument `\1`: expected no \1", text)
+    # "unsafe=True (--unsafe on the command line)" -> "--unsafe"
+    text = re.sub(r"\b\w+=\S+ \((--[\w-]+)[^)]*? on the command line\)", r"\1", text)
+
+    def advice(match: re.Match) -> str:
+        name, value = match.group(1), match.group(2)
+        word = words.get(name)
+        if word is None or not word.startswith("-"):
+            return match.group(0)
+        if value == "True":
+            return word
+        if value in ("False", "None"):
+            return f"no {word}"
+        return f"{word} {value.strip(chr(39))}"
+
+    text = re.sub(r"\b([a-z_]\w*)=('[^']*'|True|False|None|-?\d[\w.+-]*)", advice, text)
+    sentences = re.split(r"(?<=[.!?])\s+", text)
+    kept = [sentences[0]] + [x for x in sentences[1:] if not re.search(r"\b[a-z_]\w*=\S", x)]
+    text = " ".join(kept)
+    text = re.sub(r"array\((\[[^()]*\])(?:, dtype=(\w+))?\)", _summary, text)  # never an array's repr
+    text = re.sub(r"\[[-+\d.e, \[\]]{60,}\]", _summary, text)  # nor a long list of numbers
+    if command in ("predict", "select") and getattr(args, "model", None):  # the model by its path, not its repr
+        text = re.sub(r"received <[^>]*>(?: \(of type [\w.]+\))?", f"received {args.model!r}", text)
+    return text
 
 
 def _quiet_tensorflow_logs() -> None:
@@ -291,12 +450,33 @@ def _show_progress(args) -> bool:
 
 def _emit(args, table: str | None, payload: Any) -> None:
     """Print the JSON payload with --json, else the table unless --quiet."""
+    if getattr(args, "status", None) is not None:
+        args.status.clear()
     if args.json:
         from mcdrop.io import to_json
 
         print(to_json(payload))
     elif not args.quiet and table:
         print(table)
+
+
+def _status(args, text: str) -> None:
+    if getattr(args, "status", None) is not None:
+        args.status(text)
+
+
+def _check_writable(folder: Path, path: str) -> None:
+    """Fail before any work when ``folder`` cannot take a new file (permissions, read-only file system)."""
+    import tempfile
+
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".mcdrop-probe-", suffix=".tmp")
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise CommandError(f"Invalid value for argument `--out`: expected a path in a folder this user can "
+                           f"write, received {path!r}. {reason}: {folder}.") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _check_out_file(path: str | None, suffix: str) -> Path | None:
@@ -313,6 +493,7 @@ def _check_out_file(path: str | None, suffix: str) -> Path | None:
     if not parent.is_dir():
         raise CommandError(f"Invalid value for argument `--out`: expected a path in an existing folder, "
                            f"received {path!r}.")
+    _check_writable(parent, path)
     return out
 
 
@@ -327,13 +508,67 @@ def _check_out_dir(path: str | None) -> Path | None:
     if not parent.is_dir():
         raise CommandError(f"Invalid value for argument `--out`: expected a folder whose parent exists, "
                            f"received {path!r}.")
+    _check_writable(parent, path)  # the files are staged beside the folder, then moved in
+    if out.is_dir():
+        _check_writable(out, path)
     return out
+
+
+def _check_inputs(args, path: str, name: str) -> None:
+    """The checks of an input file that need no reading: --key fits its format."""
+    if args.key is not None and Path(path).suffix.lower() in (".npy", ".csv") and Path(path).is_file():
+        raise CommandError(f"Invalid value for argument `--key`: expected no --key for {name} {path!r}, "
+                           f"received {args.key!r}. A {Path(path).suffix.lower()} file holds one array; "
+                           "--key chooses among the arrays of an .npz file.")
+
+
+def _check_exists(path: str, name: str) -> None:
+    if not Path(path).exists():
+        raise CommandError(f"Invalid value for argument `{name}`: expected an existing file, received {path!r}. "
+                           "No such file or folder.")
+
+
+def _check_model_options(args) -> None:
+    """Contradictory head declarations, refused before anything is loaded."""
+    if args.outputs is not None and args.task == "regression":
+        raise CommandError("Invalid value for argument `--outputs`: expected no --outputs with --task "
+                           f"regression (it describes class scores), received {args.outputs!r}.")
+    if args.heteroscedastic is not None and args.task == "classification":
+        raise CommandError("Invalid value for argument `--heteroscedastic`: expected no --heteroscedastic "
+                           f"with --task classification, received {args.heteroscedastic!r}.")
+    if args.heteroscedastic is not None and args.outputs is not None:
+        raise CommandError("Invalid value for argument `--heteroscedastic`: expected no --heteroscedastic "
+                           f"with --outputs (a Gaussian head is a regression head), received "
+                           f"{args.heteroscedastic!r}.")
+
+
+def _check_ray(args) -> None:
+    if getattr(args, "ray", None) is None:
+        return
+    import importlib.util
+
+    if not args.ray.strip():
+        raise CommandError("Invalid value for argument `--ray`: expected 'local', 'auto' or a cluster address, "
+                           f"received {args.ray!r}.")
+    if importlib.util.find_spec("ray") is None:
+        raise CommandError('--ray needs Ray, which is not installed: pip install "mcdrop[ray]".')
+
+
+def _load_model(args):
+    """Import TensorFlow (status shown), then load MODEL."""
+    from mcdrop import io
+
+    _status(args, "loading TensorFlow")
+    _import_tensorflow_quietly()
+    _status(args, f"loading MODEL {args.model}")
+    return io.load_model(args.model, unsafe=args.unsafe, name="MODEL")
 
 
 def _load_inputs(args, path: str, name: str) -> np.ndarray:
     from mcdrop import io
 
-    return io.load_array(path, key=args.key, name=name)
+    _status(args, f"reading {name} {path}")
+    return io.load_array(path, key=args.key, name=name, header=args.header)
 
 
 def _fit_to_model(model, x: np.ndarray, from_csv: bool) -> np.ndarray:
@@ -367,7 +602,7 @@ def _make_engine(args, model, **options):
         return mcdrop.MCDropout(model, **kwargs)
     except ValueError as exc:
         if _is_tfsm(model):
-            raise CommandError(f"{_message(exc)} MODEL is a SavedModel folder, which Keras 3 loads as an "
+            raise CommandError(f"{_in_cli_words(_message(exc), args)} MODEL is a SavedModel folder, which Keras 3 loads as an "
                                "inference-only TFSMLayer with its dropout traced off: save the model as "
                                ".keras to use MC dropout.") from None
         raise
@@ -396,6 +631,10 @@ def _cmd_demo(args) -> int:
     from mcdrop import demo
 
     out = _check_out_dir(args.out)
+    _status(args, "loading TensorFlow")
+    _import_tensorflow_quietly()
+    if getattr(args, "status", None) is not None:
+        args.status.clear()  # the demo draws its own progress
     results = demo.run(out, fast=args.fast, seed=args.seed, progress=_show_progress(args))
     _emit(args, demo.format_results(results), results)
     return 0
@@ -404,11 +643,17 @@ def _cmd_demo(args) -> int:
 def _cmd_predict(args) -> int:
     from mcdrop import io
 
+    # everything that needs no model, before TensorFlow is imported
     out = _check_out_file(args.out, ".npz")
+    _check_model_options(args)
+    _check_ray(args)
+    io.check_model_path(args.model, unsafe=args.unsafe, name="MODEL")
+    _check_inputs(args, args.data, "DATA")
     x = _load_inputs(args, args.data, "DATA")
-    model = io.load_model(args.model, unsafe=args.unsafe, name="MODEL")
+    model = _load_model(args)
     x = _fit_to_model(model, x, from_csv=Path(args.data).suffix.lower() == ".csv")
     mc = _make_engine(args, model, task=args.task, outputs=args.outputs, heteroscedastic=args.heteroscedastic)
+    _status(args, "tracing the model")
     # None: the engine's default, which keeps the per-pass outputs for regression (its mixture needs them)
     return_samples = True if args.samples else None
     if args.ray is not None:
@@ -424,6 +669,7 @@ def _cmd_predict(args) -> int:
     arrays = {**pred.to_dict(), **_provenance(pred)}
     arrays["model"] = np.array(str(args.model))  # shown in the provenance of `mcdrop evaluate`'s report
     if out is not None:
+        _status(args, f"writing {out}")
         io.save_npz(out, arrays)
     summary = _prediction_summary(pred)
     if out is not None:
@@ -493,15 +739,26 @@ def _cmd_evaluate(args) -> int:
     from mcdrop import io
 
     out = _check_out_dir(args.out)
-    y = io.load_array(args.labels, name="LABELS")
-    pred = _load_prediction(args.preds)
+    _check_exists(args.preds, "PREDS")
+    _check_exists(args.labels, "LABELS")
+    _status(args, f"reading LABELS {args.labels}")
+    y = io.load_array(args.labels, name="LABELS", header=args.header)
+    _status(args, f"reading PREDS {args.preds}")
+    try:
+        pred = _load_prediction(args.preds)
+    except ValueError as exc:  # one array is never read as regression: say how PREDS is read
+        raise CommandError(f"{_message(exc)} One array as PREDS is read as class probabilities: apply a "
+                           "softmax to scores or logits first, or evaluate the .npz `mcdrop predict` "
+                           "writes (it records the task).") from None
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
+    _status(args, "computing the metrics")
     if len(y) != len(pred):
         raise CommandError(f"Invalid value for argument `LABELS`: expected {len(pred)} labels (one per row of "
                            f"PREDS), received {len(y)}.")
     report = mcdrop.evaluate(pred, y, **_evaluate_sections(args, pred))
     if out is not None:
+        _status(args, f"writing {out}")
         with io.staged_directory(out) as stage:
             report.to_html(stage / "report.html", provenance=_report_provenance(args))
             report.to_json(stage / "metrics.json")
@@ -596,23 +853,34 @@ def _evaluate_sections(args, pred) -> dict:
 def _cmd_select(args) -> int:
     from mcdrop import acquisition, io
 
+    # everything that needs no model, before TensorFlow is imported
     out = _check_out_file(args.out, ".csv")
+    _check_stochastic(args, _METHOD_ALIASES.get(args.method, args.method))  # no import needed: first
     method = _check_method(args.method)
+    _check_model_options(args)
+    if args.task is not None:
+        _check_method_task(method, args.task, "--task " + args.task)
+    io.check_model_path(args.model, unsafe=args.unsafe, name="MODEL")
+    _check_inputs(args, args.pool, "POOL")
     pool = _load_inputs(args, args.pool, "POOL")
     if args.k > len(pool):
         raise CommandError(f"Invalid value for argument `-k`: expected an integer <= {len(pool)} (the pool "
                            f"size), received {args.k}.")
-    model = io.load_model(args.model, unsafe=args.unsafe, name="MODEL")
+    model = _load_model(args)
     pool = _fit_to_model(model, pool, from_csv=Path(args.pool).suffix.lower() == ".csv")
     mc = _make_engine(args, model, task=args.task, outputs=args.outputs, heteroscedastic=args.heteroscedastic)
+    _status(args, "tracing the model")
+    _check_method_task(method, _model_task(mc, pool), "the model")  # right after loading, before the pool
     pred = mc.predict(pool, return_samples=True if method in _SAMPLE_METHODS else None)
     options = {"seed": args.seed}
     if method == "batch_bald":  # its progress bar follows --quiet, as the engine's does
         options["verbose"] = 1 if _show_progress(args) else 0
     if args.stochastic is not None:
-        options.update(stochastic=args.stochastic, beta=args.beta)
+        options.update(stochastic=args.stochastic, beta=1.0 if args.beta is None else args.beta)
+    _status(args, f"selecting {args.k} with {method}")
     indices = np.asarray(acquisition.select(pred, args.k, method=method, **options), dtype=np.int64)
     if out is not None:
+        _status(args, f"writing {out}")
         io.save_csv(out, {"rank": np.arange(len(indices)), "index": indices})
     payload = {"method": method, "k": args.k, "num_samples": args.num_samples, "indices": indices.tolist()}
     if out is not None:
@@ -639,6 +907,49 @@ def _check_method(method: str) -> str:
         listed = ", ".join(repr(m) for m in (*known, *_METHOD_ALIASES))
         raise CommandError(f"Invalid value for argument `--method`: expected one of {listed}, received {method!r}.")
     return method
+
+
+#: Methods that score a regression prediction; "random" takes either task, the rest need classes.
+_REGRESSION_METHODS = {"predictive_variance", "epistemic_variance"}
+
+
+def _check_method_task(method: str, task: str, source: str) -> None:
+    """A classification method for a regression model (or the reverse) is refused before any pass."""
+    if method == "random" or task is None:
+        return
+    if task == "regression" and method not in _REGRESSION_METHODS:
+        raise CommandError(f"Invalid value for argument `--method`: expected predictive_variance, "
+                           f"epistemic_variance or random for a regression model ({source}), received "
+                           f"{method!r}, which scores class probabilities.")
+    if task == "classification" and method in _REGRESSION_METHODS:
+        raise CommandError(f"Invalid value for argument `--method`: expected a classification method (bald, "
+                           f"batchbald, entropy, ...) for a classifier ({source}), received {method!r}.")
+
+
+def _model_task(mc, pool: np.ndarray) -> str | None:
+    """The task the engine reads from the model, found on the first pool row (which also traces the step)."""
+    if mc.heads is None:
+        verbose, mc.verbose = mc.verbose, 0
+        try:
+            mc.predict(pool[:1])
+        finally:
+            mc.verbose = verbose
+    heads = mc.heads or ()
+    return heads[0].task if len(heads) == 1 else None  # several outputs: the library checks each
+
+
+def _check_stochastic(args, method: str) -> None:
+    """--stochastic and --beta: their combinations with --method and each other, and --beta's range."""
+    if args.stochastic is not None and method == "batch_bald":
+        raise CommandError(f"Invalid value for argument `--stochastic`: expected no --stochastic with --method "
+                           f"batchbald (BatchBALD picks its batch jointly), received {args.stochastic!r}.")
+    if args.beta is not None:
+        if args.stochastic is None:
+            raise CommandError(f"Invalid value for argument `--beta`: expected --beta only with --stochastic "
+                               f"(it is the sampling temperature), received {args.beta!r}.")
+        if not np.isfinite(args.beta) or args.beta < 0:
+            raise CommandError(f"Invalid value for argument `--beta`: expected a finite number >= 0, "
+                               f"received {args.beta!r}.")
 
 
 if __name__ == "__main__":  # pragma: no cover

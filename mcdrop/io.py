@@ -47,10 +47,12 @@ __all__ = [
     "MODEL_SUFFIXES",
     "ARRAY_SUFFIXES",
     "load_model",
+    "check_model_path",
     "load_array",
     "load_arrays",
     "atomic_write",
     "staged_directory",
+    "remove_leftovers",
     "save_npz",
     "save_json",
     "to_json",
@@ -126,11 +128,24 @@ def load_model(path, *, unsafe: bool = False, name: str = "model"):
     InputError
         The path is missing, of an unknown format, unreadable, or needs ``unsafe``.
     """
+    path = check_model_path(path, unsafe=unsafe, name=name)
+    if path.is_dir() and not (path / "config.json").is_file():
+        return _load_saved_model(path, name=name)
+    return _load_keras(path, unsafe=unsafe, name=name)
+
+
+def check_model_path(path, *, unsafe: bool = False, name: str = "model") -> Path:
+    """Every check of :func:`load_model` that needs no Keras: the path exists, has a model
+    format, a ``.keras`` file is a zip archive, and a SavedModel folder comes with ``unsafe``.
+
+    Cheap (no TensorFlow import), so a command line can refuse a bad path at once.
+    Returns the path; raises :class:`InputError` like :func:`load_model`.
+    """
     path = _existing(path, name)
     suffix = path.suffix.lower()
     if path.is_dir():
         if (path / "config.json").is_file():
-            return _load_keras(path, unsafe=unsafe, name=name)
+            return path
         if _is_saved_model(path):
             if not unsafe:
                 raise _error(
@@ -139,13 +154,15 @@ def load_model(path, *, unsafe: bool = False, name: str = "model"):
                     "run, which safe mode does not load; pass unsafe=True (--unsafe on the command line) only "
                     "if you trust it.",
                 )
-            return _load_saved_model(path, name=name)
+            return path
         raise _error(name, "a .keras or .h5 file or a SavedModel folder", path,
                      "The folder holds neither saved_model.pb nor a Keras config.json.")
     if suffix not in MODEL_SUFFIXES:
         raise _error(name, "a .keras or .h5 file or a SavedModel folder", path,
                      f"Unknown model format {suffix or '(no suffix)'!r}.")
-    return _load_keras(path, unsafe=unsafe, name=name)
+    if suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise _error(name, "a readable Keras model", path, "It is not a .keras (zip) archive.")
+    return path
 
 
 def _load_keras(path: Path, *, unsafe: bool, name: str):
@@ -204,10 +221,11 @@ def _saved_model_input_specs(fn):
 # --------------------------------------------------------------------------- arrays
 
 
-def load_arrays(path, *, name: str = "data") -> dict[str, np.ndarray]:
+def load_arrays(path, *, name: str = "data", header: bool | None = None) -> dict[str, np.ndarray]:
     """Every array of a ``.npz`` file by key; a ``.npy`` or ``.csv`` file as ``{"arr_0": ...}``.
 
-    Nothing is unpickled: an object array raises :class:`InputError`.
+    Nothing is unpickled: an object array raises :class:`InputError`. ``header`` is for a
+    ``.csv`` file only (see :func:`load_array`).
     """
     path = _existing(path, name)
     suffix = path.suffix.lower()
@@ -217,7 +235,7 @@ def load_arrays(path, *, name: str = "data") -> dict[str, np.ndarray]:
         raise _error(name, "a .npy, .npz or .csv file", path,
                      f"Unknown array format {suffix or '(no suffix)'!r}.")
     if suffix == ".csv":
-        return {"arr_0": _load_csv(path, name)}
+        return {"arr_0": _load_csv(path, name, header)}
     magic = {".npy": b"\x93NUMPY", ".npz": b"PK"}[suffix]
     with open(path, "rb") as handle:
         if handle.read(len(magic)) != magic:
@@ -238,15 +256,21 @@ def load_arrays(path, *, name: str = "data") -> dict[str, np.ndarray]:
         raise _error(name, f"a readable {suffix} file", path, _one_line(exc)) from None
 
 
-def load_array(path, *, key: str | None = None, name: str = "data") -> np.ndarray:
+def load_array(path, *, key: str | None = None, name: str = "data", header: bool | None = None) -> np.ndarray:
     """One numeric array from a ``.npy``, ``.npz`` or ``.csv`` file.
 
     For a ``.npz`` holding several arrays, ``key`` chooses one; without it the file
-    must hold exactly one array, or one named ``x``. A ``.csv`` file is read with
-    ``numpy.loadtxt`` (comma separated, one header line skipped when it is not
-    numeric); a single column comes back with shape (N,).
+    must hold exactly one array, or one named ``x``.
+
+    A ``.csv`` file is comma separated, one row per input; a single column comes back
+    with shape (N,), and integer-valued data as int64. Its first line is a header
+    (skipped) when ``header=True``, data when ``header=False``, and by default a header
+    only when *none* of its fields parses as a number, so a first data row with a typo
+    or an empty cell is never dropped as a header. Any other cell that is not a number
+    (an empty one included) raises :class:`InputError` naming its row and column,
+    counted from 1 as lines in the file.
     """
-    arrays = load_arrays(path, name=name)
+    arrays = load_arrays(path, name=name, header=header)
     if key is not None:
         if key not in arrays:
             raise invalid("key", f"one of the arrays in {Path(path).name} ({', '.join(sorted(arrays))})",
@@ -264,21 +288,41 @@ def load_array(path, *, key: str | None = None, name: str = "data") -> np.ndarra
     return array
 
 
-def _load_csv(path: Path, name: str) -> np.ndarray:
-    def read(skip: int) -> np.ndarray:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # an empty file warns in numpy; treat it as an error
-            return np.loadtxt(path, delimiter=",", skiprows=skip, dtype=np.float64, ndmin=2)
-
+def _is_number(cell: str) -> bool:
     try:
-        try:
-            data = read(0)
-        except ValueError:
-            data = read(1)  # a header line
-    except Exception as exc:
-        raise _error(name, "a numeric .csv file", path, _one_line(exc)) from None
-    if data.size == 0:
-        raise _error(name, "a non-empty .csv file", path)
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _load_csv(path: Path, name: str, header: bool | None = None) -> np.ndarray:
+    """A numeric CSV file as an array; see :func:`load_array` for the header rule.
+
+    Rows and columns in error messages count from 1, as a person counts lines in the
+    file (a header line and blank lines included).
+    """
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            lines = handle.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _error(name, "a readable .csv file", path, _one_line(exc)) from None
+    rows = [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+    if not rows:
+        raise _error(name, "a numeric .csv file", path, "It is empty.")
+    guessed = header is None
+    if guessed:  # a header only when none of its fields could be a number
+        header = not any(_is_number(cell) for cell in rows[0][1].split(","))
+    body = rows[1:] if header else rows
+    if not body:
+        raise _error(name, "a .csv file with at least one data row", path, "It holds only a header line.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            data = np.loadtxt([line for _, line in body], delimiter=",", dtype=np.float64, ndmin=2)
+    except ValueError as exc:
+        raise _csv_error(path, name, rows, body, first_row_guessed=guessed and not header,
+                         fallback=_one_line(exc)) from None
     if data.shape[1] == 1:
         data = data[:, 0]
     if np.all(data == np.round(data)) and np.all(np.abs(data) < 2**53):
@@ -286,7 +330,105 @@ def _load_csv(path: Path, name: str) -> np.ndarray:
     return data
 
 
+_COUNTING = "(rows and columns count from 1, as lines in the file, a header line included)"
+
+
+def _csv_error(path: Path, name: str, rows, body, *, first_row_guessed: bool, fallback: str) -> InputError:
+    """The first cell (or row) of a CSV body that is not a number, by row and column."""
+    width = len(rows[0][1].split(","))
+    for number, line in body:
+        cells = line.split(",")
+        if len(cells) != width:
+            return _error(name, "a numeric .csv file with the same number of columns on every row", path,
+                          f"Row {number} has {len(cells)} columns where row {rows[0][0]} has {width} "
+                          f"{_COUNTING}.")
+        for column, cell in enumerate(cells, start=1):
+            if _is_number(cell):
+                continue
+            what = "is empty" if not cell.strip() else f"holds {cell.strip()[:40]!r}, which is not a number"
+            detail = f"Row {number}, column {column} {what} {_COUNTING}."
+            if first_row_guessed and number == rows[0][0]:
+                detail += (" The first row was read as data because some of its fields are numbers; "
+                           "if it is a header, pass header=True (--header on the command line).")
+            return _error(name, "a numeric .csv file", path, detail)
+    return _error(name, "a numeric .csv file", path, fallback)
+
+
 # --------------------------------------------------------------------------- writing
+
+
+#: Marks the hidden temporary files and staging folders of this module, so that leftovers
+#: of a killed write can be told from a user's own hidden files.
+_TMP_TAG = ".mcdrop-"
+_TMP_SUFFIX = ".tmp"
+_LOCK_NAME = ".lock"
+
+
+def _lock(handle) -> None:
+    """Hold an exclusive lock on an open file for as long as it stays open (POSIX ``flock``).
+
+    The kernel drops the lock when the writing process dies, even by SIGKILL, which is how
+    :func:`remove_leftovers` tells a dead write's file from a live one.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: leftovers are then kept
+        return
+    with contextlib.suppress(OSError):
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _abandoned(lock_path: Path) -> bool:
+    """Whether no live process holds the lock on ``lock_path`` (never True off POSIX)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return False
+    try:
+        with open(lock_path, "rb") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return False  # a live write holds it
+            return True
+    except OSError:
+        return False
+
+
+def remove_leftovers(folder) -> list[Path]:
+    """Remove the hidden temporary files and staging folders that killed writes left in ``folder``.
+
+    A write by :func:`atomic_write` or :func:`staged_directory` holds a lock on its temporary
+    file for as long as it runs; a process killed mid-write (SIGKILL, power loss) cannot remove
+    its temporary file, but its lock is gone. This removes exactly those unlocked leftovers of
+    this module (named ``.<name>.mcdrop-<random>.tmp``), never a write still running in another
+    process, nor any other file. Called by every write; returns the paths removed.
+    """
+    removed = []
+    folder = Path(folder)
+    try:
+        candidates = [p for p in folder.iterdir()
+                      if p.name.startswith(".") and _TMP_TAG in p.name and p.name.endswith(_TMP_SUFFIX)]
+    except OSError:
+        return removed
+    for item in candidates:
+        with contextlib.suppress(OSError):
+            if item.is_dir() and not item.is_symlink():
+                lock = item / _LOCK_NAME
+                if lock.is_file() and _abandoned(lock):
+                    shutil.rmtree(item)
+                    removed.append(item)
+            elif item.is_file() and _abandoned(item):
+                item.unlink()
+                removed.append(item)
+    return removed
+
+
+def _path_error(exc: OSError, path: Path) -> OSError:
+    """``exc`` re-addressed to the destination ``path`` (never to a temporary file's name)."""
+    error = OSError(exc.errno, exc.strerror or _one_line(exc), str(path))
+    error.__cause__ = exc
+    return error
 
 
 @contextlib.contextmanager
@@ -295,7 +437,10 @@ def atomic_write(path, mode: str = "wb", **open_kwargs) -> Iterator[Any]:
 
     Yields a file object for a temporary file in the same folder (so the final
     :func:`os.replace` is a rename on one file system, atomic on POSIX). If the block
-    raises, the temporary file is removed and ``path`` is untouched.
+    raises, the temporary file is removed and ``path`` is untouched. An ``OSError`` while
+    writing (a full disk, a folder without write permission) is raised with ``filename``
+    set to ``path``, not to the temporary file. Leftovers of writes killed earlier in the
+    same folder are removed first (:func:`remove_leftovers`).
 
     >>> import os, tempfile
     >>> folder = tempfile.mkdtemp()
@@ -310,14 +455,27 @@ def atomic_write(path, mode: str = "wb", **open_kwargs) -> Iterator[Any]:
         raise _error("out", "a path in an existing folder", path, f"No such folder: {folder}.")
     if path.is_dir():
         raise _error("out", "a file path", path, "It is a folder.")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    remove_leftovers(folder)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}{_TMP_TAG}", suffix=_TMP_SUFFIX)
+    except OSError as exc:
+        raise _path_error(exc, path) from None
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, mode, **open_kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+            _lock(handle)
+            try:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            except OSError as exc:
+                if exc.filename in (None, tmp):
+                    raise _path_error(exc, path) from None
+                raise
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise _path_error(exc, path) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -345,16 +503,26 @@ def staged_directory(path) -> Iterator[Path]:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise _error("out", "a folder whose parent exists", path, f"No such folder: {parent}.")
-    stage = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp"))
+    remove_leftovers(parent)
     try:
-        yield stage
-        path.mkdir(exist_ok=True)
-        for item in sorted(stage.rglob("*")):
-            if item.is_dir():
-                continue
-            target = path / item.relative_to(stage)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(item, target)
+        stage = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}{_TMP_TAG}", suffix=_TMP_SUFFIX))
+    except OSError as exc:
+        raise _path_error(exc, path) from None
+    try:
+        with open(stage / _LOCK_NAME, "wb") as lock:
+            _lock(lock)
+            yield stage
+            path.mkdir(exist_ok=True)
+            for item in sorted(stage.rglob("*")):
+                if item.is_dir() or item == stage / _LOCK_NAME:
+                    continue
+                target = path / item.relative_to(stage)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(item, target)
+    except OSError as exc:
+        if exc.filename is None or str(exc.filename).startswith(str(stage)):
+            raise _path_error(exc, path) from None
+        raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 

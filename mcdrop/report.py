@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from mcdrop import metrics
-from mcdrop._validation import check_choice, check_float, check_int, invalid
+from mcdrop._validation import PROB_ATOL, check_choice, check_float, check_int, invalid
 from mcdrop.metrics._common import (
     is_classification_prediction,
     is_regression_prediction,
@@ -412,9 +412,13 @@ def _as_prediction(value: Any, task: str | None, name: str):
     return ClassificationPrediction.from_samples(array)
 
 
-def _task_of(value: Any, y_true: Any) -> str:
-    """The task of a prediction; for an array, classification when its last axis holds probability
-    vectors and ``y_true`` holds integer-valued labels, regression otherwise."""
+def _task_of(value: Any, y_true: Any, name: str = "prediction_or_predictions") -> str:
+    """The task of a prediction; for an array, read from ``y_true`` and the values, never from a shape.
+
+    Targets that are not all integers mean regression. Integer labels mean classification, and then the
+    array must hold probability vectors along its last axis: anything else (scores, logits, integer-valued
+    regression targets) raises, saying how to declare the task, rather than being guessed.
+    """
     task = getattr(value, "task", None)
     if task in TASKS:
         return task
@@ -424,8 +428,25 @@ def _task_of(value: Any, y_true: Any) -> str:
     except (TypeError, ValueError):
         return "classification"  # let the checks name the bad argument
     labels_like = y.ndim == 1 and bool(np.all(np.isfinite(y) & (y == np.round(y))))
-    probs_like = array.ndim in (2, 3) and array.shape[-1] >= 2 and looks_like_probs(array)
-    return "classification" if labels_like and probs_like else "regression"
+    if not labels_like:
+        return "regression"  # the targets are not class labels
+    if array.ndim in (2, 3) and array.shape[-1] >= 2 and looks_like_probs(array):
+        return "classification"
+    declare = ("Pass task='classification' after applying a softmax to scores or logits, or "
+               "task='regression' if these are regression samples (T, N) for integer-valued targets.")
+    if array.ndim in (2, 3) and array.shape[-1] >= 2 and np.all(np.isfinite(array)):
+        sums = array.sum(axis=-1)
+        off = np.abs(sums - 1.0) > PROB_ATOL
+        if np.any(off):
+            detail = (f"With integer labels this is read as class probabilities, but {int(off.sum())} of "
+                      f"{off.size} row(s) do not sum to one (first: {sums[off].ravel()[0]:.6g}). {declare}")
+        else:
+            detail = (f"With integer labels this is read as class probabilities, but its values range over "
+                      f"[{array.min():.4g}, {array.max():.4g}]. {declare}")
+    else:
+        detail = f"With integer labels the task cannot be read from this array. {declare}"
+    raise invalid(name, "class probabilities of shape (N, C) or (T, N, C), or a declared task", array,
+                  detail=detail)
 
 
 def _optional(fn, *args, **kwargs):
@@ -527,6 +548,12 @@ def evaluate(prediction_or_predictions: Any, y_true: Any, *, n_bins: int = 15, l
     num_samples. Regression: rmse, gaussian_nll (moment-matched), mixture_nll (exact, Gaussian head with
     kept samples), crps (of the mixture), coverage and coverage_error at ``level``, interval_width,
     miscalibration_area, mean_std, num_samples.
+
+    The task of a bare array (``task`` not given) is read from ``y_true`` and the values, never from the
+    array's shape: targets that are not all integers mean regression; integer labels mean classification,
+    and the array must then hold probabilities (each row along the last axis summing to one). Any other
+    array raises a ``ValueError`` saying how many rows do not sum to one and how to declare the task, so
+    an (N, C) array of scores is never evaluated as regression, N == C included.
     """
     n_bins = check_int(n_bins, "n_bins", minimum=1)
     level = check_float(level, "level", low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
@@ -543,7 +570,10 @@ def evaluate(prediction_or_predictions: Any, y_true: Any, *, n_bins: int = 15, l
     else:
         named = {"model": prediction_or_predictions}
     if task is None:
-        task = _task_of(next(iter(named.values())), y_true)
+        first = next(iter(named))
+        task = _task_of(named[first], y_true, "prediction_or_predictions" if len(named) == 1 and first == "model"
+                        and not isinstance(prediction_or_predictions, Mapping)
+                        else f"prediction_or_predictions[{first!r}]")
     preds = {name: _as_prediction(p, task, f"prediction_or_predictions[{name!r}]") for name, p in named.items()}
     rows = {}
     for name, pred in preds.items():

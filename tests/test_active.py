@@ -103,7 +103,10 @@ def test_interrupted_run_resumes_with_the_same_history(uninterrupted, tmp_path):
     assert resumed.round == 1 and resumed.labeled.size == 16
     assert resumed.run() == history
     asked = [i for query in oracle.asked for i in query]
-    assert len(asked) == len(set(asked)) == 20  # across both sessions: nothing paid twice
+    assert len(asked) == len(set(asked)) == 20  # across both sessions: nothing answered twice
+    # but the batch requested in the interrupted call 3 was asked for twice, and both are counted
+    assert saved["labels_paid"] == 12 + 4 + 4
+    assert resumed.labels_paid == 12 + 4 + 4 + 4
     # a finished run, opened again, does nothing more
     again = make_loop(oracle, tmp_path)
     assert again.done and again.run() == history and oracle.calls == 4
@@ -117,7 +120,13 @@ def test_oracle_returning_wrong_number_of_labels_leaves_state_untouched(uninterr
     with pytest.raises(ValueError, match=r"`oracle`: expected 4 labels \(one per queried index\), "
                                          r"received an array of shape \(3,\)"):
         make_loop(bad, tmp_path).run()
-    assert files(tmp_path) == before
+    assert files(tmp_path).keys() == before.keys()
+    assert files(tmp_path)[[n for n in before if n.endswith(".npz")][0]] == before[
+        [n for n in before if n.endswith(".npz")][0]]  # the labelled set is untouched
+    saved, after = json.loads(before["state.json"]), json.loads((tmp_path / "state.json").read_text())
+    assert after["labels_paid"] == saved["labels_paid"] + 4  # the 4 labels were requested: paid
+    assert {k: v for k, v in after.items() if k != "labels_paid"} == {
+        k: v for k, v in saved.items() if k != "labels_paid"}
 
 
 def test_changed_configuration_refuses_the_saved_state(tmp_path):
@@ -153,7 +162,60 @@ def test_oracle_array_of_wrong_length():
 def test_oracle_returning_non_integer_labels(tmp_path):
     with pytest.raises(ValueError, match=r"`oracle`: expected integer class labels"):
         make_loop(lambda idx: np.full(len(idx), 0.5), tmp_path).run()
-    assert list(tmp_path.iterdir()) == []
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["labels_paid"] == 12 and state["round"] == 0  # requested, nothing labelled
+    with np.load(tmp_path / state["arrays"]) as arrays:
+        assert arrays["labeled"].size == 0
+
+
+# --------------------------------------------------------------------------- counts and damaged state (9.15)
+
+
+class KilledOracle:
+    """An oracle whose process dies (here: an exception nothing catches) after answering ``answer`` calls."""
+
+    def __init__(self, labels, answer):
+        self.labels, self.answer, self.calls = labels, answer, 0
+
+    def __call__(self, indices):
+        self.calls += 1
+        if self.calls > self.answer:
+            raise SystemExit("killed while labelling")
+        return self.labels[indices]
+
+
+def test_labels_paid_counts_every_label_requested_even_across_a_crash(tmp_path):
+    # the crash happens inside the oracle's second call: 12 initial + 4 requested were asked for
+    with pytest.raises(SystemExit):
+        make_loop(KilledOracle(DATA[1], answer=1), tmp_path, method="random").run()
+    assert json.loads((tmp_path / "state.json").read_text())["labels_paid"] == 16  # main recorded 12
+    resumed = make_loop(KilledOracle(DATA[1], answer=10), tmp_path, method="random")
+    assert resumed.labels_paid == 16
+    resumed.run()
+    assert resumed.labeled.size == 20 and resumed.labels_paid == 12 + 4 + 4 + 4
+
+
+def test_a_truncated_state_json_names_the_file(tmp_path):
+    make_loop(DATA[1], tmp_path, method="random").run(rounds=1)
+    state = tmp_path / "state.json"
+    text = state.read_text()
+    state.write_text(text[: len(text) // 2])
+    with pytest.raises(ValueError, match=r"`state_dir`: expected a folder holding a readable saved run, "
+                                         r"received '.*'\. .*state\.json is not valid JSON \(.*\): it was cut "
+                                         r"short or edited\. Remove the folder"):
+        make_loop(DATA[1], tmp_path, method="random")
+
+
+def test_a_missing_or_damaged_state_array_names_the_file(tmp_path):
+    make_loop(DATA[1], tmp_path, method="random").run(rounds=1)
+    (npz,) = tmp_path.glob("labels-*.npz")
+    content = npz.read_bytes()
+    npz.unlink()
+    with pytest.raises(ValueError, match=rf"{npz.name}, which .*state\.json names, is missing"):
+        make_loop(DATA[1], tmp_path, method="random")
+    npz.write_bytes(content[:40])
+    with pytest.raises(ValueError, match=rf"{npz.name} is damaged"):
+        make_loop(DATA[1], tmp_path, method="random")
 
 
 def test_streaming_scores_do_not_depend_on_chunking():

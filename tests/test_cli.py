@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -259,11 +260,11 @@ def test_every_subcommand_has_help_with_an_example(command, capsys):
         (["predict", "{f}/saved", "{f}/x.npy"],
          r"argument `MODEL`: expected a model that loads in safe mode.*TensorFlow SavedModel.*--unsafe"),
         (["predict", "{f}/saved", "{f}/x.npy", "--unsafe"],
-         r"argument `model`: expected a model with at least one stochastic layer.*SavedModel folder.*save the model "
-         r"as \.keras"),
+         r"argument `MODEL`: expected a model with at least one stochastic layer.*received '.*saved'\. Every "
+         r"pass would be identical\. MODEL is a SavedModel folder.*save the model as \.keras"),
         (["predict", "{f}/clf.keras", "{f}/clf.keras"], r"argument `DATA`: .*Unknown array format '\.keras'"),
         (["predict", "{f}/clf.keras", "{f}/x5.npy"],
-         r"argument `x`: expected an array of shape \(None, 4\), received an array of shape \(24, 5\)"),
+         r"argument `DATA`: expected an array of shape \(None, 4\), received an array of shape \(24, 5\)"),
         (["predict", "{f}/clf.keras", "{f}/x.npy", "-T", "0"], r"-T expects an integer >= 1, received 0"),
         (["predict", "{f}/clf.keras", "{f}/x.npy", "-T", "many"], r"-T expects an integer >= 1, received 'many'"),
         (["predict", "{f}/clf.keras", "{f}/x.npy", "--batch-size", "-3"], r"--batch-size expects an integer >= 1"),
@@ -280,7 +281,7 @@ def test_every_subcommand_has_help_with_an_example(command, capsys):
         (["select", "{f}/clf.keras", "{f}/x.npy", "-k", "2", "--method", "oracle"],
          r"argument `--method`: expected one of 'bald', .*received 'oracle'"),
         (["select", "{f}/clf.keras", "{f}/pool.npz", "-k", "2", "--key", "z"],
-         r"argument `key`: expected one of the arrays in pool\.npz \(x, y\)"),
+         r"argument `--key`: expected one of the arrays in pool\.npz \(x, y\)"),
         (["evaluate", "{f}/x.npy", "{f}/missing.npy"], r"argument `LABELS`: expected an existing file"),
         (["evaluate", "{f}/x.npy", "{f}/y.npy"], r"argument `PREDS`: expected probabilities in \[0, 1\]"),
         (["evaluate", "{f}/probs.npy", "{f}/y_short.npy"],
@@ -289,6 +290,7 @@ def test_every_subcommand_has_help_with_an_example(command, capsys):
          r"argument `--out`: expected a folder, received .*which is a file"),
         (["demo", "--out", "{f}/x.npy"], r"argument `--out`: expected a folder, received .*which is a file"),
         (["demo", "--seed", "x"], r"--seed expects an integer, received 'x'"),
+        (["demo", "--seed", str(2**32)], r"--seed expects an integer in \[0, 4294967295\], received 4294967296"),
         (["transmogrify"], r"^mcdrop: error: argument COMMAND: invalid choice: 'transmogrify'"),
     ],
 )
@@ -303,7 +305,7 @@ def test_errors_print_one_line_and_exit_2(files, capsys, argv, pattern):
 def test_a_failure_after_loading_leaves_no_output_file(files, tmp_path, capsys):
     out = tmp_path / "preds.npz"
     status, stdout, err = run(capsys, "predict", files / "clf.keras", files / "x5.npy", "--out", out)
-    assert_one_line_error(status, stdout, err, r"argument `x`")
+    assert_one_line_error(status, stdout, err, r"argument `DATA`")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -331,7 +333,7 @@ def test_console_script_error_is_one_clean_line(files, tmp_path):
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.count("\n") == 1, result.stderr
-    assert result.stderr.startswith("mcdrop predict: error: Invalid value for argument `x`")
+    assert result.stderr.startswith("mcdrop predict: error: Invalid value for argument `DATA`")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -359,3 +361,197 @@ def test_interrupt_exits_2(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(demo, "run", interrupted)
     status, out, err = run(capsys, "demo", "--out", tmp_path / "d")
     assert_one_line_error(status, out, err, r"^mcdrop demo: error: interrupted$")
+
+
+# --------------------------------------------------------------------------- every check before the model runs (9.13)
+
+
+def _benchmark():
+    """benchmarks/cli_startup.py, whose terminal runner and unwritable-folder finder the tests share."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "cli_startup.py"
+    spec = importlib.util.spec_from_file_location("cli_startup", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _unwritable_folder(tmp_path):
+    folder = _benchmark().unwritable_folder(tmp_path)
+    if folder is None:
+        pytest.skip("no unwritable folder on this machine")
+    return folder
+
+
+#: Bad options (and the pattern of their one-line error) that must be refused before TensorFlow is imported.
+EARLY_ERRORS = [
+    (["select", "{f}/clf.keras", "{f}/x.npy", "-k", "2", "--stochastic", "power", "--beta", "-1"],
+     r"argument `--beta`: expected a finite number >= 0, received -1\.0"),
+    (["select", "{f}/clf.keras", "{f}/x.npy", "-k", "2", "--stochastic", "power", "--beta", "nan"],
+     r"argument `--beta`: expected a finite number >= 0, received nan"),
+    (["select", "{f}/clf.keras", "{f}/x.npy", "-k", "2", "--beta", "2"],
+     r"argument `--beta`: expected --beta only with --stochastic"),
+    (["select", "{f}/clf.keras", "{f}/x.npy", "-k", "2", "--method", "batchbald", "--stochastic", "power"],
+     r"argument `--stochastic`: expected no --stochastic with --method batchbald"),
+    (["predict", "{f}/clf.keras", "{f}/x.npy", "--seed", str(2**70)],
+     r"--seed expects an integer in \[0, 4611686018427387903\], received 1180591620717411303424"),
+    (["select", "{f}/clf.keras", "{f}/x.npy", "-k", "2", "--seed", "-1"], r"--seed expects an integer in \[0, "),
+    (["predict", "{f}/clf.keras", "{f}/x.npy", "--out", "{locked}/p.npz"],
+     r"argument `--out`: expected a path in a folder this user can write, received '.*p\.npz'\. "),
+    (["select", "{f}/clf.keras", "{f}/x.npy", "-k", "2", "--out", "{locked}/i.csv"],
+     r"argument `--out`: expected a path in a folder this user can write"),
+    (["evaluate", "{f}/probs.npy", "{f}/y.npy", "--out", "{locked}/report"],
+     r"argument `--out`: expected a path in a folder this user can write"),
+    (["select", "{f}/clf.keras", "{f}/x.npy", "-k", "2", "--method", "epistemic_variance", "--task",
+      "classification"], r"argument `--method`: expected a classification method .* \(--task classification\)"),
+    (["select", "{f}/clf.keras", "{f}/x.npy", "-k", "2", "--method", "bald", "--task", "regression"],
+     r"argument `--method`: expected predictive_variance, epistemic_variance or random for a regression"),
+    (["predict", "{f}/clf.keras", "{f}/x.npy", "--task", "regression", "--outputs", "logits"],
+     r"argument `--outputs`: expected no --outputs with --task regression"),
+    (["predict", "{f}/reg.keras", "{f}/x.npy", "--task", "classification", "--heteroscedastic", "log_variance"],
+     r"argument `--heteroscedastic`: expected no --heteroscedastic with --task classification"),
+    (["predict", "{f}/clf.keras", "{f}/x.npy", "--key", "x"], r"argument `--key`: expected no --key for DATA"),
+    (["predict", "{f}/clf.keras", "{f}/missing.npy"], r"argument `DATA`: expected an existing file"),
+    (["predict", "{f}/missing.keras", "{f}/x.npy"], r"argument `MODEL`: expected an existing file"),
+    (["predict", "{f}/y.npy", "{f}/x.npy"], r"argument `MODEL`: .*Unknown model format"),
+    (["predict", "{f}/clf.keras", "{f}/typo.csv"], r"argument `DATA`: .*Row 1, column 2 holds 'x', which is "
+                                                   r"not a number .*pass --header\.$"),
+    (["select", "{f}/clf.keras", "{f}/x.npy", "-k", "25"], r"argument `-k`: expected an integer <= 24"),
+    (["evaluate", "{f}/missing.npy", "{f}/y.npy"], r"argument `PREDS`: expected an existing file"),
+    (["evaluate", "{f}/scores.npy", "{f}/y.npy"],
+     r"argument `PREDS`: expected rows that sum to one.*apply a softmax to scores or logits first"),
+]
+
+
+def test_option_errors_come_before_tensorflow_is_imported(files, tmp_path):
+    """One subprocess runs every case in turn; TensorFlow (or Keras) must still be absent at the end."""
+    (files / "typo.csv").write_text("1,x,3,4\n5,6,7,8\n")
+    np.save(files / "scores.npy", np.random.default_rng(1).uniform(0.1, 1, size=(24, 3)))
+    locked = _unwritable_folder(tmp_path)
+    cases = [[a.replace("{f}", str(files)).replace("{locked}", locked) for a in argv] for argv, _ in EARLY_ERRORS]
+    code = (
+        "import contextlib, io, json, sys\n"
+        "from mcdrop import cli\n"
+        "out = []\n"
+        "for argv in json.loads(sys.argv[1]):\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        status = cli.main(argv)\n"
+        "    out.append([status, err.getvalue()])\n"
+        "print(json.dumps({'results': out, 'tf': [m for m in ('tensorflow', 'keras') if m in sys.modules]}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)}
+    result = subprocess.run([sys.executable, "-c", code, json.dumps(cases)], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    for (argv, pattern), (status, err) in zip(EARLY_ERRORS, report["results"]):
+        assert status == cli.EXIT_ERROR, (argv, err)
+        assert err.count("\n") == 1, err
+        assert re.search(pattern, err.strip()), (argv, err)
+    assert report["tf"] == []  # every error above was found before TensorFlow was imported
+
+
+def test_a_classification_method_for_a_regression_model_fails_before_the_pool_is_scored(files, capsys,
+                                                                                        monkeypatch):
+    import mcdrop
+
+    rows = []
+    original = mcdrop.MCDropout.predict
+
+    def counting(self, x, *args, **kwargs):
+        rows.append(len(x))
+        return original(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(mcdrop.MCDropout, "predict", counting)
+    status, out, err = run(capsys, "select", files / "reg.keras", files / "x.npy", "-k", "2", "--method", "bald")
+    assert_one_line_error(status, out, err, r"argument `--method`: expected predictive_variance, "
+                                            r"epistemic_variance or random for a regression model \(the model\), "
+                                            r"received 'bald'")
+    assert rows == [1]  # one row read the model's task; the 24-row pool was never scored
+    rows.clear()
+    status, out, err = run(capsys, "select", files / "clf.keras", files / "x.npy", "-k", "2", "--method",
+                           "predictive_variance")
+    assert_one_line_error(status, out, err, r"expected a classification method .* \(the model\)")
+    assert rows == [1]
+
+
+# --------------------------------------------------------------------------- the command line's words (9.14)
+
+
+@pytest.mark.parametrize(("message", "command", "expected"), [
+    ("Invalid value for argument `x`: expected finite values, received an array of shape (3, 4) and dtype "
+     "float32.", "predict", "Invalid value for argument `DATA`: expected finite values"),
+    ("Invalid value for argument `x`: expected 4 features.", "select", "Invalid value for argument `POOL`: "),
+    ("Invalid value for argument `y_true`: expected labels >= 0 and < 3, received ...", "evaluate",
+     "Invalid value for argument `LABELS`: expected labels >= 0"),
+    ("Invalid value for argument `samples`: expected rank 3.", "evaluate", "argument `PREDS`: expected rank 3."),
+    ("Invalid value for argument `key`: expected one of the arrays.", "predict", "argument `--key`: expected"),
+    ("Invalid value for argument `model`: expected a model with at least one stochastic layer, received "
+     "<Sequential name=sequential, built=True> (of type Sequential). Every pass would be identical. Pass "
+     "allow_deterministic=True to accept this.", "predict",
+     "Invalid value for argument `MODEL`: expected a model with at least one stochastic layer, received "
+     "'m.keras'. Every pass would be identical."),
+    ("Invalid value for argument `stochastic`: expected None with method='batch_bald', received 'power'.",
+     "select", "argument `--stochastic`: expected no --stochastic with --method batch_bald, received 'power'."),
+    ("It holds Python code; pass unsafe=True (--unsafe on the command line) only if you trust the file.",
+     "predict", "It holds Python code; pass --unsafe only if you trust the file."),
+    ("Invalid value for argument `seed`: expected an integer >= 0, received -1. Or pass seed=None.",
+     "predict", "Invalid value for argument `--seed`: expected an integer >= 0, received -1. Or pass no --seed."),
+    ("Invalid value for argument `initial`: expected distinct indices, received array([3, 3, 1, 2, 7, 9]).",
+     "select", "argument `initial`: expected distinct indices, received an array of shape (6,) ([3, 3, 1, …])."),
+    ("Invalid value for argument `y_true`: expected labels, received " + str(list(range(40))) + ".",
+     "evaluate", "argument `LABELS`: expected labels, received an array of shape (40,) ([0, 1, 2, …])."),
+])
+def test_library_messages_are_put_in_the_command_lines_words(message, command, expected):
+    import argparse
+
+    args = argparse.Namespace(command=command, model="m.keras")
+    text = cli._in_cli_words(message, args)
+    assert text.startswith(expected) if expected.startswith("Invalid") else expected in text, text
+    assert "=" not in text.replace("<=", "").replace(">=", "")  # no API advice is left
+
+
+def test_header_flags_read_a_numeric_header_or_refuse_a_word_row(files, tmp_path, capsys):
+    x = np.load(files / "x.npy")
+    np.savetxt(tmp_path / "numbered.csv", x, delimiter=",", header="1,2,3,4", comments="")
+    status, out, _ = run(capsys, "predict", files / "clf.keras", tmp_path / "numbered.csv", "-T", 2, "--json",
+                         "--seed", 0, "--header")
+    assert status == 0 and json.loads(out)["summary"]["rows"] == 24
+    status, out, _ = run(capsys, "predict", files / "clf.keras", tmp_path / "numbered.csv", "-T", 2, "--json",
+                         "--seed", 0)
+    assert status == 0 and json.loads(out)["summary"]["rows"] == 25  # numbers are data unless declared
+    status, out, err = run(capsys, "predict", files / "clf.keras", files / "x.csv", "--no-header")
+    assert_one_line_error(status, out, err, r"argument `DATA`: .*Row 1, column 1 holds 'a', which is not a number")
+
+
+def test_a_full_disk_names_the_output_path(files, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from mcdrop import io
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io.os, "fsync", full)
+    out = tmp_path / "preds.npz"
+    status, stdout, err = run(capsys, "predict", files / "clf.keras", files / "x.npy", "-T", 2, "--out", out)
+    assert_one_line_error(status, stdout, err, rf"^mcdrop predict: error: No space left on device: {re.escape(str(out))}$")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- feedback (issue 15)
+
+
+def test_a_terminal_sees_a_status_line_at_once_and_it_is_cleared(files, tmp_path):
+    """On a pseudo-terminal the first bytes on stderr are the status line, long before TensorFlow is loaded."""
+    _, _, status, seen = _benchmark().on_terminal([sys.executable, "-m", "mcdrop.cli", "predict", str(files / "clf.keras"),
+                                           str(files / "x.npy"), "-T", "2", "--seed", "0",
+                                           "--out", str(tmp_path / "p.npz")])
+    assert status == 0, seen
+    text = seen.decode(errors="replace")
+    first = text.index("mcdrop predict: reading DATA")
+    assert first < text.index("mcdrop predict: loading TensorFlow") < text.index("mcdrop predict: loading MODEL")
+    assert "writing" in text and text.rstrip(" ").endswith("\x1b[K")  # the last status line is erased

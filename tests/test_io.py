@@ -231,3 +231,136 @@ def test_staged_directory_refuses_a_file(tmp_path):
         with io.staged_directory(tmp_path / "taken"):
             pass
     assert os.listdir(tmp_path) == ["taken"]
+
+
+# --------------------------------------------------------------------------- CSV header rule (issue 9.2)
+
+
+def test_csv_first_row_with_a_typo_is_an_error_not_a_header(tmp_path):
+    # on main the row was dropped as a header: every row index after it was off by one
+    (tmp_path / "typo.csv").write_text("1.0,2.o,3.0\n4.0,5.0,6.0\n7.0,8.0,9.0\n")
+    with pytest.raises(io.InputError, match=r"argument `data`: expected a numeric \.csv file, received "
+                       r"'.*typo\.csv'\. Row 1, column 2 holds '2\.o', which is not a number \(rows and "
+                       r"columns count from 1, as lines in the file.*--header on the command line"):
+        io.load_array(tmp_path / "typo.csv")
+
+
+def test_csv_first_row_with_an_empty_cell_is_an_error_not_a_header(tmp_path):
+    (tmp_path / "gap.csv").write_text("1.0,,3.0\n4.0,5.0,6.0\n")
+    with pytest.raises(io.InputError, match=r"Row 1, column 2 is empty \(rows and columns count from 1"):
+        io.load_array(tmp_path / "gap.csv")
+
+
+def test_csv_bad_cell_further_down_names_its_line_in_the_file(tmp_path):
+    # the header is line 1 and the blank line 3 still counts: the empty cell is on line 5
+    (tmp_path / "gap.csv").write_text("a,b\n1,2\n\n3,4\n5,\n")
+    with pytest.raises(io.InputError, match=r"Row 5, column 2 is empty"):
+        io.load_array(tmp_path / "gap.csv")
+    (tmp_path / "ragged.csv").write_text("1,2\n3,4,5\n")
+    with pytest.raises(io.InputError, match=r"same number of columns on every row.*Row 2 has 3 columns "
+                                            r"where row 1 has 2"):
+        io.load_array(tmp_path / "ragged.csv")
+
+
+def test_csv_header_only_when_no_field_is_a_number(tmp_path):
+    (tmp_path / "named.csv").write_text("x1,x2\n1.5,2\n3,4\n")
+    np.testing.assert_array_equal(io.load_array(tmp_path / "named.csv"), [[1.5, 2.0], [3.0, 4.0]])
+    # a header whose names look like numbers must be declared
+    (tmp_path / "numeric_names.csv").write_text("1,2\n3,4\n5,6\n")
+    np.testing.assert_array_equal(io.load_array(tmp_path / "numeric_names.csv"), [[1, 2], [3, 4], [5, 6]])
+    np.testing.assert_array_equal(io.load_array(tmp_path / "numeric_names.csv", header=True), [[3, 4], [5, 6]])
+    # and a first data row of words can be declared data: then it is an error, not silently dropped
+    with pytest.raises(io.InputError, match=r"Row 1, column 1 holds 'x1', which is not a number"):
+        io.load_array(tmp_path / "named.csv", header=False)
+    (tmp_path / "only_header.csv").write_text("a,b\n")
+    with pytest.raises(io.InputError, match=r"at least one data row.*only a header line"):
+        io.load_array(tmp_path / "only_header.csv")
+
+
+# --------------------------------------------------------------------------- leftovers of killed writes (9.15)
+
+_KILLED_WRITER = """
+import sys, time
+from mcdrop import io
+kind, target = sys.argv[1], sys.argv[2]
+if kind == "file":
+    with io.atomic_write(target, "w") as handle:
+        handle.write("half")
+        handle.flush()
+        print("ready", flush=True)
+        time.sleep(60)
+else:
+    with io.staged_directory(target) as stage:
+        (stage / "report.html").write_text("half")
+        print("ready", flush=True)
+        time.sleep(60)
+"""
+
+
+def _killed_write(kind, target):
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, kind, str(target)], stdout=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_a_sigkilled_write_leaves_a_hidden_tmp_that_the_next_write_removes(tmp_path, kind):
+    (tmp_path / "mine.tmp").write_text("not ours")  # a user's own file is never touched
+    (tmp_path / ".other.tmp").write_text("not ours either")
+    target = tmp_path / ("preds.npz" if kind == "file" else "report")
+    _killed_write(kind, target)
+    leftovers = [n for n in _listing(tmp_path) if ".mcdrop-" in n]
+    assert len(leftovers) == 1 and leftovers[0].startswith(f".{target.name}") and leftovers[0].endswith(".tmp")
+    io.save_text(tmp_path / "next.txt", "x")  # any write to the folder cleans up
+    assert _listing(tmp_path) == [".other.tmp", "mine.tmp", "next.txt"]
+
+
+def test_a_live_write_is_never_taken_for_a_leftover(tmp_path):
+    with io.atomic_write(tmp_path / "a.txt", "w") as handle:
+        handle.write("in progress")
+        (live,) = [n for n in _listing(tmp_path) if ".mcdrop-" in n]
+        assert io.remove_leftovers(tmp_path) == []
+        with io.staged_directory(tmp_path / "out") as stage:
+            assert io.remove_leftovers(tmp_path) == []
+            (stage / "b.txt").write_text("b")
+        assert live in _listing(tmp_path)
+    assert _listing(tmp_path) == ["a.txt", "out"]
+    assert _listing(tmp_path / "out") == ["b.txt"]  # the lock file is not moved in
+
+
+def test_a_full_disk_names_the_destination_not_the_temporary_file(tmp_path, monkeypatch):
+    import errno
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io.os, "fsync", full)
+    with pytest.raises(OSError, match="No space left on device") as info:
+        io.save_npz(tmp_path / "preds.npz", {"mean": np.zeros(3)})
+    assert info.value.errno == errno.ENOSPC
+    assert info.value.filename == str(tmp_path / "preds.npz")
+    assert _listing(tmp_path) == []
+
+
+def test_a_failed_move_into_a_staged_folder_names_the_folder(tmp_path, monkeypatch):
+    import errno
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device", str(src))
+
+    monkeypatch.setattr(io.os, "replace", full)
+    with pytest.raises(OSError, match="No space left on device") as info:
+        with io.staged_directory(tmp_path / "report") as stage:
+            (stage / "a.txt").write_text("a")
+    assert info.value.filename == str(tmp_path / "report")  # not the hidden staging folder's file
+    assert [n for n in _listing(tmp_path) if ".mcdrop-" in n] == []
