@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
-from mcdrop._validation import PROB_ATOL, invalid
+from mcdrop._validation import PROB_ATOL, invalid, nonfinite_row_indices
 from mcdrop.predictive import ClassificationPrediction, RegressionPrediction
 
 __all__ = ["ClassificationAccumulator", "RegressionAccumulator", "ShiftedMoments", "entropy", "nonfinite_rows"]
@@ -220,9 +220,7 @@ class RegressionAccumulator(_Accumulator):
 
 def nonfinite_rows(outputs: np.ndarray) -> int:
     """How many input rows (axis 1 of a (T, N, ...) array) hold a NaN or infinity in any pass."""
-    outputs = np.asarray(outputs)
-    other = tuple(i for i in range(outputs.ndim) if i != 1)
-    return int(np.sum(np.any(~np.isfinite(outputs), axis=other)))
+    return int(nonfinite_row_indices([outputs], axis=1).size)
 
 
 def _check_pass_probs(probs: np.ndarray) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 from keras import tree
 
-from mcdrop._validation import check_choice, check_int, invalid
+from mcdrop._validation import check_choice, check_finite_rows, check_int, invalid
 from mcdrop.accumulators import nonfinite_rows
 from mcdrop.engine import inputs as _inputs
 from mcdrop.engine.sampler import CPU_ROW_PASSES, CompiledSampler, plan_chunks, widest_activation
@@ -21,6 +21,7 @@ from mcdrop.predictive import MASK_MODES, concatenate
 __all__ = ["MCDropout"]
 
 _DEFAULT_BUDGET = 512 * 2**20
+_NONFINITE_ADVICE = "Pass allow_nonfinite_inputs=True if the model is built to take them."
 
 
 class MCDropout:
@@ -73,6 +74,11 @@ class MCDropout:
     strategy : tf.distribute.Strategy, optional
         Split each chunk's rows across the strategy's replicas (e.g. ``MirroredStrategy`` over
         several GPUs). With a seed, results equal single-device results.
+    allow_nonfinite_inputs : bool, default False
+        Accept NaN or infinite values in floating inputs. Off by default: most models turn a NaN
+        feature into a finite, confident-looking output (a ReLU may map NaN to 0), so ``predict``
+        and ``sample`` refuse such rows before the model runs, naming how many and which. Set it for
+        a model built to take NaN (one that masks or imputes missing values itself).
 
     Examples
     --------
@@ -86,7 +92,8 @@ class MCDropout:
                  heteroscedastic=None, mask: str = "consistent", gaussian_noise: bool = False,
                  allow_deterministic: bool = False, batch_size: int | None = None,
                  passes_per_chunk: int | None = None, memory_budget: int = _DEFAULT_BUDGET,
-                 run_eagerly: bool = False, verbose="auto", strategy=None):
+                 run_eagerly: bool = False, verbose="auto", strategy=None,
+                 allow_nonfinite_inputs: bool = False):
         if not isinstance(model, keras.Model):
             raise invalid("model", "a keras.Model (Keras 3)", model, error=TypeError)
         self.model = model
@@ -100,6 +107,7 @@ class MCDropout:
                                  else check_int(passes_per_chunk, "passes_per_chunk", minimum=1))
         self.memory_budget = check_int(memory_budget, "memory_budget", minimum=1)
         self.verbose = check_choice(verbose, "verbose", ("auto", 0, 1, True, False))
+        self.allow_nonfinite_inputs = check_choice(allow_nonfinite_inputs, "allow_nonfinite_inputs", (False, True))
         if strategy is not None and not isinstance(strategy, tf.distribute.Strategy):
             raise invalid("strategy", "a tf.distribute.Strategy", strategy, error=TypeError)
         self.view = build_view(model, gaussian_noise=bool(gaussian_noise))
@@ -239,7 +247,11 @@ class MCDropout:
         resource-exhausted error the block size halves, a warning is given once, and the same
         rows are run again: nothing is lost or duplicated.
         """
-        n = None if _inputs.is_streaming(x) else _count_rows(x)
+        streaming = _inputs.is_streaming(x)
+        n = None if streaming else _count_rows(x)
+        if not streaming and not self.allow_nonfinite_inputs:  # the whole input, before any pass runs
+            check_finite_rows(_inputs.as_flat(x, self._spec)[0], "x", row_offset=row_offset, total=n,
+                              advice=_NONFINITE_ADVICE)
         rows, passes = self.plan(n, batch_size=batch_size)
         seed, seed_pair = seed if seed is not None else self._seed_pair()
         pass_chunks = self._pass_chunks(passes)
@@ -281,6 +293,9 @@ class MCDropout:
         with self._progress(verbose, n) as bar:
             pending, structure = [], None
             for block, structure, offset, valid in _inputs.iter_blocks(x, self._spec, rows):
+                if streaming and not self.allow_nonfinite_inputs:  # each block as it arrives
+                    check_finite_rows([a[:valid] for a in block], "x", row_offset=row_offset + offset,
+                                      advice="The stream was not read further. " + _NONFINITE_ADVICE)
                 pending.extend(pieces(block, row_offset + offset, valid, state["size"]))
                 while len(pending) >= replicas:
                     group, pending = pending[:replicas], pending[replicas:]
