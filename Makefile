@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/metrics.py
 	$(BIN)/python benchmarks/acquisition.py
 	$(BIN)/python benchmarks/scale.py
+	$(BIN)/python benchmarks/memory.py
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
