@@ -42,8 +42,12 @@ DIRECTIONS = {
     "excess_aurc": -1, "error_auroc": +1, "error_aupr": +1, "mean_entropy": 0, "mean_mutual_information": 0,
     "rmse": -1, "gaussian_nll": -1, "mixture_nll": -1, "crps": -1, "coverage": 0, "coverage_error": -1,
     "interval_width": -1, "miscalibration_area": -1, "mean_std": 0, "num_samples": 0,
+    "includes_aleatoric": 0,
 }
 TASKS = ("classification", "regression")
+_EPISTEMIC_ONLY_NOTE = ("includes_aleatoric False: that spread is the model's (epistemic) uncertainty only, so its "
+                        "intervals under-cover the targets; recalibrate with mcdrop.calibration.VarianceScaling "
+                        "or use split-conformal intervals.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +114,8 @@ class EvaluationReport:
                 lines.append("  ".join("-" * w for w in widths))
         if len(self.models) > 1:
             lines.append("* best")
+        if any(v.get("includes_aleatoric") is False for v in self.metrics.values()):
+            lines.append(_EPISTEMIC_ONLY_NOTE)
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -305,6 +311,7 @@ def _regression_metrics(y, pred, level):
         "miscalibration_area": metrics.miscalibration_area(y, pred),
         "mean_std": float(np.mean(pred.std)),
         "num_samples": int(pred.num_samples),
+        "includes_aleatoric": bool(pred.includes_aleatoric),
     }
 
 
