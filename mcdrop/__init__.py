@@ -26,6 +26,7 @@ _ATTRIBUTES = {
     "MCDropout": "mcdrop.engine",
     "ClassificationPrediction": "mcdrop.predictive",
     "RegressionPrediction": "mcdrop.predictive",
+    "EpistemicOnlyWarning": "mcdrop.predictive",
     "evaluate": "mcdrop.report",
 }
 _SUBMODULES = (
