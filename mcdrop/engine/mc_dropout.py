@@ -69,8 +69,8 @@ class MCDropout:
     run_eagerly : bool, default False
         Run the step without ``tf.function`` (debugging).
     verbose : {"auto", 0, 1}, default "auto"
-        Progress bar: 1 always, 0 never, "auto" when stderr is a terminal and there is more than
-        one chunk.
+        Progress bar (in rows; it moves as the passes run, and stays at 100% when done): 1 always,
+        0 never, "auto" when stderr is a terminal and a prediction takes more than one compiled call.
     strategy : tf.distribute.Strategy, optional
         Split each chunk's rows across the strategy's replicas (e.g. ``MirroredStrategy`` over
         several GPUs). With a seed, results equal single-device results.
@@ -261,9 +261,8 @@ class MCDropout:
         seed, seed_pair = seed if seed is not None else self._seed_pair()
         shapes = self._spec.shapes if self._spec is not None else None
         replicas = self.sampler.replicas
-        state = {"size": rows, "warned": False}
-        chunks_per_block = -(-self.num_samples // passes)
-        calls = chunks_per_block * (-(-n // rows) if n else 2)
+        state = {"size": rows, "warned": False, "done": 0}  # block size, OOM warning given, rows done
+        calls = -(-self.num_samples // passes) * (-(-n // rows) if n else 2)  # a stream: "more than one"
 
         def pieces(block, offset, valid, size):
             return [(_inputs.pad([a[s:s + size] for a in block], size), offset + s, min(size, valid - s))
@@ -304,7 +303,6 @@ class MCDropout:
                 done.extend(run_group(items[g:g + replicas], structure, bar))
             return done
 
-        state["done"] = 0
         with self._progress(verbose, n, calls) as bar:
             pending, structure = [], None
             for block, structure, offset, valid in _inputs.iter_blocks(x, self._spec, rows):
