@@ -205,8 +205,21 @@ _CHECK_VALUES = 2**24
 def nonfinite_row_indices(arrays: Iterable[Any], *, axis: int = 0) -> np.ndarray:
     """Sorted indices, along ``axis``, of the rows where any floating array holds NaN or infinity.
 
-    Integer and boolean arrays cannot hold either and are skipped; all arrays share the length of
-    ``axis``.
+    Parameters
+    ----------
+    arrays : iterable of array-like (numpy arrays or tensors), each of shape (..., N, ...)
+        All share the length N of ``axis``. Integer and boolean arrays cannot hold NaN and are skipped.
+    axis : int, default 0
+        The row axis (1 for per-pass outputs shaped (T, N, ...)).
+
+    Returns
+    -------
+    ndarray of int64, shape (K,)
+        The K bad rows, ascending.
+
+    >>> x = np.zeros((4, 2)); x[2, 1] = np.nan
+    >>> nonfinite_row_indices([x, np.arange(4)]).tolist()
+    [2]
     """
     bad = None
     for value in arrays:
@@ -226,11 +239,24 @@ def nonfinite_row_indices(arrays: Iterable[Any], *, axis: int = 0) -> np.ndarray
 
 def check_finite_rows(arrays: Iterable[Any], name: str, *, row_offset: int = 0, total: int | None = None,
                       advice: str | None = None) -> None:
-    """Raise when any row (axis 0) of the floating ``arrays`` holds NaN or infinity.
+    """Raise a ``ValueError`` when any row (axis 0) of the floating ``arrays`` holds NaN or infinity.
 
-    The message names how many rows and the first few of their indices, counted from ``row_offset``
-    (the index of the arrays' first row in the whole input); ``total`` is the number of rows of the
-    whole input when known; ``advice`` ends the message (how to accept such rows, in the caller's words).
+    Parameters
+    ----------
+    arrays : iterable of array-like, each of shape (N, ...)
+        The flat inputs of one model call (all arrays of a list/dict input).
+    name : str
+        The argument named in the message (``x``; ``DATA`` on the command line).
+    row_offset : int, default 0
+        Index of the arrays' first row in the whole input: the message lists absolute indices.
+    total : int, optional
+        Rows of the whole input, when known (``3 of 10 row(s)``).
+    advice : str, optional
+        Ends the message: how to accept such rows, in the caller's words.
+
+    The message names how many rows and the first five of their indices:
+    ``Invalid value for argument `x`: expected finite values, received 3 of 10 row(s) holding NaN or
+    infinity (rows 1, 4, 7).``
     """
     bad = nonfinite_row_indices(arrays)
     if bad.size == 0:
