@@ -256,8 +256,9 @@ class RegressionPrediction:
             f"This regression prediction's {what} covers the model's (epistemic) uncertainty only: without a "
             "variance head the noise in the targets is left out, so its intervals under-cover, often far below "
             "their nominal level. Recalibrate the spread on held-out data with "
-            "mcdrop.calibration.VarianceScaling, use split-conformal intervals, or train a Gaussian head "
-            "(heteroscedastic=...).", EpistemicOnlyWarning, stacklevel=3)
+            "mcdrop.calibration.VarianceScaling, use split-conformal intervals "
+            "(mcdrop.conformal.ConformalRegressor), or train a Gaussian head (heteroscedastic=...).",
+            EpistemicOnlyWarning, stacklevel=3)
 
     @classmethod
     def from_samples(cls, samples, variances=None, *, mask: str = "consistent", seed: int | None = None,

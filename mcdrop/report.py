@@ -47,7 +47,7 @@ DIRECTIONS = {
 TASKS = ("classification", "regression")
 _EPISTEMIC_ONLY_NOTE = ("includes_aleatoric False: that spread is the model's (epistemic) uncertainty only, so its "
                         "intervals under-cover the targets; recalibrate with mcdrop.calibration.VarianceScaling "
-                        "or use split-conformal intervals.")
+                        "or use split-conformal intervals (mcdrop.conformal.ConformalRegressor).")
 
 
 @dataclasses.dataclass(frozen=True)
