@@ -112,10 +112,10 @@ class EvaluationReport:
             lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
             if k == 0:
                 lines.append("  ".join("-" * w for w in widths))
-        if len(self.models) > 1:
-            lines.append("* best")
         if any(v.get("includes_aleatoric") is False for v in self.metrics.values()):
             lines.append(_EPISTEMIC_ONLY_NOTE)
+        if len(self.models) > 1:
+            lines.append("* best")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
