@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/acquisition.py
 	$(BIN)/python benchmarks/scale.py
 	$(BIN)/python benchmarks/cli_startup.py
+	$(BIN)/python benchmarks/memory.py
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict

@@ -28,6 +28,7 @@ _ATTRIBUTES = {
     "MCDropout": "mcdrop.engine",
     "ClassificationPrediction": "mcdrop.predictive",
     "RegressionPrediction": "mcdrop.predictive",
+    "EpistemicOnlyWarning": "mcdrop.predictive",
     "evaluate": "mcdrop.report",
     "MCDropoutMetrics": "mcdrop.callbacks",
 }

@@ -27,6 +27,8 @@ __all__ = [
     "check_labels",
     "check_samples",
     "check_same_length",
+    "check_finite_rows",
+    "nonfinite_row_indices",
     "PROB_ATOL",
 ]
 
@@ -192,3 +194,78 @@ def check_same_length(**arrays: Any) -> int:
             f"received {listed}."
         )
     return next(iter(lengths.values()))
+
+
+#: How many row indices an error about bad rows lists before "...".
+_ROWS_SHOWN = 5
+#: Values checked at once for NaN/infinity (bounds the temporary boolean array).
+_CHECK_VALUES = 2**24
+
+
+def nonfinite_row_indices(arrays: Iterable[Any], *, axis: int = 0) -> np.ndarray:
+    """Sorted indices, along ``axis``, of the rows where any floating array holds NaN or infinity.
+
+    Parameters
+    ----------
+    arrays : iterable of array-like (numpy arrays or tensors), each of shape (..., N, ...)
+        All share the length N of ``axis``. Integer and boolean arrays cannot hold NaN and are skipped.
+    axis : int, default 0
+        The row axis (1 for per-pass outputs shaped (T, N, ...)).
+
+    Returns
+    -------
+    ndarray of int64, shape (K,)
+        The K bad rows, ascending.
+
+    >>> x = np.zeros((4, 2)); x[2, 1] = np.nan
+    >>> nonfinite_row_indices([x, np.arange(4)]).tolist()
+    [2]
+    """
+    bad = None
+    for value in arrays:
+        array = np.asarray(value.numpy() if hasattr(value, "numpy") and not isinstance(value, np.ndarray)
+                           else value)
+        if not np.issubdtype(array.dtype, np.inexact):
+            continue
+        array = np.moveaxis(array, axis, 0)
+        rows = np.zeros(array.shape[0], dtype=bool)
+        step = max(1, _CHECK_VALUES // max(1, array[:1].size))  # bounded temporary memory on a large pool
+        for start in range(0, array.shape[0], step):
+            part = array[start:start + step]
+            rows[start:start + step] = ~np.isfinite(part.reshape(part.shape[0], -1)).all(axis=1)
+        bad = rows if bad is None else bad | rows
+    return np.zeros(0, dtype=np.int64) if bad is None else np.flatnonzero(bad)
+
+
+def check_finite_rows(arrays: Iterable[Any], name: str, *, row_offset: int = 0, total: int | None = None,
+                      advice: str | None = None) -> None:
+    """Raise a ``ValueError`` when any row (axis 0) of the floating ``arrays`` holds NaN or infinity.
+
+    Parameters
+    ----------
+    arrays : iterable of array-like, each of shape (N, ...)
+        The flat inputs of one model call (all arrays of a list/dict input).
+    name : str
+        The argument named in the message (``x``; ``DATA`` on the command line).
+    row_offset : int, default 0
+        Index of the arrays' first row in the whole input: the message lists absolute indices.
+    total : int, optional
+        Rows of the whole input, when known (``3 of 10 row(s)``).
+    advice : str, optional
+        Ends the message: how to accept such rows, in the caller's words.
+
+    The message names how many rows and the first five of their indices:
+    ``Invalid value for argument `x`: expected finite values, received 3 of 10 row(s) holding NaN or
+    infinity (rows 1, 4, 7).``
+    """
+    bad = nonfinite_row_indices(arrays)
+    if bad.size == 0:
+        return
+    shown = ", ".join(str(int(i) + row_offset) for i in bad[:_ROWS_SHOWN])
+    more = ", ..." if bad.size > _ROWS_SHOWN else ""
+    of = f" of {total}" if total is not None else ""
+    message = (f"Invalid value for argument `{name}`: expected finite values, received {bad.size}{of} row(s) "
+               f"holding NaN or infinity (row{'s' if bad.size > 1 else ''} {shown}{more}).")
+    if advice:
+        message += f" {advice}"
+    raise ValueError(message)

@@ -6,6 +6,20 @@ order, ``((s + x_0) + x_1) + ...``, continuing from the running sum. The sums ar
 therefore bit-identical whatever the pass-chunk size (a chunk's own ``sum(axis=0)``
 added to the running sum would associate differently).
 
+Means and variances come from *shifted* sums (:class:`ShiftedMoments`): every pass is
+taken relative to the first pass, :math:`d_t = x_t - x_0`, so the sums hold numbers of
+the size of the spread, not of the offset, and
+
+.. math::
+
+    \bar x = x_0 + \frac1T\sum_t d_t, \qquad
+    \mathrm{Var} = \frac1T\sum_t d_t^2 - \Big(\frac1T\sum_t d_t\Big)^2
+
+does not cancel catastrophically as :math:`E[x^2] - E[x]^2` does at a large offset
+(two passes :math:`10^8 \pm 0.01` give 1e-4, not 0; identical passes give exactly 0).
+The shift is a fixed value and the sums are sequential, so the results stay
+bit-identical under any chunking.
+
 Memory is O(N·C) unless samples are kept.
 """
 
@@ -14,10 +28,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
-from mcdrop._validation import PROB_ATOL, invalid
+from mcdrop._validation import PROB_ATOL, invalid, nonfinite_row_indices
 from mcdrop.predictive import ClassificationPrediction, RegressionPrediction
 
-__all__ = ["ClassificationAccumulator", "RegressionAccumulator", "entropy", "nonfinite_rows"]
+__all__ = ["ClassificationAccumulator", "RegressionAccumulator", "ShiftedMoments", "entropy", "nonfinite_rows"]
 
 
 def _add_in_order(running: np.ndarray | None, chunk: np.ndarray) -> np.ndarray:
@@ -27,6 +41,52 @@ def _add_in_order(running: np.ndarray | None, chunk: np.ndarray) -> np.ndarray:
     if running is None:
         return np.cumsum(chunk, axis=0)[-1]
     return np.cumsum(np.concatenate([running[None], chunk], axis=0), axis=0)[-1]
+
+
+class ShiftedMoments:
+    r"""Mean and population variance over passes, fed in pass order, numerically stable.
+
+    Sums of :math:`d_t = x_t - x_0` and :math:`d_t^2`, with :math:`x_0` the first pass fed,
+    added strictly in pass order (bit-identical whatever the chunking):
+
+    .. math::
+
+        \bar x = x_0 + \frac{S_1}{T}, \qquad \mathrm{Var} = \frac{S_2}{T} - \Big(\frac{S_1}{T}\Big)^2,
+        \qquad S_k = \sum_t d_t^k .
+
+    The rounding error is of order :math:`\varepsilon\,T\,(1 + z_0^2)\,\mathrm{Var}`, with
+    :math:`z_0` the first pass's distance from the mean in standard deviations, whatever the offset.
+
+    Examples
+    --------
+    >>> m = ShiftedMoments()
+    >>> m.update(np.array([[1e8 + 0.01], [1e8 - 0.01]]))
+    >>> float(m.variance()[0])  # doctest: +ELLIPSIS
+    0.0001...
+    """
+
+    def __init__(self):
+        self.count = 0
+        self.shift = self._sum = self._sum_sq = None
+
+    def update(self, chunk: np.ndarray) -> None:
+        """Add the passes of ``chunk`` (T_chunk, ...), as float64, in order."""
+        chunk = np.asarray(chunk, dtype=np.float64)
+        if self.shift is None:
+            self.shift = chunk[0].copy()
+        d = chunk - self.shift
+        self._sum = _add_in_order(self._sum, d)
+        self._sum_sq = _add_in_order(self._sum_sq, d * d)
+        self.count += chunk.shape[0]
+
+    def mean(self) -> np.ndarray:
+        """(...): the mean over passes."""
+        return self.shift + self._sum / self.count
+
+    def variance(self) -> np.ndarray:
+        """(...): the population variance over passes (divisor T), never negative."""
+        m = self._sum / self.count
+        return np.maximum(self._sum_sq / self.count - m * m, 0.0)
 
 
 def entropy(probs: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -60,14 +120,14 @@ class _Accumulator:
 class ClassificationAccumulator(_Accumulator):
     """Accumulates per-pass class probabilities ``(T_chunk, N, C)``.
 
-    Keeps: sum of p, sum of p², sum of per-pass entropies, vote counts of the
+    Keeps: shifted sums of p and p² (:class:`ShiftedMoments`), sum of per-pass entropies, vote counts of the
     per-pass argmax — everything :class:`~mcdrop.predictive.ClassificationPrediction` needs.
     """
 
     def __init__(self, *, keep_samples: bool = False, provenance: dict | None = None, validate: bool = True):
         super().__init__(keep_samples=keep_samples, provenance=provenance)
         self.validate = validate
-        self._sum = self._sum_sq = self._sum_entropy = self._votes = None
+        self._moments, self._sum_entropy, self._votes = ShiftedMoments(), None, None
 
     def update(self, probs: np.ndarray) -> None:
         probs = np.asarray(probs)
@@ -81,8 +141,7 @@ class ClassificationAccumulator(_Accumulator):
             raise invalid("probs", f"passes of shape (T, {', '.join(map(str, self._votes.shape))})", probs)
         n_classes = probs.shape[-1]
         p = probs.astype(np.float64)
-        self._sum = _add_in_order(self._sum, p)
-        self._sum_sq = _add_in_order(self._sum_sq, p * p)
+        self._moments.update(p)
         self._sum_entropy = _add_in_order(self._sum_entropy, entropy(p))
         winners = np.argmax(p, axis=-1)  # (T_chunk, N, ...): integer counts are exact in any order
         self._votes += (winners[..., None] == np.arange(n_classes)).sum(axis=0)
@@ -92,11 +151,9 @@ class ClassificationAccumulator(_Accumulator):
     def result(self) -> ClassificationPrediction:
         self._check_started()
         t = self.count
-        mean = self._sum / t
-        variance = np.maximum(self._sum_sq / t - mean * mean, 0.0)
         return ClassificationPrediction(
-            mean=mean,
-            variance=variance,
+            mean=self._moments.mean(),
+            variance=self._moments.variance(),
             expected_entropy=self._sum_entropy / t,
             votes=self._votes.copy(),
             num_samples=t,
@@ -113,7 +170,7 @@ class RegressionAccumulator(_Accumulator):
                  provenance: dict | None = None):
         super().__init__(keep_samples=keep_samples, provenance=provenance)
         self.heteroscedastic = heteroscedastic
-        self._sum = self._sum_sq = self._sum_var = self._shape = None
+        self._moments, self._sum_var, self._shape = ShiftedMoments(), None, None
         self._kept_var: list[np.ndarray] = []
 
     def update(self, means: np.ndarray, variances: np.ndarray | None = None) -> None:
@@ -137,9 +194,7 @@ class RegressionAccumulator(_Accumulator):
                 raise invalid("variances", f"an array of the means' shape {means.shape}", variances)
             if np.any(variances < 0):
                 raise invalid("variances", "non-negative variances", variances)
-        m = means.astype(np.float64)
-        self._sum = _add_in_order(self._sum, m)
-        self._sum_sq = _add_in_order(self._sum_sq, m * m)
+        self._moments.update(means)
         if variances is not None:
             self._sum_var = _add_in_order(self._sum_var, variances.astype(np.float64))
         self.count += means.shape[0]
@@ -150,10 +205,9 @@ class RegressionAccumulator(_Accumulator):
     def result(self) -> RegressionPrediction:
         self._check_started()
         t = self.count
-        mean = self._sum / t
         return RegressionPrediction(
-            mean=mean,
-            epistemic_variance=np.maximum(self._sum_sq / t - mean * mean, 0.0),
+            mean=self._moments.mean(),
+            epistemic_variance=self._moments.variance(),
             aleatoric_variance=self._sum_var / t,
             num_samples=t,
             heteroscedastic=self.heteroscedastic,
@@ -166,9 +220,7 @@ class RegressionAccumulator(_Accumulator):
 
 def nonfinite_rows(outputs: np.ndarray) -> int:
     """How many input rows (axis 1 of a (T, N, ...) array) hold a NaN or infinity in any pass."""
-    outputs = np.asarray(outputs)
-    other = tuple(i for i in range(outputs.ndim) if i != 1)
-    return int(np.sum(np.any(~np.isfinite(outputs), axis=other)))
+    return int(nonfinite_row_indices([outputs], axis=1).size)
 
 
 def _check_pass_probs(probs: np.ndarray) -> None:

@@ -471,6 +471,7 @@ class VarianceScaling:
                 else center[None] + s * (prediction.samples - center[None]),
                 sample_variances=None if prediction.sample_variances is None
                 else prediction.sample_variances * s * s,
+                includes_aleatoric=True,  # the spread is fitted to observed targets, noise and all
             )
         _components(prediction)  # validates the tuple
         mean, std = prediction

@@ -235,6 +235,9 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unsafe", action="store_true",
                    help="allow models holding Python code (Lambda layers) and SavedModel graphs; "
                         "only for files you trust")
+    p.add_argument("--allow-nonfinite-inputs", action="store_true",
+                   help="accept NaN or infinite input values, for a model built to take them "
+                        "(by default such rows are an error, named before the model runs)")
     _add_header_option(p)
 
 
@@ -568,7 +571,13 @@ def _load_inputs(args, path: str, name: str) -> np.ndarray:
     from mcdrop import io
 
     _status(args, f"reading {name} {path}")
-    return io.load_array(path, key=args.key, name=name, header=args.header)
+    x = io.load_array(path, key=args.key, name=name, header=args.header)
+    if not getattr(args, "allow_nonfinite_inputs", True):
+        from mcdrop._validation import check_finite_rows
+
+        check_finite_rows([x], name, total=len(x), advice="Pass --allow-nonfinite-inputs if the model is built "
+                                                          "to take them.")
+    return x
 
 
 def _fit_to_model(model, x: np.ndarray, from_csv: bool) -> np.ndarray:
@@ -595,6 +604,7 @@ def _make_engine(args, model, **options):
     import mcdrop
 
     kwargs = dict(num_samples=args.num_samples, seed=args.seed, verbose=1 if _show_progress(args) else 0)
+    kwargs["allow_nonfinite_inputs"] = args.allow_nonfinite_inputs
     if args.batch_size is not None:
         kwargs["batch_size"] = args.batch_size
     kwargs.update({k: v for k, v in options.items() if v is not None})

@@ -19,6 +19,8 @@ is how downstream code and tests use them.
 from __future__ import annotations
 
 import dataclasses
+import warnings
+import weakref
 from dataclasses import dataclass
 from functools import cached_property
 from typing import ClassVar, Sequence
@@ -34,11 +36,20 @@ __all__ = [
     "Prediction",
     "concatenate",
     "MASK_MODES",
+    "EpistemicOnlyWarning",
 ]
 
 #: How the noise of a pass relates across inputs: one draw of the network shared by
 #: every input ("consistent"), or independent per input as Keras does ("per_example").
 MASK_MODES = ("consistent", "per_example")
+
+
+class EpistemicOnlyWarning(UserWarning):
+    """A regression prediction's intervals or CDF leave out the noise in the targets (no variance head)."""
+
+
+#: Predictions already warned about (each warns once).
+_WARNED: "weakref.WeakSet" = weakref.WeakSet()
 
 
 def _standard_error(variance: np.ndarray, num_samples: int) -> np.ndarray:
@@ -223,6 +234,13 @@ class RegressionPrediction:
         Per-pass predicted variances of a Gaussian head, kept with ``samples``.
     mask, seed
         Provenance, as for :class:`ClassificationPrediction`.
+    includes_aleatoric : bool
+        Whether the predictive spread includes the noise in the targets: True for a Gaussian head
+        (the default follows ``heteroscedastic``) and after
+        :class:`~mcdrop.calibration.VarianceScaling`, which fits the spread to observed targets.
+        When False the spread is the model's (epistemic) uncertainty alone, and :meth:`interval`,
+        :meth:`cdf` and :meth:`quantile` warn once (:class:`EpistemicOnlyWarning`): such intervals
+        under-cover the targets, often far below their nominal level.
     """
 
     mean: np.ndarray
@@ -234,14 +252,39 @@ class RegressionPrediction:
     sample_variances: np.ndarray | None = None
     mask: str = "consistent"
     seed: int | None = None
+    includes_aleatoric: bool | None = None
 
     task: ClassVar[str] = "regression"
 
+    def __post_init__(self):
+        if self.includes_aleatoric is None:
+            object.__setattr__(self, "includes_aleatoric", bool(self.heteroscedastic))
+        elif not isinstance(self.includes_aleatoric, (bool, np.bool_)):
+            raise invalid("includes_aleatoric", "True, False or None", self.includes_aleatoric, error=TypeError)
+        else:
+            object.__setattr__(self, "includes_aleatoric", bool(self.includes_aleatoric))
+
+    def _warn_epistemic_only(self, what: str) -> None:
+        if self.includes_aleatoric or self in _WARNED:
+            return
+        _WARNED.add(self)
+        warnings.warn(
+            f"This regression prediction's {what} covers the model's (epistemic) uncertainty only: without a "
+            "variance head the noise in the targets is left out, so its intervals under-cover, often far below "
+            "their nominal level. Recalibrate the spread on held-out data with "
+            "mcdrop.calibration.VarianceScaling, use split-conformal intervals "
+            "(mcdrop.conformal.ConformalRegressor), or train a Gaussian head (heteroscedastic=...).",
+            EpistemicOnlyWarning, stacklevel=3)
+
     @classmethod
     def from_samples(cls, samples, variances=None, *, mask: str = "consistent", seed: int | None = None,
-                     keep_samples: bool = True) -> "RegressionPrediction":
+                     keep_samples: bool = True, includes_aleatoric: bool | None = None) -> "RegressionPrediction":
         """Build a prediction from per-pass means (T, N, D) and, for a Gaussian head,
         per-pass variances of the same shape. A (T, N) array is read as D = 1.
+
+        ``includes_aleatoric`` says whether the samples' spread already includes the noise in the
+        targets (say, samples of a posterior predictive); by default it does exactly when
+        ``variances`` are given.
 
         >>> import numpy as np
         >>> pred = RegressionPrediction.from_samples(np.array([[1.0], [3.0]]), np.array([[1.0], [1.0]]))
@@ -258,8 +301,11 @@ class RegressionPrediction:
             if variances.ndim == 2:
                 variances = variances[..., None]
         check_choice(mask, "mask", MASK_MODES)
+        provenance = {"mask": mask, "seed": seed}
+        if includes_aleatoric is not None:
+            provenance["includes_aleatoric"] = includes_aleatoric
         acc = RegressionAccumulator(heteroscedastic=variances is not None, keep_samples=keep_samples,
-                                    provenance={"mask": mask, "seed": seed})
+                                    provenance=provenance)
         acc.update(samples, variances)
         return acc.result()
 
@@ -297,6 +343,7 @@ class RegressionPrediction:
         Gaussian :math:`\Phi((y-\mu)/\sigma)`.
         """
         y = self._check_targets(y)
+        self._warn_epistemic_only("cdf")
         if self.has_mixture:
             return self._mixture_cdf(y)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -322,6 +369,7 @@ class RegressionPrediction:
         """
         level = check_float(level, "level", low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
         method = check_choice(method, "method", ("auto", "mixture", "gaussian"))
+        self._warn_epistemic_only("interval")
         if method == "auto":
             method = "mixture" if self.has_mixture else "gaussian"
         alpha = (1.0 - level) / 2.0
@@ -336,6 +384,7 @@ class RegressionPrediction:
     def quantile(self, q: float) -> np.ndarray:
         """The ``q``-quantile of the predictive mixture, (N, D)."""
         q = check_float(q, "q", low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
+        self._warn_epistemic_only("quantile")
         if not self.has_mixture:
             return self.mean + special.ndtri(q) * self.std
         if not self.heteroscedastic:
@@ -377,10 +426,11 @@ class RegressionPrediction:
         )
 
     def to_dict(self) -> dict[str, np.ndarray]:
+        """Per-row arrays keyed by name (for saving), and ``includes_aleatoric`` as a 0-d bool array."""
         out = {
             "mean": self.mean, "variance": self.variance, "std": self.std,
             "epistemic_variance": self.epistemic_variance, "aleatoric_variance": self.aleatoric_variance,
-            "standard_error": self.standard_error,
+            "standard_error": self.standard_error, "includes_aleatoric": np.array(self.includes_aleatoric),
         }
         if self.samples is not None:
             out["samples"] = self.samples
@@ -410,6 +460,9 @@ def concatenate(predictions: Sequence[Prediction]) -> Prediction:
     for p in predictions[1:]:
         if type(p) is not kind or p.num_samples != first.num_samples or p.mask != first.mask:
             raise invalid("predictions", "predictions of one task, number of passes and mask", p)
+        if getattr(p, "includes_aleatoric", None) != getattr(first, "includes_aleatoric", None):
+            raise invalid("predictions", "regression predictions that all include the targets' noise or all "
+                          "leave it out (`includes_aleatoric`)", p)
     values = {}
     for field in dataclasses.fields(first):
         items = [getattr(p, field.name) for p in predictions]

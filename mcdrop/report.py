@@ -41,8 +41,12 @@ DIRECTIONS = {
     "excess_aurc": -1, "error_auroc": +1, "error_aupr": +1, "mean_entropy": 0, "mean_mutual_information": 0,
     "rmse": -1, "gaussian_nll": -1, "mixture_nll": -1, "crps": -1, "coverage": 0, "coverage_error": -1,
     "interval_width": -1, "miscalibration_area": -1, "mean_std": 0, "num_samples": 0,
+    "includes_aleatoric": 0,
 }
 TASKS = ("classification", "regression")
+_EPISTEMIC_ONLY_NOTE = ("includes_aleatoric False: that spread is the model's (epistemic) uncertainty only, so its "
+                        "intervals under-cover the targets; recalibrate with mcdrop.calibration.VarianceScaling "
+                        "or use split-conformal intervals (mcdrop.conformal.ConformalRegressor).")
 
 #: Readable name and formula (plain text, shown one click away in the HTML report) of every metric.
 METRIC_INFO = {
@@ -155,6 +159,8 @@ class EvaluationReport:
             lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
             if k == 0:
                 lines.append("  ".join("-" * w for w in widths))
+        if any(v.get("includes_aleatoric") is False for v in self.metrics.values()):
+            lines.append(_EPISTEMIC_ONLY_NOTE)
         if len(self.models) > 1:
             lines.append("* best")
         return "\n".join(lines) + _sections_text(self)
@@ -503,6 +509,7 @@ def _regression_metrics(y, pred, level):
         "miscalibration_area": metrics.miscalibration_area(y, pred),
         "mean_std": float(np.mean(pred.std)),
         "num_samples": int(pred.num_samples),
+        "includes_aleatoric": bool(pred.includes_aleatoric),
     }
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 from keras import tree
 
-from mcdrop._validation import check_choice, check_int, invalid
+from mcdrop._validation import check_choice, check_finite_rows, check_int, invalid
 from mcdrop.accumulators import nonfinite_rows
 from mcdrop.engine import inputs as _inputs
 from mcdrop.engine.graph import functional_of
@@ -22,6 +22,7 @@ from mcdrop.predictive import MASK_MODES, concatenate
 __all__ = ["MCDropout"]
 
 _DEFAULT_BUDGET = 512 * 2**20
+_NONFINITE_ADVICE = "Pass allow_nonfinite_inputs=True if the model is built to take them."
 
 
 class MCDropout:
@@ -73,11 +74,16 @@ class MCDropout:
     run_eagerly : bool, default False
         Run the step without ``tf.function`` (debugging).
     verbose : {"auto", 0, 1}, default "auto"
-        Progress bar: 1 always, 0 never, "auto" when stderr is a terminal and there is more than
-        one chunk.
+        Progress bar (in rows; it moves as the passes run, and stays at 100% when done): 1 always,
+        0 never, "auto" when stderr is a terminal and a prediction takes more than one compiled call.
     strategy : tf.distribute.Strategy, optional
         Split each chunk's rows across the strategy's replicas (e.g. ``MirroredStrategy`` over
         several GPUs). With a seed, results equal single-device results.
+    allow_nonfinite_inputs : bool, default False
+        Accept NaN or infinite values in floating inputs. Off by default: most models turn a NaN
+        feature into a finite, confident-looking output (a ReLU may map NaN to 0), so ``predict``
+        and ``sample`` refuse such rows before the model runs, naming how many and which. Set it for
+        a model built to take NaN (one that masks or imputes missing values itself).
 
     Examples
     --------
@@ -91,7 +97,8 @@ class MCDropout:
                  heteroscedastic=None, mask: str = "consistent", gaussian_noise: bool = False, stochastic_layers=(),
                  allow_deterministic: bool = False, batch_size: int | None = None,
                  passes_per_chunk: int | None = None, memory_budget: int = _DEFAULT_BUDGET,
-                 run_eagerly: bool = False, verbose="auto", strategy=None):
+                 run_eagerly: bool = False, verbose="auto", strategy=None,
+                 allow_nonfinite_inputs: bool = False):
         if not isinstance(model, keras.Model):
             raise invalid("model", "a keras.Model (Keras 3)", model, error=TypeError)
         self.model = model
@@ -105,6 +112,7 @@ class MCDropout:
                                  else check_int(passes_per_chunk, "passes_per_chunk", minimum=1))
         self.memory_budget = check_int(memory_budget, "memory_budget", minimum=1)
         self.verbose = check_choice(verbose, "verbose", ("auto", 0, 1, True, False))
+        self.allow_nonfinite_inputs = check_choice(allow_nonfinite_inputs, "allow_nonfinite_inputs", (False, True))
         if strategy is not None and not isinstance(strategy, tf.distribute.Strategy):
             raise invalid("strategy", "a tf.distribute.Strategy", strategy, error=TypeError)
         self.view = build_view(model, gaussian_noise=bool(gaussian_noise), stochastic_layers=stochastic_layers)
@@ -242,59 +250,74 @@ class MCDropout:
                            batch_size or self.batch_size, self.passes_per_chunk,
                            row_passes=None if self._on_accelerator else CPU_ROW_PASSES)
 
-    def _progress(self, verbose, total):
+    def _progress(self, verbose, total, calls):
+        """The progress bar, in rows (fractions of a row while its passes run), shown from the start.
+
+        It stays on screen at 100% when done, until whatever prints next (a summary) follows it."""
         from tqdm.auto import tqdm
 
         verbose = self.verbose if verbose is None else verbose
         if verbose == "auto":
-            show = sys.stderr.isatty() and (total is None or total > 1)
+            show = sys.stderr.isatty() and calls > 1
         else:
             show = bool(verbose)
-        return tqdm(total=total, disable=not show, desc="MC passes", unit="rows", leave=False)
+        return tqdm(total=total, disable=not show, desc="MC dropout, rows", unit="rows", leave=True)
 
     def _pass_chunks(self, passes):
-        """Absolute pass indices per call; the last chunk is padded (its extra passes dropped) so
-        every call has the same number of passes."""
-        chunks = []
+        """Absolute pass indices per call, generated one chunk at a time (memory independent of T);
+        the last chunk is padded (its extra passes dropped) so every call has the same number of
+        passes. Yields (indices of shape (passes,), number of valid passes)."""
         for start in range(0, self.num_samples, passes):
-            idx = np.arange(start, min(start + passes, self.num_samples))
-            valid = len(idx)
+            valid = min(passes, self.num_samples - start)
+            idx = np.arange(start, start + passes, dtype=np.int32)
             if valid < passes:
-                idx = np.concatenate([idx, np.full(passes - valid, idx[-1])])
-            chunks.append((idx, valid))
-        return chunks
+                idx[valid:] = start + valid - 1
+            yield idx, valid
 
-    def _run(self, x, *, batch_size, verbose, on_chunk, seed=None, row_offset=0):
-        """Stream blocks of rows through all pass chunks; call ``on_chunk(list of per-pass-chunk
-        outputs)`` once per block, in row order, with the valid rows only. Returns the seed used.
+    def _run(self, x, *, batch_size, verbose, sink, seed=None, row_offset=0):
+        """Stream blocks of rows through all pass chunks. ``sink()`` makes one receiver per piece of
+        rows; it gets ``feed(outputs)`` once per pass chunk, in pass order (a list per model output of
+        arrays (valid passes, valid rows, ...)), then ``done()``; ``done`` is called in row order.
+        Returns the seed used.
 
-        Every compiled call gets exactly ``size`` rows. Under a distribution strategy each replica
-        gets its own block of that size (so a replica computes what one device would). On a
-        resource-exhausted error the block size halves, a warning is given once, and the same
-        rows are run again: nothing is lost or duplicated.
+        A block's T outputs are never held together: each pass chunk is handed on as it leaves the
+        device. Every compiled call gets exactly ``size`` rows. Under a distribution strategy each
+        replica gets its own block of that size (so a replica computes what one device would). On a
+        resource-exhausted error the block size halves, a warning is given once, and the same rows
+        are run again with fresh receivers: nothing is lost or duplicated.
         """
-        n = None if _inputs.is_streaming(x) else _count_rows(x)
+        streaming = _inputs.is_streaming(x)
+        n = None if streaming else _count_rows(x)
+        if not streaming and not self.allow_nonfinite_inputs:  # the whole input, before any pass runs
+            check_finite_rows(_inputs.as_flat(x, self._spec)[0], "x", row_offset=row_offset, total=n,
+                              advice=_NONFINITE_ADVICE)
         rows, passes = self.plan(n, batch_size=batch_size)
         seed, seed_pair = seed if seed is not None else self._seed_pair()
-        pass_chunks = self._pass_chunks(passes)
         shapes = self._spec.shapes if self._spec is not None else None
         replicas = self.sampler.replicas
-        state = {"size": rows, "warned": False}
+        state = {"size": rows, "warned": False, "done": 0}  # block size, OOM warning given, rows done
+        calls = -(-self.num_samples // passes) * (-(-n // rows) if n else 2)  # a stream: "more than one"
 
         def pieces(block, offset, valid, size):
             return [(_inputs.pad([a[s:s + size] for a in block], size), offset + s, min(size, valid - s))
                     for s in range(0, valid, size)]
 
-        def run_group(group, structure):
-            """Run up to `replicas` pieces of one size; return (outputs, valid rows) per piece, in row
-            order (more pieces than given when the block size had to halve)."""
+        def run_group(group, structure, bar):
+            """Run up to `replicas` pieces of one size through every pass chunk; return their receivers
+            in row order (more than given when the block size had to halve)."""
+            sinks = [sink() for _ in group]
             try:
-                per_pass = [self._call([p for p, _, _ in group], structure, idx, seed_pair,
-                                       [o for _, o, _ in group], shapes) for idx, _ in pass_chunks]
+                for idx, k in self._pass_chunks(passes):
+                    out = self._call([p for p, _, _ in group], structure, idx, seed_pair,
+                                     [o for _, o, _ in group], shapes)
+                    for i, (receiver, (_, _, used)) in enumerate(zip(sinks, group)):
+                        receiver.feed([o[i][:k, :used] for o in out])
+                        bar.update(used * k / self.num_samples)
             except tf.errors.ResourceExhaustedError:
                 size = len(group[0][0][0])
                 if size == 1:
                     raise
+                bar.n = state["done"]  # these rows run again
                 state["size"] = max(1, size // 2)
                 if not state["warned"]:
                     warnings.warn(f"mcdrop ran out of memory; retrying with {state['size']} rows per call.",
@@ -302,28 +325,31 @@ class MCDropout:
                     state["warned"] = True
                 smaller = [q for piece, offset, used in group
                            for q in pieces(piece, offset, used, state["size"])]
-                return run_all(smaller, structure)
-            return [([[o[i][:k, :used] for o in out] for out, (_, k) in zip(per_pass, pass_chunks)], used)
-                    for i, (_, _, used) in enumerate(group)]
+                return run_all(smaller, structure, bar)
+            state["done"] += sum(used for _, _, used in group)
+            bar.n = state["done"]  # whole rows again, free of the fractions' rounding
+            bar.update(0)
+            return sinks
 
-        def run_all(items, structure):
-            results = []
+        def run_all(items, structure, bar):
+            done = []
             for g in range(0, len(items), replicas):
-                results.extend(run_group(items[g:g + replicas], structure))
-            return results
+                done.extend(run_group(items[g:g + replicas], structure, bar))
+            return done
 
-        with self._progress(verbose, n) as bar:
+        with self._progress(verbose, n, calls) as bar:
             pending, structure = [], None
             for block, structure, offset, valid in _inputs.iter_blocks(x, self._spec, rows):
+                if streaming and not self.allow_nonfinite_inputs:  # each block as it arrives
+                    check_finite_rows([a[:valid] for a in block], "x", row_offset=row_offset + offset,
+                                      advice="The stream was not read further. " + _NONFINITE_ADVICE)
                 pending.extend(pieces(block, row_offset + offset, valid, state["size"]))
                 while len(pending) >= replicas:
                     group, pending = pending[:replicas], pending[replicas:]
-                    for result, used in run_group(group, structure):
-                        on_chunk(result)
-                        bar.update(used)
-            for result, used in run_all(pending, structure):
-                on_chunk(result)
-                bar.update(used)
+                    for receiver in run_group(group, structure, bar):
+                        receiver.done()
+            for receiver in run_all(pending, structure, bar):
+                receiver.done()
         return seed
 
     def _call(self, flats, structure, passes, seed_pair, offsets, shapes):
@@ -387,10 +413,17 @@ class MCDropout:
         a multi-output model. Logits stay logits. ``row_offset`` as for :meth:`predict`."""
         collected = []
 
-        def keep(per_pass_chunks):
-            collected.append([np.concatenate(arrays, axis=0) for arrays in zip(*per_pass_chunks)])
+        class Keep:
+            def __init__(self):
+                self.chunks = []
 
-        self._run(x, batch_size=batch_size, verbose=verbose, on_chunk=keep,
+            def feed(self, outputs):
+                self.chunks.append(outputs)
+
+            def done(self):
+                collected.append([np.concatenate(arrays, axis=0) for arrays in zip(*self.chunks)])
+
+        self._run(x, batch_size=batch_size, verbose=verbose, sink=Keep,
                   row_offset=check_int(row_offset, "row_offset", minimum=0))
         outputs = [np.concatenate(parts, axis=1) for parts in zip(*collected)]
         for out in outputs:
@@ -431,31 +464,42 @@ class MCDropout:
             raise invalid("return_samples", "True, False or None", return_samples, error=TypeError)
         seed, seed_pair = self._seed_pair()
         collected, writers = [], None
+        engine = self
 
-        def summarise(per_pass_chunks):
-            nonlocal writers
-            if self._heads is None:
-                self._heads = self._decide_heads(per_pass_chunks[0])
-            accs = []
-            for head in self._heads:
-                keep = return_samples if return_samples is not None else head.task == "regression"
-                accs.append(head.accumulator(keep_samples=keep, provenance={"mask": self.mask, "seed": seed}))
-            for outputs in per_pass_chunks:
-                for head, acc, raw in zip(self._heads, accs, outputs):
+        class Summarise:
+            """One piece of rows: its accumulators, fed pass chunk by pass chunk."""
+
+            def __init__(self):
+                self.accs = None
+
+            def feed(self, outputs):
+                if engine._heads is None:
+                    engine._heads = engine._decide_heads(outputs)
+                if self.accs is None:
+                    self.accs = []
+                    for head in engine._heads:
+                        keep = return_samples if return_samples is not None else head.task == "regression"
+                        self.accs.append(head.accumulator(keep_samples=keep,
+                                                          provenance={"mask": engine.mask, "seed": seed}))
+                for head, acc, raw in zip(engine._heads, self.accs, outputs):
                     bad = nonfinite_rows(raw)
                     if bad:
                         raise _nonfinite_error(bad, raw.shape[1])
                     head.update(acc, raw)
-            results = [acc.result() for acc in accs]
-            if out is None:
-                collected.append(results)
-                return
-            if writers is None:
-                writers = self._writers(out, len(results), overwrite)
-            for writer, result in zip(writers, results):
-                writer.append(result)
 
-        self._run(x, batch_size=batch_size, verbose=verbose, on_chunk=summarise, seed=(seed, seed_pair),
+            def done(self):
+                nonlocal writers
+                results = [acc.result() for acc in self.accs]
+                self.accs = None  # the sums are no longer needed while the next piece runs
+                if out is None:
+                    collected.append(results)
+                    return
+                if writers is None:
+                    writers = engine._writers(out, len(results), overwrite)
+                for writer, result in zip(writers, results):
+                    writer.append(result)
+
+        self._run(x, batch_size=batch_size, verbose=verbose, sink=Summarise, seed=(seed, seed_pair),
                   row_offset=check_int(row_offset, "row_offset", minimum=0))
         if out is not None:
             if writers is None:

@@ -9,8 +9,12 @@ random stream keyed by ``(seed, site, absolute pass index)``:
   so pass ``t`` is one draw of the network shared by every input, and an input's
   samples do not depend on which other inputs share its batch, on chunk sizes or
   on call order;
-* ``per_example`` masks add the row: shape ``(Tc, n, *features)``, keyed also by
-  the chunk's first row, as Keras' own layers draw independent per-element noise.
+* ``per_example`` masks add the row: shape ``(Tc, n, *features)``, as Keras' own
+  layers draw independent per-element noise. A row's noise is keyed by its
+  *absolute* index in the input (``row_offset`` + position in the stream): it is the
+  counter-based Philox stream of the key ``(seed, site, pass)`` at the counters of
+  that row (see :meth:`PassContext._draw_per_row`), so it does not depend on the
+  batch size, the block the row arrives in, or the order of the other rows.
 
 Keying by the absolute pass index means that asking for more passes extends the
 same draws: the first 50 of 100 passes equal the 50 passes of a 50-pass run.
@@ -65,25 +69,55 @@ class PassContext:
         self._site += 1
         return site
 
-    def _draw(self, sampler, features, dtype):
-        """Draw ``(Tc, m, *features)`` noise, one stateless stream per pass of this site."""
+    def _draw(self, sampler, features, dtype, *, per_row=None):
+        """Draw ``(Tc, m, *features)`` noise, one stateless stream per pass of this site: m = 1 for
+        consistent masks (``sampler(shape, key, dtype)``), m = n for per-example masks (``per_row``,
+        a counter-based raw op: ``tf.raw_ops.StatelessRandomUniformV2`` or ``...NormalV2``)."""
         site_key = tf.random.experimental.stateless_fold_in(self.seed, self._next_site())
-        per_example = self.mask == "per_example"
-        shape = tf.concat([[self.rows] if per_example else [1], features], axis=0)
+        if self.mask == "per_example":
+            if per_row is None:
+                raise NotImplementedError("per-example noise needs a counter-based draw (`per_row`)")
+            return self._draw_per_row(per_row, site_key, features, dtype)
+        shape = tf.concat([[1], features], axis=0)
 
         def one_pass(t):
-            key = tf.random.experimental.stateless_fold_in(site_key, tf.cast(t, tf.int64))
-            if per_example:
-                key = tf.random.experimental.stateless_fold_in(key, self.row_offset)
-            return sampler(shape, key, dtype)
+            return sampler(shape, tf.random.experimental.stateless_fold_in(site_key, tf.cast(t, tf.int64)), dtype)
+
+        return tf.map_fn(one_pass, self.passes, fn_output_signature=dtype, parallel_iterations=16)
+
+    def _draw_per_row(self, op, site_key, features, dtype):
+        """``(Tc, n, *features)`` noise in which the row of absolute index R is the same whatever block it is in.
+
+        Philox is counter-based: TensorFlow's kernels give output element i from counter ``c0 + i // g``
+        (g = 4 values per counter, 2 for float64). Each row is given ``k = ceil(F / g)`` counters (F
+        values, padded to ``k·g``), and a block starting at row ``row_offset`` starts at counter
+        ``row_offset · k``: row R's noise is the stream at counters ``[R·k, (R+1)·k)`` of the key
+        ``(seed, site, pass)``. The tests check this bit for bit across batch sizes and row orders.
+        """
+        size = tf.reduce_prod(features)
+        per_counter = 2 if tf.as_dtype(dtype) == tf.float64 else 4
+        groups = (size + per_counter - 1) // per_counter
+        width = groups * per_counter
+        start = tf.cast(self.row_offset * tf.cast(groups, tf.int64), tf.uint64)
+
+        def one_pass(t):
+            pass_key = tf.random.experimental.stateless_fold_in(site_key, tf.cast(t, tf.int64))
+            key, counter = tf.raw_ops.StatelessRandomGetKeyCounter(seed=pass_key)
+            counter = tf.stack([start, counter[1]])
+            flat = op(shape=tf.reshape(self.rows * width, [1]), key=key, counter=counter,
+                      alg=tf.constant(1, tf.int32), dtype=dtype)  # 1: Philox
+            rows = tf.reshape(flat, tf.stack([self.rows, width]))[:, :size]
+            return tf.reshape(rows, tf.concat([[self.rows], features], axis=0))
 
         return tf.map_fn(one_pass, self.passes, fn_output_signature=dtype, parallel_iterations=16)
 
     def uniform(self, features, dtype):
-        return self._draw(lambda s, k, d: tf.random.stateless_uniform(s, seed=k, dtype=d), features, dtype)
+        return self._draw(lambda s, k, d: tf.random.stateless_uniform(s, seed=k, dtype=d), features, dtype,
+                          per_row=tf.raw_ops.StatelessRandomUniformV2)
 
     def normal(self, features, dtype):
-        return self._draw(lambda s, k, d: tf.random.stateless_normal(s, seed=k, dtype=d), features, dtype)
+        return self._draw(lambda s, k, d: tf.random.stateless_normal(s, seed=k, dtype=d), features, dtype,
+                          per_row=tf.raw_ops.StatelessRandomNormalV2)
 
     def per_row(self, fn, inputs):
         """Run ``fn(row, key)`` on each of the ``Tc * n`` rows of ``inputs`` (a tensor or a nest of them,

@@ -74,14 +74,30 @@ def test_declared_probs_that_do_not_sum_to_one():
         mc.predict(np.random.default_rng(0).standard_normal((6, 8)).astype("float32"))
 
 
-def test_nan_outputs_name_the_number_of_rows():
-    mc = mcdrop.MCDropout(mlp(), num_samples=3, seed=0, verbose=0)
-    x = np.zeros((10, 8), "float32")
-    x[[1, 4, 7]] = np.nan
+class LogOfFirstFeature(L.Layer):
+    """Adds log(x[:, 0]) to every unit: -inf exactly on the rows whose first feature is 0, from finite
+    input, whatever the CPU's kernels do with NaN (an AVX-512 ReLU maps NaN to a finite value)."""
+
+    def call(self, inputs):
+        h, x = inputs
+        return h + keras.ops.log(x[:, :1])
+
+
+def _nonfinite_on_zero_rows():
+    inp = keras.Input((8,))
+    h = L.Dense(3)(L.Dropout(0.5)(L.Dense(16, activation="relu")(inp)))
+    return keras.Model(inp, LogOfFirstFeature()([h, inp]))
+
+
+def test_nonfinite_outputs_name_the_number_of_rows():
+    mc = mcdrop.MCDropout(_nonfinite_on_zero_rows(), num_samples=3, seed=0, verbose=0, task="regression")
+    x = np.ones((10, 8), "float32")
+    x[[1, 4, 7], 0] = 0.0  # finite input, infinite output
     with pytest.raises(ValueError, match=r"3 of 10 row\(s\) of `x` gave NaN or infinite values"):
         mc.predict(x)
     with pytest.raises(ValueError, match=r"3 of 10 row\(s\) of `x` gave NaN or infinite values"):
         mc.sample(x)
+    assert np.all(np.isfinite(mc.predict(np.ones((4, 8), "float32")).mean))  # the model itself is fine
 
 
 @pytest.mark.parametrize("arg, value, message", [

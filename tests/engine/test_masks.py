@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 import mcdrop
-from tests.engine.conftest import identity_dropout, mlp
+from tests.engine.conftest import L, identity_dropout, mlp
 
 ONES = np.ones((37, 16), "float32")
 
@@ -109,3 +109,46 @@ def test_row_offset_reproduces_per_example_masks_of_a_pool_scored_in_parts():
     assert not np.array_equal(mc.sample(ONES[16:]), whole[:, 16:])  # without the offset: other draws
     with pytest.raises(ValueError, match=r"argument `row_offset`: expected an integer >= 0, received -1"):
         mc.predict(ONES, row_offset=-1)
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, 36, 64])
+@pytest.mark.parametrize("passes_per_chunk", [1, 7, 20])
+def test_per_example_masks_bit_identical_whatever_batch_and_chunk_size(batch_size, passes_per_chunk):
+    """A row's per-example noise is keyed by its absolute index, not by its place in a block."""
+    ref = mcdrop.MCDropout(identity_dropout(), num_samples=20, seed=11, mask="per_example", batch_size=37,
+                           verbose=0).sample(ONES)
+    s = mcdrop.MCDropout(identity_dropout(), num_samples=20, seed=11, mask="per_example", batch_size=batch_size,
+                         passes_per_chunk=passes_per_chunk, verbose=0).sample(ONES)
+    np.testing.assert_array_equal(s, ref)
+
+
+@pytest.mark.parametrize("features, layer", [
+    (16, None), (5, None), (3, lambda: L.GaussianDropout(0.3)), (7, lambda: L.AlphaDropout(0.2))],
+    ids=["dropout-16", "dropout-5", "gaussian-3", "alpha-7"])
+def test_per_example_noise_follows_the_absolute_row_whatever_the_stream(features, layer):
+    """The same rows streamed in other batch sizes, or scored in parts with row_offset, get the same noise
+    (feature counts that are not a multiple of 4 included: each row's draw is padded)."""
+    model = identity_dropout(features=features, layer=layer and layer())
+    ones = np.ones((23, features), "float32")
+    mc = mcdrop.MCDropout(model, num_samples=6, seed=3, mask="per_example", verbose=0, batch_size=8)
+    ref = mc.sample(ones)
+    for size in (1, 3, 10):
+        streamed = mc.sample(tf.data.Dataset.from_tensor_slices(ones).batch(size))
+        np.testing.assert_array_equal(streamed, ref)
+    other = mcdrop.MCDropout(model, num_samples=6, seed=3, mask="per_example", verbose=0, batch_size=5)
+    np.testing.assert_array_equal(other.sample(ones[9:], row_offset=9), ref[:, 9:])
+    assert not np.array_equal(ref[:, 0], ref[:, 1])  # rows still differ
+
+
+def test_per_example_masks_are_independent_bernoulli_draws():
+    """Rows and features are independent Bernoulli(1 - rate) draws (checked against their exact moments)."""
+    s = mcdrop.MCDropout(identity_dropout(rate=0.3, features=13), num_samples=40, seed=2, mask="per_example",
+                         verbose=0).sample(np.ones((300, 13), "float32"))
+    kept = s != 0
+    n = kept.size
+    assert abs(kept.mean() - 0.7) < 4 * np.sqrt(0.21 / n)
+    # neighbouring rows (adjacent counters) and neighbouring features are uncorrelated
+    a, b = kept[:, :-1].ravel().astype(float), kept[:, 1:].ravel().astype(float)
+    assert abs(np.corrcoef(a, b)[0, 1]) < 4 / np.sqrt(a.size)
+    a, b = kept[..., :-1].ravel().astype(float), kept[..., 1:].ravel().astype(float)
+    assert abs(np.corrcoef(a, b)[0, 1]) < 4 / np.sqrt(a.size)
