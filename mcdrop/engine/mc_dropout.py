@@ -13,6 +13,7 @@ from keras import tree
 from mcdrop._validation import check_choice, check_int, invalid
 from mcdrop.accumulators import nonfinite_rows
 from mcdrop.engine import inputs as _inputs
+from mcdrop.engine.rates import resolve_rates
 from mcdrop.engine.sampler import CPU_ROW_PASSES, CompiledSampler, plan_chunks, widest_activation
 from mcdrop.engine.view import build_view, output_activations
 from mcdrop.heads import HETEROSCEDASTIC, OUTPUTS, TASKS, Head
@@ -58,6 +59,13 @@ class MCDropout:
         input, as Keras does in training.
     gaussian_noise : bool, default False
         Also make ``GaussianNoise`` layers stochastic.
+    rate : float or mapping, optional
+        Sample at other dropout rates than the trained ones (the model is untouched): a float in
+        [0, 1) for every stochastic layer, or a mapping from layer name or layer class to rate
+        (an unknown name is an error). 0 turns a layer off. Inverted dropout keeps scaling kept units
+        by 1/(1 - rate), so each unit's expectation holds but its variance, and after a nonlinearity
+        the predictive mean, follow the new rate; see :mod:`mcdrop.engine.rates` for Gaussian,
+        alpha, RNN and attention dropout, and :func:`mcdrop.tune_rate` to choose it on held-out data.
     allow_deterministic : bool, default False
         Accept a model with no stochastic layer (all passes then agree). Off by default, since it
         is usually a mistake that would silently report zero uncertainty.
@@ -84,7 +92,7 @@ class MCDropout:
 
     def __init__(self, model, num_samples: int = 50, seed: int | None = None, *, task=None, outputs=None,
                  heteroscedastic=None, mask: str = "consistent", gaussian_noise: bool = False,
-                 allow_deterministic: bool = False, batch_size: int | None = None,
+                 allow_deterministic: bool = False, rate=None, batch_size: int | None = None,
                  passes_per_chunk: int | None = None, memory_budget: int = _DEFAULT_BUDGET,
                  run_eagerly: bool = False, verbose="auto", strategy=None):
         if not isinstance(model, keras.Model):
@@ -102,8 +110,10 @@ class MCDropout:
         self.verbose = check_choice(verbose, "verbose", ("auto", 0, 1, True, False))
         if strategy is not None and not isinstance(strategy, tf.distribute.Strategy):
             raise invalid("strategy", "a tf.distribute.Strategy", strategy, error=TypeError)
-        self.view = build_view(model, gaussian_noise=bool(gaussian_noise))
-        if not self.view.is_stochastic and not allow_deterministic:
+        self.rate = rate
+        rates = resolve_rates(model, rate)
+        self.view = build_view(model, gaussian_noise=bool(gaussian_noise), rates=rates)
+        if not self.view.is_stochastic and not allow_deterministic and not rates:  # rates: asked for by name
             raise invalid(
                 "model", "a model with at least one stochastic layer (Dropout, SpatialDropout*, "
                 "GaussianDropout, AlphaDropout, RNN dropout/recurrent_dropout, MultiHeadAttention dropout) "

@@ -52,6 +52,7 @@ class StochasticView:
     cells: tuple
     rnns: tuple
     ignored: tuple
+    rates: dict = dataclasses.field(default_factory=dict)  # sampling-rate overrides (engine/rates.py)
 
     @property
     def stochastic_ids(self) -> frozenset:
@@ -71,33 +72,34 @@ def _all_layers(model) -> list:
     return list(model._flatten_layers(include_self=True, recursive=True))
 
 
-def _is_leaf(layer, gaussian_noise: bool) -> bool:
+def _is_leaf(layer, gaussian_noise: bool, rates=None) -> bool:
     if isinstance(layer, _LEAF_FAMILIES):
-        return getattr(layer, "rate", 0) > 0
+        return (rates or {}).get(id(layer), getattr(layer, "rate", 0)) > 0
     if gaussian_noise and isinstance(layer, keras.layers.GaussianNoise):
         return getattr(layer, "stddev", 0) > 0
     return False
 
 
-def _rnn_cells(rnn) -> list:
+def _rnn_cells(rnn, rates=None) -> list:
     cell = getattr(rnn, "cell", None)
     if cell is None:
         return []
     cells = list(getattr(cell, "cells", [cell]))
+    rates = rates or {}
     return [c for c in cells if isinstance(c, DropoutRNNCell)
-            and (getattr(c, "dropout", 0) > 0 or getattr(c, "recurrent_dropout", 0) > 0)]
+            and max(rates.get(id(c), (getattr(c, "dropout", 0), getattr(c, "recurrent_dropout", 0)))) > 0]
 
 
-def build_view(model, *, gaussian_noise: bool = False) -> StochasticView:
-    """Find the stochastic layers of ``model``."""
+def build_view(model, *, gaussian_noise: bool = False, rates=None) -> StochasticView:
+    """Find the stochastic layers of ``model`` (``rates``: overrides from :func:`~mcdrop.engine.rates.resolve_rates`)."""
     if not isinstance(model, keras.Model):
         raise invalid("model", "a keras.Model (Keras 3)", model, error=TypeError)
     leaves, cells, rnns, ignored = [], [], [], []
     for layer in _all_layers(model):
-        if _is_leaf(layer, gaussian_noise):
+        if _is_leaf(layer, gaussian_noise, rates):
             leaves.append(layer)
         elif isinstance(layer, keras.layers.RNN):
-            found = _rnn_cells(layer)
+            found = _rnn_cells(layer, rates)
             if found:
                 cells.extend(found)
                 rnns.append(layer)
@@ -110,7 +112,7 @@ def build_view(model, *, gaussian_noise: bool = False) -> StochasticView:
             f"mcdrop cannot make the dropout of these layers stochastic; they run in inference mode: {names}.",
             stacklevel=3,
         )
-    return StochasticView(tuple(leaves), tuple(cells), tuple(rnns), tuple(ignored))
+    return StochasticView(tuple(leaves), tuple(cells), tuple(rnns), tuple(ignored), dict(rates or {}))
 
 
 def _noise_shape(layer, x):
@@ -127,14 +129,16 @@ def _noise_shape(layer, x):
     return tf.stack([dims[i] if d is None else tf.cast(d, tf.int32) for i, d in enumerate(shape)][1:])
 
 
-def _leaf_call(layer, ctx):
+def _leaf_call(layer, ctx, rate=None):
+    rate = float(getattr(layer, "rate", 0.0)) if rate is None else float(rate)  # None: the trained rate
+
     def call(inputs, *args, **kwargs):
         if isinstance(layer, keras.layers.Dropout):
-            return ctx.dropout(inputs, float(layer.rate), _noise_shape(layer, inputs))
+            return ctx.dropout(inputs, rate, _noise_shape(layer, inputs))
         if isinstance(layer, keras.layers.GaussianDropout):
-            return ctx.gaussian_dropout(inputs, float(layer.rate))
+            return ctx.gaussian_dropout(inputs, rate)
         if isinstance(layer, keras.layers.AlphaDropout):
-            return ctx.alpha_dropout(inputs, float(layer.rate), _noise_shape(layer, inputs))
+            return ctx.alpha_dropout(inputs, rate, _noise_shape(layer, inputs))
         return ctx.gaussian_noise(inputs, float(layer.stddev))
 
     return call
@@ -150,14 +154,15 @@ def _training_call(layer):
     return call
 
 
-def _cell_patches(cell, ctx) -> dict:
+def _cell_patches(cell, ctx, rates=None) -> dict:
     """Mask getters for one RNN call: each drawn once per call of the RNN (fixed over time steps)."""
+    dropout, recurrent = rates if rates is not None else (cell.dropout, cell.recurrent_dropout)
     cache = {}
     count = getattr(cell, "dropout_mask_count", None)
 
-    def getter(kind, rate):
+    def getter(kind, rate, trained):
         def get(step_input):
-            if rate <= 0:
+            if trained <= 0:  # the cell applies no mask of this kind (an override to 0 draws all-ones)
                 return None
             if kind not in cache:
                 cache[kind] = ctx.rnn_mask(step_input, rate, count)
@@ -169,8 +174,8 @@ def _cell_patches(cell, ctx) -> dict:
         return lambda: cache.pop(kind, None)
 
     return {
-        "get_dropout_mask": getter("input", float(cell.dropout)),
-        "get_recurrent_dropout_mask": getter("recurrent", float(cell.recurrent_dropout)),
+        "get_dropout_mask": getter("input", float(dropout), float(cell.dropout)),
+        "get_recurrent_dropout_mask": getter("recurrent", float(recurrent), float(cell.recurrent_dropout)),
         "reset_dropout_mask": reset("input"),
         "reset_recurrent_dropout_mask": reset("recurrent"),
     }
@@ -193,11 +198,11 @@ def patched(view: StochasticView, ctx) -> Iterator[None]:
 
     try:
         for layer in view.leaves:
-            shadow(layer, "call", _leaf_call(layer, ctx))
+            shadow(layer, "call", _leaf_call(layer, ctx, view.rates.get(id(layer))))
         for rnn in view.rnns:
             shadow(rnn, "call", _training_call(rnn))
         for cell in view.cells:
-            for name, fn in _cell_patches(cell, ctx).items():
+            for name, fn in _cell_patches(cell, ctx, view.rates.get(id(cell))).items():
                 shadow(cell, name, fn)
         yield
     finally:
