@@ -27,10 +27,12 @@ _ATTRIBUTES = {
     "ClassificationPrediction": "mcdrop.predictive",
     "RegressionPrediction": "mcdrop.predictive",
     "evaluate": "mcdrop.report",
+    "tune_rate": "mcdrop.tuning",
 }
 _SUBMODULES = (
     "engine", "predictive", "accumulators", "heads", "store", "metrics", "calibration", "acquisition",
     "active", "plotting", "report", "distributed", "io", "cli",
+    "tuning",
 )
 
 __all__ = [*_ATTRIBUTES, *_SUBMODULES, "__version__"]
