@@ -240,7 +240,7 @@ class MCDropout:
             chunks.append((idx, valid))
         return chunks
 
-    def _run(self, x, *, batch_size, verbose, on_chunk, seed=None, row_offset=0):
+    def _run(self, x, *, batch_size, verbose, on_chunk, seed=None, row_offset=0, pass_chunks=None):
         """Stream blocks of rows through all pass chunks; call ``on_chunk(list of per-pass-chunk
         outputs)`` once per block, in row order, with the valid rows only. Returns the seed used.
 
@@ -252,7 +252,7 @@ class MCDropout:
         n = None if _inputs.is_streaming(x) else _count_rows(x)
         rows, passes = self.plan(n, batch_size=batch_size)
         seed, seed_pair = seed if seed is not None else self._seed_pair()
-        pass_chunks = self._pass_chunks(passes)
+        pass_chunks = self._pass_chunks(passes) if pass_chunks is None else pass_chunks  # given: adaptive T
         shapes = self._spec.shapes if self._spec is not None else None
         replicas = self.sampler.replicas
         state = {"size": rows, "warned": False}
@@ -334,7 +334,8 @@ class MCDropout:
         return self._pack_outputs(outputs)
 
     def predict(self, x, *, return_samples: bool | None = None, batch_size: int | None = None, verbose=None,
-                out=None, overwrite: bool = False, row_offset: int = 0):
+                out=None, overwrite: bool = False, row_offset: int = 0, num_samples=None,
+                tolerance: float | None = None, max_samples: int | None = None):
         """Run T stochastic passes over ``x`` and summarise them.
 
         Parameters
@@ -356,6 +357,15 @@ class MCDropout:
         row_offset : int, default 0
             Index of ``x``'s first row in a larger pool scored in parts (the per-example masks of a
             row are keyed by its index in the pool; see :meth:`plan`).
+        num_samples : "auto", optional
+            ``"auto"``: choose T by the error you accept — passes are added in chunks until the Monte
+            Carlo standard error of every reported mean (every row and class or output dimension)
+            is below ``tolerance``, or ``max_samples`` is reached (with a warning). See
+            :func:`mcdrop.engine.adaptive.predict_adaptive`. None: the engine's ``num_samples``.
+        tolerance : float, optional
+            The largest standard error accepted (``num_samples="auto"`` only; required then).
+        max_samples : int, default 1000
+            The most passes ``num_samples="auto"`` runs.
 
         Returns
         -------
@@ -363,6 +373,13 @@ class MCDropout:
         """
         if return_samples is not None and not isinstance(return_samples, bool):
             raise invalid("return_samples", "True, False or None", return_samples, error=TypeError)
+        if num_samples is not None or tolerance is not None or max_samples is not None:
+            from mcdrop.engine.adaptive import predict_adaptive
+
+            return predict_adaptive(self, x, num_samples=num_samples, tolerance=tolerance,
+                                    max_samples=max_samples, return_samples=return_samples,
+                                    batch_size=batch_size, verbose=verbose, out=out, overwrite=overwrite,
+                                    row_offset=row_offset)
         seed, seed_pair = self._seed_pair()
         collected, writers = [], None
 
