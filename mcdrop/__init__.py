@@ -28,6 +28,7 @@ _ATTRIBUTES = {
     "RegressionPrediction": "mcdrop.predictive",
     "evaluate": "mcdrop.report",
     "tune_rate": "mcdrop.tuning",
+    "Ensemble": "mcdrop.engine.ensemble",
 }
 _SUBMODULES = (
     "engine", "predictive", "accumulators", "heads", "store", "metrics", "calibration", "acquisition",
