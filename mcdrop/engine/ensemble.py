@@ -189,7 +189,8 @@ class Ensemble:
                         for head in member._heads]
             elif kinds != reference:
                 raise invalid(f"models[{m}]", f"outputs of the kind models[0] gives ({_describe(reference)})",
-                              member.model.name, detail=f"It gives {_describe(kinds)}.")
+                              member.model.name, detail=f"It gives {_describe(kinds)}. Pass task= (and outputs=) "
+                              "when a member's last layer does not show what it returns.")
             for outputs in chunks:
                 for head, acc, raw in zip(member._heads, accs, outputs):
                     bad = nonfinite_rows(raw)
