@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     predict = add("predict", "Run T stochastic passes of a model over data and save the predictive statistics.")
-    predict.add_argument("model", metavar="MODEL", help="a .keras file (also .h5, or a SavedModel folder)")
+    predict.add_argument("model", metavar="MODEL", nargs="+", help=_MODEL_HELP)
     predict.add_argument("data", metavar="DATA", help="inputs as .npy, .npz or .csv (one row per input)")
     _add_sampling_options(predict)
     predict.add_argument("--samples", action="store_true",
@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=_cmd_evaluate)
 
     select = add("select", "Pick the next inputs to label from an unlabeled pool.")
-    select.add_argument("model", metavar="MODEL", help="a .keras file (also .h5, or a SavedModel folder)")
+    select.add_argument("model", metavar="MODEL", nargs="+", help=_MODEL_HELP)
     select.add_argument("pool", metavar="POOL", help="the unlabeled pool as .npy, .npz or .csv")
     select.add_argument("-k", type=_positive_int("-k"), required=True, help="how many inputs to pick")
     select.add_argument("--method", default="bald",
@@ -163,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--out", metavar="FILE", help="write the picked indices to this .csv file")
     select.set_defaults(func=_cmd_select)
     return parser
+
+
+_MODEL_HELP = ("a .keras file (also .h5, or a SavedModel folder); several MODEL files make an ensemble, "
+               "-T passes each (-T 1: each runs without dropout, a deep ensemble)")
 
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
@@ -362,6 +366,25 @@ def _make_engine(args, model, **options):
         raise
 
 
+def _load_models(args):
+    """Every MODEL, each loaded in safe mode unless --unsafe; one engine over them (an Ensemble for several)."""
+    from mcdrop import io
+
+    if len(args.model) > 1 and getattr(args, "ray", None) is not None:
+        raise CommandError("Invalid value for argument `--ray`: expected one MODEL, received "
+                           f"{len(args.model)} (an ensemble runs in this process).")
+    return [io.load_model(path, unsafe=args.unsafe, name="MODEL") for path in args.model]
+
+
+def _make_ensemble(args, models, **options):
+    import mcdrop
+
+    kwargs = dict(num_samples=args.num_samples, seed=args.seed, verbose=1 if _show_progress(args) else 0,
+                  batch_size=args.batch_size)
+    kwargs.update({k: v for k, v in options.items() if v is not None})
+    return mcdrop.Ensemble(models, **kwargs)
+
+
 def _is_tfsm(model) -> bool:
     return any(type(layer).__name__ == "TFSMLayer" for layer in getattr(model, "layers", ()))
 
@@ -371,6 +394,8 @@ def _provenance(pred) -> dict[str, Any]:
             "mask": np.array(getattr(pred, "mask", "consistent"))}
     if getattr(pred, "seed", None) is not None:
         meta["seed"] = np.array(pred.seed)
+    if getattr(pred, "members", None) is not None:
+        meta["members"] = np.array(pred.members)  # passes per ensemble member
     if pred.task == "classification":
         meta["outputs"] = np.array(getattr(pred, "outputs", "probs"))
     else:
@@ -395,16 +420,19 @@ def _cmd_predict(args) -> int:
 
     out = _check_out_file(args.out, ".npz")
     x = _load_inputs(args, args.data, "DATA")
-    model = io.load_model(args.model, unsafe=args.unsafe, name="MODEL")
+    models = _load_models(args)
+    model = models[0]
     x = _fit_to_model(model, x, from_csv=Path(args.data).suffix.lower() == ".csv")
-    mc = _make_engine(args, model, task=args.task, outputs=args.outputs, heteroscedastic=args.heteroscedastic)
+    make = _make_engine if len(models) == 1 else _make_ensemble
+    mc = make(args, model if len(models) == 1 else models, task=args.task, outputs=args.outputs,
+              heteroscedastic=args.heteroscedastic)
     # None: the engine's default, which keeps the per-pass outputs for regression (its mixture needs them)
     return_samples = True if args.samples else None
     if args.ray is not None:
         from mcdrop import distributed
 
         pred = distributed.predict_pool(
-            args.model, x, num_samples=args.num_samples, seed=args.seed, batch_size=args.batch_size,
+            args.model[0], x, num_samples=args.num_samples, seed=args.seed, batch_size=args.batch_size,
             unsafe=args.unsafe, address=None if args.ray == "local" else args.ray, return_samples=return_samples,
             task=args.task, outputs=args.outputs, heteroscedastic=args.heteroscedastic,
             verbose=_show_progress(args))
@@ -548,9 +576,12 @@ def _cmd_select(args) -> int:
     if args.k > len(pool):
         raise CommandError(f"Invalid value for argument `-k`: expected an integer <= {len(pool)} (the pool "
                            f"size), received {args.k}.")
-    model = io.load_model(args.model, unsafe=args.unsafe, name="MODEL")
+    models = _load_models(args)
+    model = models[0]
     pool = _fit_to_model(model, pool, from_csv=Path(args.pool).suffix.lower() == ".csv")
-    mc = _make_engine(args, model, task=args.task, outputs=args.outputs, heteroscedastic=args.heteroscedastic)
+    make = _make_engine if len(models) == 1 else _make_ensemble
+    mc = make(args, model if len(models) == 1 else models, task=args.task, outputs=args.outputs,
+              heteroscedastic=args.heteroscedastic)
     pred = mc.predict(pool, return_samples=True if method in _SAMPLE_METHODS else None)
     options = {"seed": args.seed}
     if args.stochastic is not None:
