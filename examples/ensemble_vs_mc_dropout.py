@@ -1,7 +1,7 @@
 """One network with MC dropout, a deep ensemble, and an MC-dropout ensemble, on scikit-learn's digits.
 
-Five copies of one dropout CNN are trained on digits 0–5 from different random initialisations
-(and data orders). The same networks then give three predictors:
+Five copies of one dropout CNN are trained on a quarter of the digits 0–5 from different random
+initialisations (and data orders). The same networks then give three predictors:
 
 * ``MC dropout (1 x T)`` — the first network alone, T stochastic passes (Gal & Ghahramani 2016);
 * ``deep ensemble (5 x 1)`` — all five, each run once with dropout off (Lakshminarayanan et al. 2017);
@@ -10,7 +10,8 @@ Five copies of one dropout CNN are trained on digits 0–5 from different random
 Each is scored on the held-out digits 0–5 by the negative log-likelihood, the expected
 calibration error, the area under the risk–coverage curve (rejecting by predictive entropy) and
 the test accuracy, and on how well its mutual information (the epistemic part) separates the
-unseen digits 6–9 from the test digits (OOD AUROC). Wall time is the prediction time (the five
+unseen digits 6–9 from the test digits (OOD AUROC). Wall time is the prediction time, best of
+three, over the test and unseen digits (the five
 networks' training time is printed once: the ensembles pay it, MC dropout pays a fifth of it).
 The table is printed and written to ``--out`` as ``metrics.json``.
 
@@ -38,8 +39,8 @@ COLUMNS = ("NLL", "ECE", "AURC", "accuracy", "OOD AUROC", "predict s")
 
 def settings(fast: bool) -> dict:
     if fast:
-        return dict(epochs=3, single_passes=10, member_passes=3)
-    return dict(epochs=60, single_passes=50, member_passes=10)
+        return dict(epochs=3, single_passes=10, member_passes=3, repeats=1)
+    return dict(epochs=100, single_passes=50, member_passes=10, repeats=3)
 
 
 def load_sets(seed: int):
@@ -50,7 +51,8 @@ def load_sets(seed: int):
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)[..., None]
     inside = np.isin(digits.target, IN_CLASSES)
-    x_train, x_test, y_train, y_test = train_test_split(images[inside], digits.target[inside], train_size=0.6,
+    # a quarter of the digits for training, so that the test split is not all but error-free
+    x_train, x_test, y_train, y_test = train_test_split(images[inside], digits.target[inside], train_size=0.25,
                                                         stratify=digits.target[inside], random_state=seed)
     return x_train, y_train, x_test, y_test, images[~inside]
 
@@ -116,9 +118,11 @@ def run(*, fast: bool = False, seed: int = 0, out: Path | None = None) -> dict:
     table = {}
     for name, predictor in predictors.items():
         predictor.predict(x_test[:2])  # trace once, outside the timing
-        start = time.perf_counter()
-        pred_in, pred_out = predictor.predict(x_test), predictor.predict(x_ood)
-        seconds = time.perf_counter() - start
+        seconds = float("inf")
+        for _ in range(cfg["repeats"]):  # best of a few: a shared machine's slow spells are not the method's
+            start = time.perf_counter()
+            pred_in, pred_out = predictor.predict(x_test), predictor.predict(x_ood)
+            seconds = min(seconds, time.perf_counter() - start)
         table[name] = {**score(pred_in, pred_out, y_test), "predict s": seconds}
     rows = [[name, *(row[c] for c in COLUMNS)] for name, row in table.items()]
     print(format_table(["predictor", *COLUMNS], rows,

@@ -33,8 +33,8 @@ import warnings
 import numpy as np
 
 from mcdrop._validation import check_float, check_int, invalid
-from mcdrop.accumulators import nonfinite_rows
 from mcdrop.engine import inputs as _inputs
+from mcdrop.engine.mc_dropout import _count_rows, feed
 from mcdrop.engine.sampler import CPU_ROW_PASSES, plan_chunks
 
 __all__ = ["predict_adaptive", "SampleCountWarning", "DEFAULT_CHUNK", "MIN_SAMPLES"]
@@ -111,13 +111,7 @@ def predict_adaptive(engine, x, *, num_samples, tolerance, max_samples, return_s
                                                        else head.task == "regression"),
                                          provenance={"mask": engine.mask, "seed": seed})
                         for head in engine._heads]
-            for head, acc, raw in zip(engine._heads, accs, outputs):
-                bad = nonfinite_rows(raw)
-                if bad:
-                    from mcdrop.engine.mc_dropout import _nonfinite_error
-
-                    raise _nonfinite_error(bad, raw.shape[1])
-                head.update(acc, raw)
+            feed(engine._heads, accs, [outputs])
             bar.update(stop - t)
             t = stop
             if t < first_check:
@@ -145,9 +139,3 @@ def _progress(engine, verbose, total):
     verbose = engine.verbose if verbose is None else verbose
     show = sys.stderr.isatty() if verbose == "auto" else bool(verbose)
     return tqdm(total=total, disable=not show, desc="MC passes (auto)", unit="passes", leave=False)
-
-
-def _count_rows(x):
-    from mcdrop.engine.mc_dropout import _count_rows as count
-
-    return count(x)

@@ -30,9 +30,8 @@ import numpy as np
 from keras import tree
 
 from mcdrop._validation import check_int, invalid
-from mcdrop.accumulators import nonfinite_rows
 from mcdrop.engine import inputs as _inputs
-from mcdrop.engine.mc_dropout import _DEFAULT_BUDGET, MCDropout, _nonfinite_error
+from mcdrop.engine.mc_dropout import _DEFAULT_BUDGET, MCDropout, _count_rows, feed
 from mcdrop.predictive import concatenate
 
 __all__ = ["Ensemble"]
@@ -191,12 +190,7 @@ class Ensemble:
                 raise invalid(f"models[{m}]", f"outputs of the kind models[0] gives ({_describe(reference)})",
                               member.model.name, detail=f"It gives {_describe(kinds)}. Pass task= (and outputs=) "
                               "when a member's last layer does not show what it returns.")
-            for outputs in chunks:
-                for head, acc, raw in zip(member._heads, accs, outputs):
-                    bad = nonfinite_rows(raw)
-                    if bad:
-                        raise _nonfinite_error(bad, raw.shape[1])
-                    head.update(acc, raw)
+            feed(member._heads, accs, chunks)
         return [acc.result() for acc in accs]
 
     @staticmethod
@@ -236,9 +230,3 @@ def _progress(verbose, total):
 
     show = sys.stderr.isatty() and (total is None or total > BLOCK_ROWS) if verbose == "auto" else bool(verbose)
     return tqdm(total=total, disable=not show, desc="ensemble", unit="rows", leave=False)
-
-
-def _count_rows(x):
-    from mcdrop.engine.mc_dropout import _count_rows as count
-
-    return count(x)

@@ -442,6 +442,17 @@ class MCDropout:
                 f"mask={self.mask!r}, stochastic=[{self.view.describe()}])")
 
 
+def feed(heads, accumulators, per_pass_chunks) -> None:
+    """Feed chunks of raw per-pass outputs (each a list, per output, of (Tc, n, ...)) to one accumulator
+    per output, in pass order; a NaN or infinite output is an error naming how many rows gave one."""
+    for outputs in per_pass_chunks:
+        for head, acc, raw in zip(heads, accumulators, outputs):
+            bad = nonfinite_rows(raw)
+            if bad:
+                raise _nonfinite_error(bad, raw.shape[1])
+            head.update(acc, raw)
+
+
 def _nonfinite_error(rows: int, total: int) -> ValueError:
     return ValueError(
         f"Invalid model output: {rows} of {total} row(s) of `x` gave NaN or infinite values in at least one "
