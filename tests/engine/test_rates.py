@@ -103,3 +103,16 @@ def test_a_rate_on_a_model_without_dropout_is_still_refused():
     model = keras.Sequential([keras.Input((2,)), L.Dense(1)])
     with pytest.raises(ValueError, match="at least one stochastic layer"):
         MCDropout(model, rate=0.3)
+
+
+def test_a_float_rate_reaches_attention_dropout():
+    inp = keras.Input((4, 8))
+    att = L.MultiHeadAttention(num_heads=2, key_dim=4, dropout=0.1)(inp, inp)
+    model = keras.Model(inp, L.Dense(1)(L.Flatten()(att)))
+    x = np.random.default_rng(3).normal(size=(5, 4, 8)).astype("float32")
+    off = MCDropout(model, num_samples=3, seed=0, rate=0.0).predict(x, return_samples=True)
+    np.testing.assert_allclose(off.samples[0], model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    assert np.all(off.epistemic_variance == 0)
+    trained = MCDropout(model, num_samples=200, seed=0).predict(x)
+    higher = MCDropout(model, num_samples=200, seed=0, rate=0.5).predict(x)
+    assert np.all(higher.epistemic_variance > trained.epistemic_variance)
