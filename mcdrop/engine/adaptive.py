@@ -90,6 +90,7 @@ def predict_adaptive(engine, x, *, num_samples, tolerance, max_samples, return_s
     rows, _ = plan_chunks(n, max_samples, engine._widest, engine.memory_budget, batch_size or engine.batch_size,
                           chunk, row_passes=None if engine._on_accelerator else CPU_ROW_PASSES)
     seed, seed_pair = engine._seed_pair()
+    writers = None if out is None else engine._writers(out, len(engine._activations), overwrite)  # refuse early
     accs = None
     t, worst = 0, float("nan")
     first_check = min(max(MIN_SAMPLES, 2 * chunk), max_samples)
@@ -126,7 +127,8 @@ def predict_adaptive(engine, x, *, num_samples, tolerance, max_samples, return_s
                       "precise than asked. Raise max_samples or the tolerance.", SampleCountWarning, stacklevel=3)
     results = [acc.result() for acc in accs]
     if out is not None:
-        writers = engine._writers(out, len(results), overwrite)
+        if len(writers) != len(results):  # a model without a readable graph had more outputs than it showed
+            writers = engine._writers(out, len(results), True)
         for writer, result in zip(writers, results):
             writer.append(result)
         results = [writer.close() for writer in writers]

@@ -108,3 +108,15 @@ def test_a_one_shot_iterator_is_refused(rng):
     batches = (rng.normal(size=(4, 6)).astype("float32") for _ in range(2))
     with pytest.raises(TypeError, match=r"argument `x`: expected arrays or a re-iterable dataset"):
         mc.predict(batches, num_samples="auto", tolerance=0.1)
+
+
+def test_an_existing_store_is_refused_before_any_pass(tmp_path, rng):
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "keep.txt").write_text("x")
+    mc = MCDropout(mlp(n_in=6), seed=0)
+    calls = []
+    mc._run = lambda *a, **k: calls.append(1)
+    with pytest.raises(FileExistsError, match=r"argument `out`: expected a new or empty folder"):
+        mc.predict(rng.normal(size=(4, 6)).astype("float32"), num_samples="auto", tolerance=0.1,
+                   out=tmp_path / "store")
+    assert calls == []
