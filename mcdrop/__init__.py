@@ -14,6 +14,7 @@ decomposition. Downstream modules work on those predictions or on plain arrays:
 ``mcdrop.store``         predictions streamed to disk (``predict(x, out=...)``)
 ``mcdrop.distributed``   scoring huge pools on a Ray cluster
 ``mcdrop.callbacks``     MC dropout metrics in Keras training logs (``MCDropoutMetrics``)
+``mcdrop.tuning``        choosing the dropout rate at inference (``tune_rate``)
 
 Attributes are imported on first use, so ``import mcdrop`` does not load TensorFlow.
 """
@@ -26,16 +27,17 @@ __version__ = "0.1.0"
 
 _ATTRIBUTES = {
     "MCDropout": "mcdrop.engine",
+    "Ensemble": "mcdrop.engine.ensemble",
     "ClassificationPrediction": "mcdrop.predictive",
     "RegressionPrediction": "mcdrop.predictive",
     "EpistemicOnlyWarning": "mcdrop.predictive",
     "evaluate": "mcdrop.report",
+    "tune_rate": "mcdrop.tuning",
     "MCDropoutMetrics": "mcdrop.callbacks",
 }
 _SUBMODULES = (
     "engine", "predictive", "accumulators", "heads", "store", "metrics", "calibration", "acquisition",
-    "active", "plotting", "report", "distributed", "io", "cli", "conformal",
-    "callbacks",
+    "active", "plotting", "report", "distributed", "io", "cli", "conformal", "callbacks", "tuning",
 )
 
 __all__ = [*_ATTRIBUTES, *_SUBMODULES, "__version__"]

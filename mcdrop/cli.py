@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     predict = add("predict", "Run T stochastic passes of a model over data and save the predictive statistics.")
-    predict.add_argument("model", metavar="MODEL", help="a .keras file (also .h5, or a SavedModel folder)")
+    predict.add_argument("model", metavar="MODEL", nargs="+", help=_MODEL_HELP)
     predict.add_argument("data", metavar="DATA", help="inputs as .npy, .npz or .csv (one row per input)")
     _add_sampling_options(predict)
     predict.add_argument("--samples", action="store_true",
@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_header_option(evaluate, "LABELS")
 
     select = add("select", "Pick the next inputs to label from an unlabeled pool.")
-    select.add_argument("model", metavar="MODEL", help="a .keras file (also .h5, or a SavedModel folder)")
+    select.add_argument("model", metavar="MODEL", nargs="+", help=_MODEL_HELP)
     select.add_argument("pool", metavar="POOL", help="the unlabeled pool as .npy, .npz or .csv")
     select.add_argument("-k", type=_positive_int("-k"), required=True, help="how many inputs to pick")
     select.add_argument("--method", default="bald",
@@ -215,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--out", metavar="FILE", help="write the picked indices to this .csv file")
     select.set_defaults(func=_cmd_select)
     return parser
+
+
+_MODEL_HELP = ("a .keras file (also .h5, or a SavedModel folder); several MODEL files make an ensemble, "
+               "-T passes each (-T 1: each runs without dropout, a deep ensemble)")
 
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
@@ -400,7 +404,8 @@ def _in_cli_words(message: str, args=None) -> str:
     text = re.sub(r"array\((\[[^()]*\])(?:, dtype=(\w+))?\)", _summary, text)  # never an array's repr
     text = re.sub(r"\[[-+\d.e, \[\]]{60,}\]", _summary, text)  # nor a long list of numbers
     if command in ("predict", "select") and getattr(args, "model", None):  # the model by its path, not its repr
-        text = re.sub(r"received <[^>]*>(?: \(of type [\w.]+\))?", f"received {args.model!r}", text)
+        models = ", ".join(map(str, args.model))
+        text = re.sub(r"received <[^>]*>(?: \(of type [\w.]+\))?", f"received {models!r}", text)
     return text
 
 
@@ -557,16 +562,6 @@ def _check_ray(args) -> None:
         raise CommandError('--ray needs Ray, which is not installed: pip install "mcdrop[ray]".')
 
 
-def _load_model(args):
-    """Import TensorFlow (status shown), then load MODEL."""
-    from mcdrop import io
-
-    _status(args, "loading TensorFlow")
-    _import_tensorflow_quietly()
-    _status(args, f"loading MODEL {args.model}")
-    return io.load_model(args.model, unsafe=args.unsafe, name="MODEL")
-
-
 def _load_inputs(args, path: str, name: str) -> np.ndarray:
     from mcdrop import io
 
@@ -618,6 +613,32 @@ def _make_engine(args, model, **options):
         raise
 
 
+def _load_models(args):
+    """Import TensorFlow (status shown), then load every MODEL, each in safe mode unless --unsafe (several
+    make an Ensemble)."""
+    from mcdrop import io
+
+    if len(args.model) > 1 and getattr(args, "ray", None) is not None:
+        raise CommandError("Invalid value for argument `--ray`: expected one MODEL, received "
+                           f"{len(args.model)} (an ensemble runs in this process).")
+    _status(args, "loading TensorFlow")
+    _import_tensorflow_quietly()
+    models = []
+    for path in args.model:
+        _status(args, f"loading MODEL {path}")
+        models.append(io.load_model(path, unsafe=args.unsafe, name="MODEL"))
+    return models
+
+
+def _make_ensemble(args, models, **options):
+    import mcdrop
+
+    kwargs = dict(num_samples=args.num_samples, seed=args.seed, verbose=1 if _show_progress(args) else 0,
+                  batch_size=args.batch_size)
+    kwargs.update({k: v for k, v in options.items() if v is not None})
+    return mcdrop.Ensemble(models, **kwargs)
+
+
 def _is_tfsm(model) -> bool:
     return any(type(layer).__name__ == "TFSMLayer" for layer in getattr(model, "layers", ()))
 
@@ -627,6 +648,8 @@ def _provenance(pred) -> dict[str, Any]:
             "mask": np.array(getattr(pred, "mask", "consistent"))}
     if getattr(pred, "seed", None) is not None:
         meta["seed"] = np.array(pred.seed)
+    if getattr(pred, "members", None) is not None:
+        meta["members"] = np.array(pred.members)  # passes per ensemble member
     if pred.task == "classification":
         meta["outputs"] = np.array(getattr(pred, "outputs", "probs"))
     else:
@@ -657,12 +680,16 @@ def _cmd_predict(args) -> int:
     out = _check_out_file(args.out, ".npz")
     _check_model_options(args)
     _check_ray(args)
-    io.check_model_path(args.model, unsafe=args.unsafe, name="MODEL")
+    for path in args.model:
+        io.check_model_path(path, unsafe=args.unsafe, name="MODEL")
     _check_inputs(args, args.data, "DATA")
     x = _load_inputs(args, args.data, "DATA")
-    model = _load_model(args)
+    models = _load_models(args)
+    model = models[0]
     x = _fit_to_model(model, x, from_csv=Path(args.data).suffix.lower() == ".csv")
-    mc = _make_engine(args, model, task=args.task, outputs=args.outputs, heteroscedastic=args.heteroscedastic)
+    make = _make_engine if len(models) == 1 else _make_ensemble
+    mc = make(args, model if len(models) == 1 else models, task=args.task, outputs=args.outputs,
+              heteroscedastic=args.heteroscedastic)
     _status(args, "tracing the model")
     # None: the engine's default, which keeps the per-pass outputs for regression (its mixture needs them)
     return_samples = True if args.samples else None
@@ -670,14 +697,14 @@ def _cmd_predict(args) -> int:
         from mcdrop import distributed
 
         pred = distributed.predict_pool(
-            args.model, x, num_samples=args.num_samples, seed=args.seed, batch_size=args.batch_size,
+            args.model[0], x, num_samples=args.num_samples, seed=args.seed, batch_size=args.batch_size,
             unsafe=args.unsafe, address=None if args.ray == "local" else args.ray, return_samples=return_samples,
             task=args.task, outputs=args.outputs, heteroscedastic=args.heteroscedastic,
             verbose=_show_progress(args))
     else:
         pred = mc.predict(x, return_samples=return_samples)
     arrays = {**pred.to_dict(), **_provenance(pred)}
-    arrays["model"] = np.array(str(args.model))  # shown in the provenance of `mcdrop evaluate`'s report
+    arrays["model"] = np.array(", ".join(map(str, args.model)))  # shown in `mcdrop evaluate`'s provenance
     if out is not None:
         _status(args, f"writing {out}")
         io.save_npz(out, arrays)
@@ -870,15 +897,19 @@ def _cmd_select(args) -> int:
     _check_model_options(args)
     if args.task is not None:
         _check_method_task(method, args.task, "--task " + args.task)
-    io.check_model_path(args.model, unsafe=args.unsafe, name="MODEL")
+    for path in args.model:
+        io.check_model_path(path, unsafe=args.unsafe, name="MODEL")
     _check_inputs(args, args.pool, "POOL")
     pool = _load_inputs(args, args.pool, "POOL")
     if args.k > len(pool):
         raise CommandError(f"Invalid value for argument `-k`: expected an integer <= {len(pool)} (the pool "
                            f"size), received {args.k}.")
-    model = _load_model(args)
+    models = _load_models(args)
+    model = models[0]
     pool = _fit_to_model(model, pool, from_csv=Path(args.pool).suffix.lower() == ".csv")
-    mc = _make_engine(args, model, task=args.task, outputs=args.outputs, heteroscedastic=args.heteroscedastic)
+    make = _make_engine if len(models) == 1 else _make_ensemble
+    mc = make(args, model if len(models) == 1 else models, task=args.task, outputs=args.outputs,
+              heteroscedastic=args.heteroscedastic)
     _status(args, "tracing the model")
     _check_method_task(method, _model_task(mc, pool), "the model")  # right after loading, before the pool
     pred = mc.predict(pool, return_samples=True if method in _SAMPLE_METHODS else None)

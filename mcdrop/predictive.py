@@ -60,6 +60,10 @@ def _standard_error(variance: np.ndarray, num_samples: int) -> np.ndarray:
     return np.sqrt(variance / (num_samples - 1))
 
 
+def _sample_member(members):
+    return None if members is None else np.repeat(np.arange(len(members)), members)
+
+
 def _take(value, index):
     return None if value is None else value[index]
 
@@ -101,6 +105,9 @@ class ClassificationPrediction:
         The seed the passes were drawn with, if any.
     outputs : {"probs", "logits"}
         What the model returned before probabilities were formed.
+    members : tuple of int or None
+        For an ensemble (:class:`mcdrop.Ensemble`): the passes of each member, in member-major
+        sample order (``sample_member`` gives each sample's member). None for one model.
     """
 
     mean: np.ndarray
@@ -112,8 +119,12 @@ class ClassificationPrediction:
     mask: str = "consistent"
     seed: int | None = None
     outputs: str = "probs"
+    members: tuple | None = None
 
     task: ClassVar[str] = "classification"
+
+    sample_member = property(lambda self: _sample_member(self.members),
+                             doc="(T,) int: the ensemble member each sample came from (None for one model).")
 
     @classmethod
     def from_samples(cls, samples, *, mask: str = "consistent", seed: int | None = None,
@@ -209,6 +220,8 @@ class ClassificationPrediction:
         }
         if self.samples is not None:
             out["samples"] = self.samples
+        if self.members is not None:
+            out["sample_member"] = self.sample_member  # (T,), not per row
         return out
 
 
@@ -253,8 +266,12 @@ class RegressionPrediction:
     mask: str = "consistent"
     seed: int | None = None
     includes_aleatoric: bool | None = None
+    members: tuple | None = None  # passes per ensemble member, member-major (see ClassificationPrediction)
 
     task: ClassVar[str] = "regression"
+
+    sample_member = property(lambda self: _sample_member(self.members),
+                             doc="(T,) int: the ensemble member each sample came from (None for one model).")
 
     def __post_init__(self):
         if self.includes_aleatoric is None:
@@ -436,6 +453,8 @@ class RegressionPrediction:
             out["samples"] = self.samples
         if self.sample_variances is not None:
             out["sample_variances"] = self.sample_variances
+        if self.members is not None:
+            out["sample_member"] = self.sample_member  # (T,), not per row
         return out
 
     def _check_targets(self, y) -> np.ndarray:
@@ -458,7 +477,8 @@ def concatenate(predictions: Sequence[Prediction]) -> Prediction:
     first = predictions[0]
     kind = type(first)
     for p in predictions[1:]:
-        if type(p) is not kind or p.num_samples != first.num_samples or p.mask != first.mask:
+        if (type(p) is not kind or p.num_samples != first.num_samples or p.mask != first.mask
+                or p.members != first.members):
             raise invalid("predictions", "predictions of one task, number of passes and mask", p)
         if getattr(p, "includes_aleatoric", None) != getattr(first, "includes_aleatoric", None):
             raise invalid("predictions", "regression predictions that all include the targets' noise or all "

@@ -167,5 +167,6 @@ def load(path, *, mmap: bool = True):
             array = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
             values[field.name] = np.moveaxis(array, 0, 1) if field.name in _ROWS_SECOND else array
         elif field.name in meta:
-            values[field.name] = meta[field.name]
+            value = meta[field.name]
+            values[field.name] = tuple(value) if isinstance(value, list) else value  # JSON has no tuples
     return cls(**values)

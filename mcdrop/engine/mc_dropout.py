@@ -14,6 +14,7 @@ from mcdrop._validation import check_choice, check_finite_rows, check_int, inval
 from mcdrop.accumulators import nonfinite_rows
 from mcdrop.engine import inputs as _inputs
 from mcdrop.engine.graph import functional_of
+from mcdrop.engine.rates import resolve_rates
 from mcdrop.engine.sampler import CPU_ROW_PASSES, CompiledSampler, plan_chunks, widest_activation
 from mcdrop.engine.view import build_view, output_activations
 from mcdrop.heads import HETEROSCEDASTIC, OUTPUTS, TASKS, Head
@@ -64,6 +65,13 @@ class MCDropout:
         The user's own stochastic layers (a StochasticDepth, say) to run in training mode, seeded per
         pass like the built-in ones: each must take ``training`` and draw its noise with a
         ``keras.random.SeedGenerator`` it owns. See the engine docs for an example.
+    rate : float or mapping, optional
+        Sample at other dropout rates than the trained ones (the model is untouched): a float in
+        [0, 1) for every stochastic layer, or a mapping from layer name or layer class to rate
+        (an unknown name is an error). 0 turns a layer off. Inverted dropout keeps scaling kept units
+        by 1/(1 - rate), so each unit's expectation holds but its variance, and after a nonlinearity
+        the predictive mean, follow the new rate; see :mod:`mcdrop.engine.rates` for Gaussian,
+        alpha, RNN and attention dropout, and :func:`mcdrop.tune_rate` to choose it on held-out data.
     allow_deterministic : bool, default False
         Accept a model with no stochastic layer (all passes then agree). Off by default, since it
         is usually a mistake that would silently report zero uncertainty.
@@ -95,7 +103,7 @@ class MCDropout:
 
     def __init__(self, model, num_samples: int = 50, seed: int | None = None, *, task=None, outputs=None,
                  heteroscedastic=None, mask: str = "consistent", gaussian_noise: bool = False, stochastic_layers=(),
-                 allow_deterministic: bool = False, batch_size: int | None = None,
+                 allow_deterministic: bool = False, rate=None, batch_size: int | None = None,
                  passes_per_chunk: int | None = None, memory_budget: int = _DEFAULT_BUDGET,
                  run_eagerly: bool = False, verbose="auto", strategy=None,
                  allow_nonfinite_inputs: bool = False):
@@ -115,8 +123,11 @@ class MCDropout:
         self.allow_nonfinite_inputs = check_choice(allow_nonfinite_inputs, "allow_nonfinite_inputs", (False, True))
         if strategy is not None and not isinstance(strategy, tf.distribute.Strategy):
             raise invalid("strategy", "a tf.distribute.Strategy", strategy, error=TypeError)
-        self.view = build_view(model, gaussian_noise=bool(gaussian_noise), stochastic_layers=stochastic_layers)
-        if not self.view.is_stochastic and not allow_deterministic:
+        self.rate = rate
+        rates = resolve_rates(model, rate)
+        self.view = build_view(model, gaussian_noise=bool(gaussian_noise), stochastic_layers=stochastic_layers,
+                               rates=rates)
+        if not self.view.is_stochastic and not allow_deterministic and not rates:  # rates: asked for by name
             raise invalid(
                 "model", "a model with at least one stochastic layer (Dropout, SpatialDropout*, "
                 "GaussianDropout, AlphaDropout, RNN dropout/recurrent_dropout, MultiHeadAttention, Attention or "
@@ -274,10 +285,11 @@ class MCDropout:
                 idx[valid:] = start + valid - 1
             yield idx, valid
 
-    def _run(self, x, *, batch_size, verbose, sink, seed=None, row_offset=0):
+    def _run(self, x, *, batch_size, verbose, sink, seed=None, row_offset=0, pass_chunks=None):
         """Stream blocks of rows through all pass chunks. ``sink()`` makes one receiver per piece of
         rows; it gets ``feed(outputs)`` once per pass chunk, in pass order (a list per model output of
         arrays (valid passes, valid rows, ...)), then ``done()``; ``done`` is called in row order.
+        ``pass_chunks``: a sequence of (pass indices, valid passes) to run instead of all T (adaptive T).
         Returns the seed used.
 
         A block's T outputs are never held together: each pass chunk is handed on as it leaves the
@@ -307,7 +319,7 @@ class MCDropout:
             in row order (more than given when the block size had to halve)."""
             sinks = [sink() for _ in group]
             try:
-                for idx, k in self._pass_chunks(passes):
+                for idx, k in (self._pass_chunks(passes) if pass_chunks is None else pass_chunks):
                     out = self._call([p for p, _, _ in group], structure, idx, seed_pair,
                                      [o for _, o, _ in group], shapes)
                     for i, (receiver, (_, _, used)) in enumerate(zip(sinks, group)):
@@ -433,7 +445,8 @@ class MCDropout:
         return self._pack_outputs(outputs)
 
     def predict(self, x, *, return_samples: bool | None = None, batch_size: int | None = None, verbose=None,
-                out=None, overwrite: bool = False, row_offset: int = 0):
+                out=None, overwrite: bool = False, row_offset: int = 0, num_samples=None,
+                tolerance: float | None = None, max_samples: int | None = None):
         """Run T stochastic passes over ``x`` and summarise them.
 
         Parameters
@@ -455,6 +468,15 @@ class MCDropout:
         row_offset : int, default 0
             Index of ``x``'s first row in a larger pool scored in parts (the per-example masks of a
             row are keyed by its index in the pool; see :meth:`plan`).
+        num_samples : "auto", optional
+            ``"auto"``: choose T by the error you accept — passes are added in chunks until the Monte
+            Carlo standard error of every reported mean (every row and class or output dimension)
+            is below ``tolerance``, or ``max_samples`` is reached (with a warning). See
+            :func:`mcdrop.engine.adaptive.predict_adaptive`. None: the engine's ``num_samples``.
+        tolerance : float, optional
+            The largest standard error accepted (``num_samples="auto"`` only; required then).
+        max_samples : int, default 1000
+            The most passes ``num_samples="auto"`` runs.
 
         Returns
         -------
@@ -462,6 +484,13 @@ class MCDropout:
         """
         if return_samples is not None and not isinstance(return_samples, bool):
             raise invalid("return_samples", "True, False or None", return_samples, error=TypeError)
+        if num_samples is not None or tolerance is not None or max_samples is not None:
+            from mcdrop.engine.adaptive import predict_adaptive
+
+            return predict_adaptive(self, x, num_samples=num_samples, tolerance=tolerance,
+                                    max_samples=max_samples, return_samples=return_samples,
+                                    batch_size=batch_size, verbose=verbose, out=out, overwrite=overwrite,
+                                    row_offset=row_offset)
         seed, seed_pair = self._seed_pair()
         collected, writers = [], None
         engine = self
@@ -481,11 +510,7 @@ class MCDropout:
                         keep = return_samples if return_samples is not None else head.task == "regression"
                         self.accs.append(head.accumulator(keep_samples=keep,
                                                           provenance={"mask": engine.mask, "seed": seed}))
-                for head, acc, raw in zip(engine._heads, self.accs, outputs):
-                    bad = nonfinite_rows(raw)
-                    if bad:
-                        raise _nonfinite_error(bad, raw.shape[1])
-                    head.update(acc, raw)
+                feed(engine._heads, self.accs, [outputs])
 
             def done(self):
                 nonlocal writers
@@ -533,6 +558,34 @@ class MCDropout:
     def __repr__(self) -> str:
         return (f"MCDropout(model={self.model.name!r}, num_samples={self.num_samples}, seed={self.seed}, "
                 f"mask={self.mask!r}, stochastic=[{self.view.describe()}])")
+
+
+def pieces_to(on_piece):
+    """A ``sink`` for :meth:`MCDropout._run` that hands each finished piece of rows to ``on_piece`` as the
+    list of its pass chunks' outputs (each a list, per model output, of arrays (Tc, rows, ...))."""
+
+    class Piece:
+        def __init__(self):
+            self.chunks = []
+
+        def feed(self, outputs):
+            self.chunks.append(outputs)
+
+        def done(self):
+            on_piece(self.chunks)
+
+    return Piece
+
+
+def feed(heads, accumulators, per_pass_chunks) -> None:
+    """Feed chunks of raw per-pass outputs (each a list, per output, of (Tc, n, ...)) to one accumulator
+    per output, in pass order; a NaN or infinite output is an error naming how many rows gave one."""
+    for outputs in per_pass_chunks:
+        for head, acc, raw in zip(heads, accumulators, outputs):
+            bad = nonfinite_rows(raw)
+            if bad:
+                raise _nonfinite_error(bad, raw.shape[1])
+            head.update(acc, raw)
 
 
 def _nonfinite_error(rows: int, total: int) -> ValueError:

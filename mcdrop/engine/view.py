@@ -61,6 +61,7 @@ class StochasticView:
     attentions: tuple = ()
     custom: tuple = ()
     undriven: tuple = ()
+    rates: dict = dataclasses.field(default_factory=dict)  # sampling-rate overrides (engine/rates.py)
 
     @property
     def stochastic_ids(self) -> frozenset:
@@ -85,25 +86,28 @@ def _all_layers(model) -> list:
     return list(model._flatten_layers(include_self=True, recursive=True))
 
 
-def _is_leaf(layer, gaussian_noise: bool) -> bool:
+def _is_leaf(layer, gaussian_noise: bool, rates=None) -> bool:
     if isinstance(layer, _LEAF_FAMILIES):
-        return getattr(layer, "rate", 0) > 0
+        return (rates or {}).get(id(layer), getattr(layer, "rate", 0)) > 0
     if gaussian_noise and isinstance(layer, keras.layers.GaussianNoise):
         return getattr(layer, "stddev", 0) > 0
     return False
 
 
-def _rnn_cells(rnn) -> list:
+def _rnn_cells(rnn, rates=None) -> list:
     cell = getattr(rnn, "cell", None)
     if cell is None:
         return []
     cells = list(getattr(cell, "cells", [cell]))
+    rates = rates or {}
     return [c for c in cells if isinstance(c, DropoutRNNCell)
-            and (getattr(c, "dropout", 0) > 0 or getattr(c, "recurrent_dropout", 0) > 0)]
+            and max(rates.get(id(c), (getattr(c, "dropout", 0), getattr(c, "recurrent_dropout", 0)))) > 0]
 
 
-def build_view(model, *, gaussian_noise: bool = False, stochastic_layers=()) -> StochasticView:
+def build_view(model, *, gaussian_noise: bool = False, stochastic_layers=(), rates=None) -> StochasticView:
     """Find the stochastic layers of ``model``.
+
+    ``rates`` holds sampling-rate overrides from :func:`~mcdrop.engine.rates.resolve_rates`.
 
     ``stochastic_layers`` opts the user's own stochastic layers in: layer classes, layer objects or
     layer names (see :func:`_custom_layers`).
@@ -117,10 +121,10 @@ def build_view(model, *, gaussian_noise: bool = False, stochastic_layers=()) -> 
     for layer in layers:
         if id(layer) in custom_ids:
             continue
-        if _is_leaf(layer, gaussian_noise):
+        if _is_leaf(layer, gaussian_noise, rates):
             leaves.append(layer)
         elif isinstance(layer, keras.layers.RNN):
-            found = _rnn_cells(layer)
+            found = _rnn_cells(layer, rates)
             if found:
                 cells.extend(found)
                 rnns.append(layer)
@@ -137,7 +141,7 @@ def build_view(model, *, gaussian_noise: bool = False, stochastic_layers=()) -> 
             UserWarning, stacklevel=3,
         )
     return StochasticView(tuple(leaves), tuple(cells), tuple(rnns), (), tuple(attentions),
-                          tuple(custom), undriven)
+                          tuple(custom), undriven, dict(rates or {}))
 
 
 def _takes_training(layer) -> bool:
@@ -210,14 +214,16 @@ def _noise_shape(layer, x):
     return tf.stack([dims[i] if d is None else tf.cast(d, tf.int32) for i, d in enumerate(shape)][1:])
 
 
-def _leaf_call(layer, ctx):
+def _leaf_call(layer, ctx, rate=None):
+    rate = float(getattr(layer, "rate", 0.0)) if rate is None else float(rate)  # None: the trained rate
+
     def call(inputs, *args, **kwargs):
         if isinstance(layer, keras.layers.Dropout):
-            return ctx.dropout(inputs, float(layer.rate), _noise_shape(layer, inputs))
+            return ctx.dropout(inputs, rate, _noise_shape(layer, inputs))
         if isinstance(layer, keras.layers.GaussianDropout):
-            return ctx.gaussian_dropout(inputs, float(layer.rate))
+            return ctx.gaussian_dropout(inputs, rate)
         if isinstance(layer, keras.layers.AlphaDropout):
-            return ctx.alpha_dropout(inputs, float(layer.rate), _noise_shape(layer, inputs))
+            return ctx.alpha_dropout(inputs, rate, _noise_shape(layer, inputs))
         return ctx.gaussian_noise(inputs, float(layer.stddev))
 
     return call
@@ -285,14 +291,15 @@ def _training_call(layer):
     return call
 
 
-def _cell_patches(cell, ctx) -> dict:
+def _cell_patches(cell, ctx, rates=None) -> dict:
     """Mask getters for one RNN call: each drawn once per call of the RNN (fixed over time steps)."""
+    dropout, recurrent = rates if rates is not None else (cell.dropout, cell.recurrent_dropout)
     cache = {}
     count = getattr(cell, "dropout_mask_count", None)
 
-    def getter(kind, rate):
+    def getter(kind, rate, trained):
         def get(step_input):
-            if rate <= 0:
+            if trained <= 0:  # the cell applies no mask of this kind (an override to 0 draws all-ones)
                 return None
             if kind not in cache:
                 cache[kind] = ctx.rnn_mask(step_input, rate, count)
@@ -304,8 +311,8 @@ def _cell_patches(cell, ctx) -> dict:
         return lambda: cache.pop(kind, None)
 
     return {
-        "get_dropout_mask": getter("input", float(cell.dropout)),
-        "get_recurrent_dropout_mask": getter("recurrent", float(cell.recurrent_dropout)),
+        "get_dropout_mask": getter("input", float(dropout), float(cell.dropout)),
+        "get_recurrent_dropout_mask": getter("recurrent", float(recurrent), float(cell.recurrent_dropout)),
         "reset_dropout_mask": reset("input"),
         "reset_recurrent_dropout_mask": reset("recurrent"),
     }
@@ -338,7 +345,7 @@ def patched(view: StochasticView, ctx) -> Iterator[set]:
 
     try:
         for layer in view.leaves:
-            shadow(layer, "call", _leaf_call(layer, ctx), record=True)
+            shadow(layer, "call", _leaf_call(layer, ctx, view.rates.get(id(layer))), record=True)
         for rnn in view.rnns:
             shadow(rnn, "call", _training_call(rnn), record=True)
         for layer in view.attentions:
@@ -346,7 +353,7 @@ def patched(view: StochasticView, ctx) -> Iterator[set]:
         for layer in view.custom:
             shadow(layer, "call", _custom_call(layer, ctx), record=True)
         for cell in view.cells:
-            for name, fn in _cell_patches(cell, ctx).items():
+            for name, fn in _cell_patches(cell, ctx, view.rates.get(id(cell))).items():
                 shadow(cell, name, fn)
         yield ran
     finally:

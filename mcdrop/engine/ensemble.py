@@ -1,0 +1,232 @@
+r"""``Ensemble``: deep ensembles and MC-dropout ensembles through the same prediction.
+
+M Keras models that map the same inputs to the same kind of output (their architectures may
+differ) are run member by member on each block of rows, and their per-pass outputs are fed, in
+member-major order, into the accumulators a single :class:`~mcdrop.MCDropout` uses. The result is
+the same :class:`~mcdrop.ClassificationPrediction` / :class:`~mcdrop.RegressionPrediction` over
+:math:`S = M \cdot T` samples, so metrics, the report, recalibration, acquisition (BatchBALD
+included) and the store take it unchanged; its ``members`` field records the passes of each
+member and ``sample_member`` each sample's member.
+
+With ``num_samples=1`` every member runs deterministically (dropout off, exactly
+``model.predict``): a deep ensemble (Lakshminarayanan et al., 2017), whose members need no dropout.
+With ``num_samples=T`` every member runs T MC-dropout passes: an MC-dropout ensemble. Every member
+has the same weight :math:`1/M`, so the predictive distribution is the equal-weight mixture
+
+.. math::
+
+    p(y \mid x) = \frac1M \sum_{m=1}^M \frac1T \sum_{t=1}^T p(y \mid x, \theta_{m,t}),
+
+and for a Gaussian regression head the kept samples and variances give that mixture exactly.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+from keras import tree
+
+from mcdrop._validation import check_int, invalid
+from mcdrop.engine import inputs as _inputs
+from mcdrop.engine.mc_dropout import _DEFAULT_BUDGET, MCDropout, _count_rows, feed, pieces_to
+from mcdrop.predictive import concatenate
+
+__all__ = ["Ensemble"]
+
+#: Rows run through every member before their statistics are summarised (memory: O(rows · T · C)
+#: per block, O(N · C) in all).
+BLOCK_ROWS = 4096
+
+
+def member_seed(seed: int, member: int) -> int:
+    """Member ``member``'s seed, derived from the ensemble's: independent streams per member."""
+    state = np.random.SeedSequence([seed, member]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 32 | int(state[1])) % (2**62))
+
+
+class Ensemble:
+    """Predictions of an ensemble of Keras models, as one prediction over all their samples.
+
+    Parameters
+    ----------
+    models : sequence of keras.Model
+        M >= 1 trained models with the same inputs and the same kind of output (task, number of
+        classes or output dimensions, Gaussian head or not); architectures may differ. Each is
+        read, never modified, and compiled once.
+    num_samples : int, default 1
+        T, the passes per member. 1: each member runs deterministically (deep ensemble); T > 1:
+        T MC-dropout passes per member (every member must then have a stochastic layer).
+    seed : int or None
+        Member m draws its masks with a seed derived from ``(seed, m)``. With a seed results are
+        bit-identical run to run and for any batching of an input stream; without one, each call
+        draws a fresh seed (recorded on the prediction).
+    task, outputs, heteroscedastic, mask, gaussian_noise, rate, batch_size, passes_per_chunk, memory_budget, run_eagerly, strategy
+        As for :class:`~mcdrop.MCDropout`, applied to every member (a per-output value applies per
+        output of each member). ``rate`` only with ``num_samples > 1``.
+    verbose : {"auto", 0, 1}, default "auto"
+        A progress bar over the rows.
+
+    Examples
+    --------
+    >>> deep = Ensemble([model_a, model_b, model_c], seed=0)             # doctest: +SKIP
+    >>> pred = deep.predict(x_test)                                      # doctest: +SKIP
+    >>> pred.num_samples, pred.members                                   # doctest: +SKIP
+    (3, (1, 1, 1))
+    """
+
+    def __init__(self, models, num_samples: int = 1, seed: int | None = None, *, task=None, outputs=None,
+                 heteroscedastic=None, mask: str = "consistent", gaussian_noise: bool = False, rate=None,
+                 batch_size: int | None = None, passes_per_chunk: int | None = None,
+                 memory_budget: int = _DEFAULT_BUDGET, run_eagerly: bool = False, verbose="auto", strategy=None):
+        if isinstance(models, keras.Model) or not isinstance(models, Sequence) or not len(models):
+            raise invalid("models", "a non-empty list of keras.Model", models, error=TypeError)
+        for i, model in enumerate(models):
+            if not isinstance(model, keras.Model):
+                raise invalid(f"models[{i}]", "a keras.Model (Keras 3)", model, error=TypeError)
+        if len({id(m) for m in models}) != len(models):
+            raise invalid("models", "distinct model objects", [getattr(m, "name", "?") for m in models],
+                          detail="The same model twice would count one member's opinion twice.")
+        self.num_samples = check_int(num_samples, "num_samples", minimum=1)
+        if seed is not None:
+            seed = check_int(seed, "seed", minimum=0)
+        self.seed = seed
+        if rate is not None and self.num_samples == 1:
+            raise invalid("rate", "None with num_samples=1 (deep-ensemble members run without dropout)", rate)
+        options = dict(task=task, outputs=outputs, heteroscedastic=heteroscedastic, mask=mask,
+                       gaussian_noise=gaussian_noise, batch_size=batch_size, passes_per_chunk=passes_per_chunk,
+                       memory_budget=memory_budget, run_eagerly=run_eagerly, verbose=0, strategy=strategy)
+        if self.num_samples == 1:
+            options.update(rate=0.0, allow_deterministic=True, gaussian_noise=False)
+        else:
+            options.update(rate=rate)
+        self.members = []
+        for i, model in enumerate(models):
+            try:
+                self.members.append(MCDropout(model, num_samples=self.num_samples, **options))
+            except ValueError as err:
+                if "stochastic layer" not in str(err):
+                    raise
+                raise invalid(f"models[{i}]", "a model with at least one stochastic layer for num_samples > 1",
+                              model.name, detail="Use num_samples=1 for a deep ensemble of deterministic "
+                              "models.") from None
+        self.mask = mask
+        self.verbose = verbose
+
+    @property
+    def models(self) -> list:
+        return [member.model for member in self.members]
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def predict(self, x, *, return_samples: bool | None = None, batch_size: int | None = None, verbose=None,
+                out=None, overwrite: bool = False):
+        """Run every member over ``x`` and summarise all M·T samples as one prediction.
+
+        Parameters
+        ----------
+        x : array-like, list/dict of them, tf.data.Dataset or iterable of batches
+        return_samples : bool, optional
+            Keep the per-sample outputs, (M·T, N, ...) member-major. By default kept for regression
+            (the mixture needs them), not for classification (memory O(N·C)).
+        batch_size : int, optional
+            Rows per compiled call of each member.
+        out : str or Path, optional
+            Stream the per-row results to this store folder (see :mod:`mcdrop.store`) block by block.
+        overwrite : bool, default False
+
+        Returns
+        -------
+        ClassificationPrediction or RegressionPrediction (a list/dict for multi-output models)
+            ``num_samples`` = M·T, ``members`` = (T,) * M.
+        """
+        if return_samples is not None and not isinstance(return_samples, bool):
+            raise invalid("return_samples", "True, False or None", return_samples, error=TypeError)
+        first = self.members[0]
+        seed = self.seed if self.seed is not None else int(np.random.SeedSequence().entropy % (2**62))
+        seeds = [member_seed(seed, m) for m in range(len(self.members))]
+        pairs = [(s, np.array([s % (2**62), 0x4D43_44524F50], dtype=np.int64)) for s in seeds]
+        provenance = {"mask": self.mask, "seed": seed, "members": (self.num_samples,) * len(self.members)}
+        n = None if _inputs.is_streaming(x) else _count_rows(x)
+        rows = max(BLOCK_ROWS, batch_size or 0)
+        collected, writers = [], None
+        with _progress(self.verbose if verbose is None else verbose, n) as bar:
+            for block, structure, _, valid in _inputs.iter_blocks(x, first._spec, rows):
+                block_x = _repack([a[:valid] for a in block], structure, first._spec)
+                results = self._summarise(block_x, pairs, batch_size, return_samples, provenance)
+                if out is None:
+                    collected.append(results)
+                else:
+                    if writers is None:
+                        writers = first._writers(out, len(results), overwrite)
+                    for writer, result in zip(writers, results):
+                        writer.append(result)
+                bar.update(valid)
+        if out is not None:
+            return first._pack_outputs([writer.close() for writer in writers])
+        return first._pack_outputs([concatenate(parts) for parts in zip(*collected)])
+
+    def _summarise(self, block_x, pairs, batch_size, return_samples, provenance):
+        """One block of rows through every member, into one accumulator per output."""
+        accs, reference = None, None
+        for m, (member, pair) in enumerate(zip(self.members, pairs)):
+            pieces = []
+            member._run(block_x, batch_size=batch_size, verbose=0, sink=pieces_to(pieces.append), seed=pair)
+            # pieces: per row piece, per pass chunk, per output: (Tc, rows, ...); join the rows
+            chunks = [[np.concatenate([piece[c][o] for piece in pieces], axis=1) for o in range(len(pieces[0][c]))]
+                      for c in range(len(pieces[0]))]
+            if member._heads is None:
+                member._heads = member._decide_heads(chunks[0])
+            kinds = self._kinds(member, chunks[0])
+            if reference is None:
+                reference = kinds
+                accs = [head.accumulator(keep_samples=(return_samples if return_samples is not None
+                                                       else head.task == "regression"), provenance=provenance)
+                        for head in member._heads]
+            elif kinds != reference:
+                raise invalid(f"models[{m}]", f"outputs of the kind models[0] gives ({_describe(reference)})",
+                              member.model.name, detail=f"It gives {_describe(kinds)}. Pass task= (and outputs=) "
+                              "when a member's last layer does not show what it returns.")
+            feed(member._heads, accs, chunks)
+        return [acc.result() for acc in accs]
+
+    @staticmethod
+    def _kinds(member, outputs):
+        """Per output: (task, Gaussian head?, shape of one row's probabilities or means)."""
+        kinds = []
+        for head, raw in zip(member._heads, outputs):
+            first = raw[:1, :1]
+            shape = (head.probabilities(first) if head.task == "classification" else head.gaussian(first)[0]).shape
+            kinds.append((head.task, head.heteroscedastic is not None, tuple(shape[2:])))
+        return kinds
+
+    @property
+    def heads(self):
+        """Each member's heads (decided on the first prediction when the graph cannot tell)."""
+        return [member.heads for member in self.members]
+
+    def __repr__(self) -> str:
+        names = ", ".join(repr(m.model.name) for m in self.members)
+        return f"Ensemble(models=[{names}], num_samples={self.num_samples}, seed={self.seed}, mask={self.mask!r})"
+
+
+def _describe(kinds) -> str:
+    return "; ".join(f"{task}{' (Gaussian head)' if gauss else ''} of shape {shape}" for task, gauss, shape in kinds)
+
+
+def _repack(flat, structure, spec):
+    if spec is None:
+        return tree.pack_sequence_as(structure, flat)
+    if spec.keys is not None:
+        return dict(zip(spec.keys, flat))
+    return flat[0] if len(flat) == 1 else list(flat)
+
+
+def _progress(verbose, total):
+    from tqdm.auto import tqdm
+
+    show = sys.stderr.isatty() and (total is None or total > BLOCK_ROWS) if verbose == "auto" else bool(verbose)
+    return tqdm(total=total, disable=not show, desc="ensemble", unit="rows", leave=False)
