@@ -404,7 +404,7 @@ def _in_cli_words(message: str, args=None) -> str:
     text = re.sub(r"array\((\[[^()]*\])(?:, dtype=(\w+))?\)", _summary, text)  # never an array's repr
     text = re.sub(r"\[[-+\d.e, \[\]]{60,}\]", _summary, text)  # nor a long list of numbers
     if command in ("predict", "select") and getattr(args, "model", None):  # the model by its path, not its repr
-        models = ", ".join(map(str, args.model))
+        models = args.model if isinstance(args.model, (str, Path)) else ", ".join(map(str, args.model))
         text = re.sub(r"received <[^>]*>(?: \(of type [\w.]+\))?", f"received {models!r}", text)
     return text
 

@@ -439,7 +439,12 @@ class ConformalRegressor:
         return np.maximum(std, STD_FLOOR)
 
     def _cqr_bounds(self, pred, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-        return pred.quantile(alpha / 2), pred.quantile(1 - alpha / 2)
+        from mcdrop.predictive import EpistemicOnlyWarning
+
+        # conformalizing is what corrects an epistemic-only mixture's quantiles: no warning about them here
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", EpistemicOnlyWarning)
+            return pred.quantile(alpha / 2), pred.quantile(1 - alpha / 2)
 
     def _scores(self, alpha: float) -> np.ndarray:
         if self.method == "normalized":

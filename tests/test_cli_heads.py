@@ -30,9 +30,9 @@ def files(tmp_path_factory):
 
 @pytest.mark.parametrize("model, flags, pattern", [
     ("softmax", ["--heteroscedastic", "log_variance"],
-     r"`heteroscedastic`: expected None for an output with a softmax activation"),
-    ("softmax", ["--outputs", "logits"], r"`outputs`: expected 'probs' \(or None\) for an output with a softmax"),
-    ("linear", ["--task", "classification"], r"`task`: expected 'regression' for an output with a linear activation"),
+     r"`--heteroscedastic`: expected no --heteroscedastic for an output with a softmax activation"),
+    ("softmax", ["--outputs", "logits"], r"`--outputs`: expected 'probs' \(or None\) for an output with a softmax"),
+    ("linear", ["--task", "classification"], r"`--task`: expected 'regression' for an output with a linear activation, or --outputs logits"),
 ])
 @pytest.mark.parametrize("command", ["predict"])
 def test_contradicting_head_flags_are_one_line_and_exit_2(files, capsys, tmp_path, model, flags, pattern, command):
@@ -53,7 +53,7 @@ def test_contradicting_head_flags_are_one_line_and_exit_2(files, capsys, tmp_pat
 
 def test_select_checks_the_declaration_too(files, capsys, tmp_path):
     test_contradicting_head_flags_are_one_line_and_exit_2(
-        files, capsys, tmp_path, "softmax", ["--outputs", "logits"], r"`outputs`: expected 'probs'", "select")
+        files, capsys, tmp_path, "softmax", ["--outputs", "logits"], r"`--outputs`: expected 'probs'", "select")
 
 
 def test_the_same_flags_agreeing_with_the_model_run(files, capsys, tmp_path):

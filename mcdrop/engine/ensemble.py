@@ -47,6 +47,28 @@ def member_seed(seed: int, member: int) -> int:
     return int((int(state[0]) << 32 | int(state[1])) % (2**62))
 
 
+#: Options a member may set for itself (``member_options``): how its outputs are read.
+MEMBER_OPTIONS = ("task", "outputs", "heteroscedastic")
+
+
+def _member_options(member_options, n: int) -> list[dict]:
+    if member_options is None:
+        return [{} for _ in range(n)]
+    if isinstance(member_options, (dict, str)) or not isinstance(member_options, Sequence):
+        raise invalid("member_options", f"a list of {n} dicts, one per model", member_options, error=TypeError)
+    if len(member_options) != n:
+        raise invalid("member_options", f"a list of {n} dicts, one per model", f"{len(member_options)} entries")
+    out = []
+    for i, entry in enumerate(member_options):
+        if not isinstance(entry, dict):
+            raise invalid(f"member_options[{i}]", "a dict", entry, error=TypeError)
+        unknown = sorted(set(entry) - set(MEMBER_OPTIONS))
+        if unknown:
+            raise invalid(f"member_options[{i}]", f"keys among {', '.join(MEMBER_OPTIONS)}", unknown)
+        out.append(dict(entry))
+    return out
+
+
 class Ensemble:
     """Predictions of an ensemble of Keras models, as one prediction over all their samples.
 
@@ -66,6 +88,10 @@ class Ensemble:
     task, outputs, heteroscedastic, mask, gaussian_noise, rate, batch_size, passes_per_chunk, memory_budget, run_eagerly, strategy
         As for :class:`~mcdrop.MCDropout`, applied to every member (a per-output value applies per
         output of each member). ``rate`` only with ``num_samples > 1``.
+    member_options : sequence of dict, optional
+        One dict per member overriding the shared options above for that member, e.g.
+        ``[{}, {}, {"outputs": "logits"}]`` when only the last member ends in logits (a declaration must
+        agree with each member's own last layer).
     verbose : {"auto", 0, 1}, default "auto"
         A progress bar over the rows.
 
@@ -80,7 +106,8 @@ class Ensemble:
     def __init__(self, models, num_samples: int = 1, seed: int | None = None, *, task=None, outputs=None,
                  heteroscedastic=None, mask: str = "consistent", gaussian_noise: bool = False, rate=None,
                  batch_size: int | None = None, passes_per_chunk: int | None = None,
-                 memory_budget: int = _DEFAULT_BUDGET, run_eagerly: bool = False, verbose="auto", strategy=None):
+                 memory_budget: int = _DEFAULT_BUDGET, run_eagerly: bool = False, verbose="auto", strategy=None,
+                 member_options=None):
         if isinstance(models, keras.Model) or not isinstance(models, Sequence) or not len(models):
             raise invalid("models", "a non-empty list of keras.Model", models, error=TypeError)
         for i, model in enumerate(models):
@@ -102,10 +129,11 @@ class Ensemble:
             options.update(rate=0.0, allow_deterministic=True, gaussian_noise=False)
         else:
             options.update(rate=rate)
+        overrides = _member_options(member_options, len(models))
         self.members = []
         for i, model in enumerate(models):
             try:
-                self.members.append(MCDropout(model, num_samples=self.num_samples, **options))
+                self.members.append(MCDropout(model, num_samples=self.num_samples, **{**options, **overrides[i]}))
             except ValueError as err:
                 if "stochastic layer" not in str(err):
                     raise
@@ -188,8 +216,9 @@ class Ensemble:
                         for head in member._heads]
             elif kinds != reference:
                 raise invalid(f"models[{m}]", f"outputs of the kind models[0] gives ({_describe(reference)})",
-                              member.model.name, detail=f"It gives {_describe(kinds)}. Pass task= (and outputs=) "
-                              "when a member's last layer does not show what it returns.")
+                              member.model.name, detail=f"It gives {_describe(kinds)}. Pass task= (and outputs=), for "
+                              "every member or through member_options for one, when a member's last layer "
+                              "does not show what it returns.")
             feed(member._heads, accs, chunks)
         return [acc.result() for acc in accs]
 

@@ -36,6 +36,10 @@ def x():
     return np.random.default_rng(0).normal(size=(37, 6)).astype("float32")
 
 
+#: the last member ends in logits: declared for it alone
+LOGITS_LAST = {"member_options": [{}, {}, {"outputs": "logits"}]}
+
+
 def _softmax(z):
     z = z.astype(np.float64)
     e = np.exp(z - z.max(axis=-1, keepdims=True))
@@ -43,7 +47,7 @@ def _softmax(z):
 
 
 def test_deep_ensemble_mean_is_the_average_of_the_members_own_outputs(members, x):
-    pred = Ensemble(members, seed=0, task="classification").predict(x, return_samples=True)
+    pred = Ensemble(members, seed=0, **LOGITS_LAST).predict(x, return_samples=True)
     own = [members[0].predict(x, verbose=0), members[1].predict(x, verbose=0),
            _softmax(members[2].predict(x, verbose=0))]
     for m, probs in enumerate(own):
@@ -58,12 +62,13 @@ def test_deep_ensemble_mean_is_the_average_of_the_members_own_outputs(members, x
 
 
 def test_mc_dropout_ensemble_is_member_major_and_each_member_is_its_own_mc_run(members, x):
-    pred = Ensemble(members, num_samples=6, seed=11, task="classification").predict(x, return_samples=True)
+    pred = Ensemble(members, num_samples=6, seed=11, **LOGITS_LAST).predict(x, return_samples=True)
     assert pred.num_samples == 18 and pred.members == (6, 6, 6)
     np.testing.assert_array_equal(pred.sample_member, np.repeat([0, 1, 2], 6))
     means = []
     for m, model in enumerate(members):
-        alone = MCDropout(model, num_samples=6, seed=member_seed(11, m), task="classification").predict(x, return_samples=True)
+        alone = MCDropout(model, num_samples=6, seed=member_seed(11, m),
+                          **LOGITS_LAST["member_options"][m]).predict(x, return_samples=True)
         np.testing.assert_array_equal(pred.samples[6 * m:6 * (m + 1)], alone.samples)
         means.append(alone.mean)
     np.testing.assert_allclose(pred.mean, np.mean(means, axis=0), rtol=0, atol=1e-12)
@@ -71,14 +76,14 @@ def test_mc_dropout_ensemble_is_member_major_and_each_member_is_its_own_mc_run(m
 
 def test_seeds_compile_once_and_members_untouched(members, x):
     before = [[w.copy() for w in m.get_weights()] for m in members]
-    ens = Ensemble(members, num_samples=4, seed=3, task="classification")
+    ens = Ensemble(members, num_samples=4, seed=3, **LOGITS_LAST)
     a = ens.predict(x, return_samples=True)
     b = ens.predict(x[:20], return_samples=True)
     np.testing.assert_array_equal(a.samples[:, :20], b.samples)
     assert [m.sampler.traces for m in ens.members] == [1, 1, 1]
-    c = Ensemble(members, num_samples=4, seed=4, task="classification").predict(x, return_samples=True)
+    c = Ensemble(members, num_samples=4, seed=4, **LOGITS_LAST).predict(x, return_samples=True)
     assert not np.array_equal(a.samples, c.samples)
-    unseeded = Ensemble(members, num_samples=4, task="classification").predict(x)
+    unseeded = Ensemble(members, num_samples=4, **LOGITS_LAST).predict(x)
     assert isinstance(unseeded.seed, int)
     for model, weights in zip(members, before):
         for w0, w1 in zip(weights, model.get_weights()):
@@ -87,7 +92,7 @@ def test_seeds_compile_once_and_members_untouched(members, x):
 
 
 def test_blocks_streams_and_store_agree(members, x, tmp_path, monkeypatch):
-    ens = Ensemble(members, num_samples=3, seed=5, task="classification")
+    ens = Ensemble(members, num_samples=3, seed=5, **LOGITS_LAST)
     whole = ens.predict(x, return_samples=True)
     monkeypatch.setattr(ensemble_module, "BLOCK_ROWS", 8)  # five blocks, O(8 rows) at a time
     blocked = ens.predict(x, return_samples=True)
@@ -102,7 +107,7 @@ def test_blocks_streams_and_store_agree(members, x, tmp_path, monkeypatch):
 
 
 def test_members_survive_subset_concatenate_and_to_dict(members, x):
-    pred = Ensemble(members, num_samples=2, seed=0, task="classification").predict(x, return_samples=True)
+    pred = Ensemble(members, num_samples=2, seed=0, **LOGITS_LAST).predict(x, return_samples=True)
     assert pred.subset([0, 3]).members == (2, 2, 2)
     joined = mcdrop.predictive.concatenate([pred.subset(slice(0, 5)), pred.subset(slice(5, None))])
     assert joined.members == (2, 2, 2)
@@ -114,7 +119,7 @@ def test_members_survive_subset_concatenate_and_to_dict(members, x):
 
 
 def test_downstream_consumers_take_it(members, x):
-    pred = Ensemble(members, num_samples=4, seed=0, task="classification").predict(x, return_samples=True)
+    pred = Ensemble(members, num_samples=4, seed=0, **LOGITS_LAST).predict(x, return_samples=True)
     y = np.arange(len(x)) % 4
     picked = mcdrop.acquisition.select(pred, 3, method="batch_bald", seed=0)
     assert len(set(np.asarray(picked).tolist())) == 3
@@ -148,6 +153,9 @@ def test_regression_mixture_over_members_is_exact():
     (lambda m: Ensemble([m[0], "m"]), TypeError, r"argument `models\[1\]`: expected a keras.Model"),
     (lambda m: Ensemble([m[0], m[0]]), ValueError, r"argument `models`: expected distinct model objects"),
     (lambda m: Ensemble(m, num_samples=0), ValueError, r"argument `num_samples`: expected an integer >= 1"),
+    (lambda m: Ensemble(m, member_options=[{}]), ValueError, r"argument `member_options`: expected a list of 3 dicts"),
+    (lambda m: Ensemble(m, member_options=[{}, {}, {"rate": 0.1}]), ValueError,
+     r"argument `member_options\[2\]`: expected keys among task, outputs, heteroscedastic"),
     (lambda m: Ensemble(m, rate=0.2), ValueError, r"argument `rate`: expected None with num_samples=1"),
     (lambda m: Ensemble([m[0], _classifier(8, 2, rate=0)], num_samples=5), ValueError,
      r"argument `models\[1\]`: expected a model with at least one stochastic layer for num_samples > 1"),
