@@ -31,7 +31,7 @@ from keras import tree
 
 from mcdrop._validation import check_int, invalid
 from mcdrop.engine import inputs as _inputs
-from mcdrop.engine.mc_dropout import _DEFAULT_BUDGET, MCDropout, _count_rows, feed, pieces_to
+from mcdrop.engine.mc_dropout import _DEFAULT_BUDGET, MAX_SEED, MCDropout, _count_rows, feed, pieces_to
 from mcdrop.predictive import concatenate
 
 __all__ = ["Ensemble"]
@@ -118,7 +118,7 @@ class Ensemble:
                           detail="The same model twice would count one member's opinion twice.")
         self.num_samples = check_int(num_samples, "num_samples", minimum=1)
         if seed is not None:
-            seed = check_int(seed, "seed", minimum=0)
+            seed = check_int(seed, "seed", minimum=0, maximum=MAX_SEED)
         self.seed = seed
         if rate is not None and self.num_samples == 1:
             raise invalid("rate", "None with num_samples=1 (deep-ensemble members run without dropout)", rate)

@@ -23,6 +23,8 @@ from mcdrop.predictive import MASK_MODES, concatenate
 __all__ = ["MCDropout"]
 
 _DEFAULT_BUDGET = 512 * 2**20
+#: The largest seed: masks are keyed by a 62-bit integer.
+MAX_SEED = 2**62 - 1
 _NONFINITE_ADVICE = "Pass allow_nonfinite_inputs=True if the model is built to take them."
 
 
@@ -111,8 +113,8 @@ class MCDropout:
             raise invalid("model", "a keras.Model (Keras 3)", model, error=TypeError)
         self.model = model
         self.num_samples = check_int(num_samples, "num_samples", minimum=1)
-        if seed is not None:
-            seed = check_int(seed, "seed", minimum=0)
+        if seed is not None:  # masks are keyed by a 62-bit seed: a larger one would repeat a smaller one's
+            seed = check_int(seed, "seed", minimum=0, maximum=MAX_SEED)
         self.seed = seed
         self.mask = check_choice(mask, "mask", MASK_MODES)
         self.batch_size = None if batch_size is None else check_int(batch_size, "batch_size", minimum=1)

@@ -107,7 +107,7 @@ def test_nonfinite_outputs_name_the_number_of_rows():
     ("heteroscedastic", "gamma", r"argument `heteroscedastic`: expected one of 'log_variance'"),
     ("batch_size", 0, r"argument `batch_size`: expected an integer >= 1, received 0"),
     ("passes_per_chunk", 0, r"argument `passes_per_chunk`: expected an integer >= 1, received 0"),
-    ("seed", -1, r"argument `seed`: expected an integer >= 0, received -1"),
+    ("seed", -1, r"argument `seed`: expected an integer >= 0 and <= 4611686018427387903, received -1"),
 ])
 def test_bad_options(arg, value, message):
     with pytest.raises(ValueError, match=message):
@@ -137,3 +137,11 @@ def test_failed_call_leaves_engine_usable_and_model_untouched():
         mc.predict(np.zeros((4, 7), "float32"))
     assert "call" not in vars(model.layers[1])  # no shadowed method left behind
     assert mc.predict(X).mean.shape == (4, 3)
+
+
+def test_seed_beyond_62_bits_is_refused():
+    """Masks are keyed by a 62-bit seed: 2**62 would silently repeat seed 0's passes."""
+    with pytest.raises(ValueError, match=r"argument `seed`: expected an integer >= 0 and <= 4611686018427387903, "
+                                         r"received 4611686018427387904"):
+        mcdrop.MCDropout(mlp(), num_samples=2, seed=2**62, verbose=0)
+    assert mcdrop.MCDropout(mlp(), num_samples=2, seed=2**62 - 1, verbose=0).seed == 2**62 - 1
