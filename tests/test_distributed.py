@@ -486,20 +486,23 @@ def test_stream_argument_errors(cluster, files, tmp_path):
 
 
 def test_merged_top_k_equals_top_k_over_the_whole_pool():
-    """Per-group top-k merged in any group order equals acquisition.top_k over all rows, ties to
-    the lower row and NaN last."""
+    """Per-group top-k merged in any group order equals acquisition.top_k over all rows, ties
+    going to the lower row."""
     scores = np.round(np.random.default_rng(0).random(1000), 2)  # many ties
-    scores[[5, 77, 900]] = np.nan
     groups = [np.arange(s, min(s + 64, 1000)) for s in range(0, 1000, 64)]
-    merged = distributed._Merged({"bald": 40}, None)
-    for rows in groups[::-1]:
-        local = top_k(scores[rows], 40) if len(rows) >= 40 else np.argsort(-scores[rows], kind="stable")
-        merged.add({"top.bald.rows": rows[local], "top.bald.scores": scores[rows][local]})
-    np.testing.assert_array_equal(merged.best["bald"]["rows"], top_k(scores, 40))
-    merged = distributed._Merged({"bald": 999}, None)
-    for rows in groups:
-        merged.add({"top.bald.rows": rows, "top.bald.scores": scores[rows]})
-    assert list(merged.best["bald"]["rows"][-2:]) == [77, 900]  # NaN last, lower row first
+    for order in (groups, groups[::-1], [groups[i] for i in np.random.default_rng(1).permutation(len(groups))]):
+        merged = distributed._Merged({"bald": 40}, 3)
+        for rows in order:
+            local = top_k(scores[rows], min(40, len(rows)))
+            samples = np.broadcast_to(rows[local][None, :, None], (2, len(local), 1))
+            merged.add({"top.bald.rows": rows[local], "top.bald.scores": scores[rows][local],
+                        "candidates.rows": rows[local][:3], "candidates.scores": scores[rows][local][:3],
+                        "candidates.samples": samples[:, :3]})
+        np.testing.assert_array_equal(merged.best["bald"]["rows"], top_k(scores, 40))
+        np.testing.assert_array_equal(merged.best["candidates"]["rows"], top_k(scores, 3))
+        np.testing.assert_array_equal(merged.best["candidates"]["samples"][:, :, 0],
+                                      np.tile(top_k(scores, 3), (2, 1)))  # samples follow their rows
+    assert len(np.unique(scores[top_k(scores, 40)])) < 40  # the case has ties to break
 
 
 def test_arrow_columns_become_arrays():
