@@ -518,3 +518,31 @@ def test_arrow_columns_become_arrays():
         distributed._arrow_numpy(pa.array(["x"]), "s")
     column = distributed._arrow_column(values)
     np.testing.assert_array_equal(distributed._arrow_numpy(column, "b"), values)
+
+
+def test_cli_predict_streams_to_a_folder_resumes_and_select_ray_selects_globally(cluster, files, tmp_path, capsys):
+    from mcdrop import acquisition, cli
+
+    folder, x = files
+    path = folder / "classifier.keras"
+    args = [str(path), str(folder / "pool.npy"), "-T", str(T), "--seed", "0", "--batch-size", "100", "-q"]
+    out = tmp_path / "results"
+    assert cli.main(["predict", *args, "--ray", "local", "--out", str(out)]) == 0
+    expected = reference(path, x, batch_size=100)
+    assert_same_prediction(store.load(out), expected)
+    assert cli.main(["predict", *args, "--ray", "local", "--out", str(out), "--resume", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)["summary"]
+    assert (summary["groups_run"], summary["rows"]) == (0, 700)
+    assert cli.main(["predict", *args, "--ray", "local", "--out", str(out), "-T", "5"]) == 2
+    assert "argument `--out`: expected a new or empty folder (pass another --out" in capsys.readouterr().err
+    assert cli.main(["predict", *args, "--ray", "local", "--out", str(out), "--resume", "-T", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mcdrop predict: error: Invalid value for argument `--resume`: expected the options")
+    assert "different num_samples (job: 12, now: 5)" in err and len(err.splitlines()) == 1
+    assert cli.main(["select", *args, "-k", "9", "--ray", "local", "--method", "margin", "--json"]) == 0
+    picked = json.loads(capsys.readouterr().out)["indices"]
+    assert picked == acquisition.top_k(acquisition.margin(expected), 9).tolist()
+    assert cli.main(["select", *args, "-k", "9", "--ray", "local", "--stochastic", "power"]) == 2
+    assert "argument `--stochastic`: expected no value with --ray" in capsys.readouterr().err
+    assert cli.main(["predict", *args, "--resume", "--out", str(tmp_path / "p.npz")]) == 2
+    assert "argument `--resume`: expected --ray and an --out folder" in capsys.readouterr().err
