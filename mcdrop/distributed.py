@@ -8,7 +8,16 @@ the pool's original row order::
     stats["mutual_information"]          # (N,), equal to the single-process engine's
 
 :func:`predict_pool` returns the prediction object instead, and :func:`top_k` picks the global top
-rows by any per-row score.
+rows by any per-row score. Both gather every row on the driver. For pools of any size,
+:func:`stream_pool` has the workers write their rows straight into a job folder (a
+:mod:`mcdrop.store`, optionally also a Parquet dataset) and keeps on the driver only per-group
+records and the global selections, merged from each group's top-k (O(k) memory); an interrupted
+job resumes where it stopped::
+
+    job = mcdrop.distributed.stream_pool("model.keras", "pool/", "results/", columns="x",
+                                         select={"bald": 100}, candidates=500, parquet=True)
+    job.top["bald"]                      # (100,), the global top-100 by BALD
+    mcdrop.store.load("results/")        # the whole prediction, memory-mapped
 
 Why the results are bit-identical whatever the number of workers and blocks
     The single-process engine cuts an in-memory input of N rows into blocks of ``B`` rows
@@ -26,7 +35,9 @@ Why the results are bit-identical whatever the number of workers and blocks
 Faults
     Ray Data restarts an actor that dies and retries its unfinished batches; a group's result is
     produced only when the whole group was scored, so a retried group is never half-counted, and
-    the row-index check refuses a result with a row missing or repeated. A model file that cannot
+    the row-index check refuses a result with a row missing or repeated. In a streaming job a group
+    is written in place (a retry rewrites the same bytes) and counts only once its record is renamed
+    into ``done/``; the driver checks that every group is recorded exactly once. A model file that cannot
     be loaded is reported once, as a ``ValueError`` naming ``model_path``, before any output is
     written.
 
@@ -629,10 +640,12 @@ def score_pool(model_path, data, *, num_samples: int = 50, seed: int | None = 0,
     model_path : str or Path
         A ``.keras``/``.h5`` file every worker can read (a shared file system on a real cluster).
         Loaded in Keras safe mode, once by the driver (to plan and to fail early) and once per actor.
-    data : ray.data.Dataset, array-like of shape (N, ...), or path
+    data : ray.data.Dataset, array-like of shape (N, ...), list/dict of arrays, or path
         A ``.npy`` file is memory-mapped by each worker (``allow_pickle=False``); ``.npz`` and
-        ``.csv`` files are read with :func:`mcdrop.io.load_array`. The pool order of a Dataset is its
-        row order.
+        ``.csv`` files are read with :func:`mcdrop.io.load_array`; a ``.parquet`` file or a folder
+        of them is read by each worker, only the row groups of its rows (files in sorted path
+        order). The pool order of a Dataset is its row order. A list or dict of arrays feeds a
+        multi-input model.
     num_samples : int, default 50
         T, the number of passes.
     seed : int or None, default 0
@@ -647,7 +660,11 @@ def score_pool(model_path, data, *, num_samples: int = 50, seed: int | None = 0,
         Engine blocks per Ray task (a group). Default: about four groups per worker, at most
         8192 rows a group. Does not change the results.
     column : str, optional
-        The input column of a Ray Dataset with several columns.
+        The input column of a Ray Dataset with several columns (``columns`` says more).
+    columns : str, list of str, or dict of str to str, optional
+        The model inputs among a Ray Dataset's or a Parquet source's columns: one name, a list (a
+        multi-input model's inputs in order) or a dict of model input key to column. Columns of
+        fixed-size lists (nested for more axes) or Ray tensors become arrays of shape (N, ...).
     key : str, optional
         The array of a ``.npz`` file holding several.
     candidates : int, optional
@@ -658,10 +675,12 @@ def score_pool(model_path, data, *, num_samples: int = 50, seed: int | None = 0,
     return_samples : bool, optional
         As for :meth:`MCDropout.predict` (per-pass outputs for every row: T times the memory).
     out : str or Path, optional
-        Also write the prediction to this folder as a :mod:`mcdrop.store` (plus ``candidates.npy``
-        and ``candidate_samples.npy``), all or nothing, and return arrays memory-mapped from it.
+        Have the workers write the rows to this job folder (:func:`stream_pool`; the driver gathers
+        nothing) and return arrays memory-mapped from the finished :mod:`mcdrop.store`.
     overwrite : bool, default False
-        Replace a non-empty ``out``.
+        Replace the store or job in a non-empty ``out``.
+    resume : bool, default False
+        Continue the job in ``out`` (see :func:`stream_pool`).
     unsafe : bool, default False
         Load models holding Python code (``Lambda`` layers); only for trusted files.
     address : str, optional
@@ -693,7 +712,8 @@ def score_pool(model_path, data, *, num_samples: int = 50, seed: int | None = 0,
         Ray Data is not installed.
     ValueError
         ``model_path`` cannot be loaded (by the driver or any worker): nothing is written. Any
-        other argument out of its domain, named with the value received.
+        other argument out of its domain, named with the value received; a model with several
+        outputs (use :func:`predict_pool` or :func:`stream_pool`).
     RuntimeError
         The cluster returned a result without every row exactly once (checked, never assumed).
 
@@ -721,6 +741,7 @@ def predict_pool(model_path, data, **options):
     :class:`~mcdrop.ClassificationPrediction` or :class:`~mcdrop.RegressionPrediction` equal, field by
     field, to ``MCDropout(load_model(model_path), ...).predict(data)`` (memory-mapped from ``out``
     when given), for code that wants the prediction API: metrics, ``subset``, ``distribution``.
+    For a multi-output model, a list or dict of them, as the engine returns.
     """
     if "candidates" in options:
         raise invalid("candidates", "no value here (use score_pool for candidates)", options["candidates"],
