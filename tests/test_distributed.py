@@ -518,6 +518,11 @@ def test_arrow_columns_become_arrays():
         distributed._arrow_numpy(pa.array(["x"]), "s")
     column = distributed._arrow_column(values)
     np.testing.assert_array_equal(distributed._arrow_numpy(column, "b"), values)
+    # Ray's tensor columns (what Dataset.write_parquet writes for ndarray columns), chunked
+    tensors = pytest.importorskip("ray.data._internal.tensor_extensions.arrow")
+    ray_column = tensors.ArrowTensorArray.from_numpy(values)
+    chunked = pa.chunked_array([ray_column.slice(0, 1), ray_column.slice(1, 3)])
+    np.testing.assert_array_equal(distributed._arrow_numpy(chunked, "t"), values)
 
 
 def test_cli_predict_streams_to_a_folder_resumes_and_select_ray_selects_globally(cluster, files, tmp_path, capsys):
