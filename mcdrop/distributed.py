@@ -169,6 +169,7 @@ def _parquet_source(path, columns):
         else:
             files = []
         counts, schema = [], None
+        stamps = [[info.size, info.mtime_ns] for info in filesystem.get_file_info(files)]
         for file in files:
             with filesystem.open_input_file(file) as handle:
                 meta = pq.ParquetFile(handle).metadata
@@ -182,7 +183,7 @@ def _parquet_source(path, columns):
                       detail="No Parquet file found there.", error=FileNotFoundError)
     names = list(schema.names)
     structure, wanted = _columns(columns, names)
-    return {"path": str(path), "files": files, "counts": counts, "columns": wanted,
+    return {"path": str(path), "files": files, "counts": counts, "stamps": stamps, "columns": wanted,
             "structure": structure}, sum(counts)
 
 
@@ -984,12 +985,14 @@ def _sha256(path) -> str:
 
 def _source_id(kind, value, num_rows) -> str:
     """What identifies the pool for a resume: a file's path, size and modification time; a Parquet
-    source's files and row counts; an in-memory input's bytes; a Dataset's schema and rows."""
+    source's files, row counts, sizes and modification times; an in-memory input's bytes; a
+    Dataset's schema and rows."""
     if kind == "npy":
         stat = os.stat(value[0])
         return f"npy {value[0]} {stat.st_size} {stat.st_mtime_ns}"
     if kind == "parquet":
-        return "parquet " + hashlib.sha256(json.dumps([value["files"], value["counts"]]).encode()).hexdigest()
+        listing = [value["files"], value["counts"], value["stamps"]]
+        return "parquet " + hashlib.sha256(json.dumps(listing).encode()).hexdigest()
     if kind == "dataset":
         return f"ray.data.Dataset {value[0].schema()} {num_rows} rows"
     digest = hashlib.sha256()
