@@ -134,6 +134,14 @@ def _memory_child(num_samples, rows, batch, folder, passes_per_chunk=None):
         for start in range(0, rows, batch):
             yield pool(min(batch, rows - start), seed=start)
 
+    pred, baseline, peak, seconds = _peak_rss(
+        process, lambda: mc.predict(generator(), out=Path(folder) / f"store{tag}"))
+    print(json.dumps({"T": num_samples, "rows": len(pred), "baseline": baseline, "peak": peak,
+                      "seconds": seconds}))
+
+
+def _peak_rss(process, call):
+    """(call's result, RSS before, peak RSS during it, seconds): RSS sampled every 5 ms in a thread."""
     baseline = process.memory_info().rss
     peak = [baseline]
     done = threading.Event()
@@ -146,13 +154,11 @@ def _memory_child(num_samples, rows, batch, folder, passes_per_chunk=None):
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     start = time.perf_counter()
-    pred = mc.predict(generator(), out=Path(folder) / f"store{tag}")
+    result = call()
     seconds = time.perf_counter() - start
     done.set()
     thread.join()
-    peak[0] = max(peak[0], process.memory_info().rss)
-    print(json.dumps({"T": num_samples, "rows": len(pred), "baseline": baseline, "peak": peak[0],
-                      "seconds": seconds}))
+    return result, baseline, max(peak[0], process.memory_info().rss), seconds
 
 
 def memory(rows, batch, folder):
@@ -219,23 +225,10 @@ def _ray_memory_child(rows, folder):
     # the same job on a few rows first: imports, the model on the driver, Ray Data's first job
     distributed.stream_pool(model, folder / "pool2000.npy", folder / f"warm{rows}", num_samples=10, seed=0,
                             select={"bald": 100})
-    baseline = process.memory_info().rss
-    peak, done = [baseline], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], process.memory_info().rss)
-            time.sleep(0.005)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    start = time.perf_counter()
-    job = distributed.stream_pool(model, data, folder / f"job{rows}", num_samples=10, seed=0, select={"bald": 100})
-    seconds = time.perf_counter() - start
-    done.set()
-    thread.join()
+    job, baseline, peak, seconds = _peak_rss(process, lambda: distributed.stream_pool(
+        model, data, folder / f"job{rows}", num_samples=10, seed=0, select={"bald": 100}))
     ray.shutdown()
-    print(json.dumps({"rows": job.num_rows, "baseline": baseline, "peak": peak[0], "seconds": seconds}))
+    print(json.dumps({"rows": job.num_rows, "baseline": baseline, "peak": peak, "seconds": seconds}))
 
 
 def ray_streaming(folder, rows_list, rate_rows):

@@ -570,13 +570,19 @@ def _cmd_select(args) -> int:
     if args.stochastic is not None:
         options.update(stochastic=args.stochastic, beta=args.beta)
     indices = np.asarray(acquisition.select(pred, args.k, method=method, **options), dtype=np.int64)
+    return _emit_selection(args, out, method, indices, f"{len(pool)} pool inputs")
+
+
+def _emit_selection(args, out, method, indices, of) -> int:
+    from mcdrop import io
+
     if out is not None:
         io.save_csv(out, {"rank": np.arange(len(indices)), "index": indices})
     payload = {"method": method, "k": args.k, "num_samples": args.num_samples, "indices": indices.tolist()}
     if out is not None:
         payload["out"] = str(out)
     table = format_table(["rank", "index"], list(enumerate(indices.tolist())),
-                         title=f"{method}: {len(indices)} of {len(pool)} pool inputs, T={args.num_samples}")
+                         title=f"{method}: {len(indices)} of {of}, T={args.num_samples}")
     _emit(args, table, payload)
     return 0
 
@@ -642,7 +648,7 @@ def _cmd_predict_stream(args) -> int:
 
 def _cmd_select_ray(args, out, method) -> int:
     """`select --ray`: the global top-k from per-group top-k, or BatchBALD among the top BALD rows."""
-    from mcdrop import acquisition, distributed, io
+    from mcdrop import acquisition, distributed
 
     if args.stochastic is not None:
         raise CommandError("Invalid value for argument `--stochastic`: expected no value with --ray (it samples "
@@ -661,15 +667,7 @@ def _cmd_select_ray(args, out, method) -> int:
     else:
         job = _ray_job(args, "POOL", select={method: args.k})
         indices = job.top[method]
-    if out is not None:
-        io.save_csv(out, {"rank": np.arange(len(indices)), "index": indices})
-    payload = {"method": method, "k": args.k, "num_samples": args.num_samples, "indices": indices.tolist()}
-    if out is not None:
-        payload["out"] = str(out)
-    table = format_table(["rank", "index"], list(enumerate(indices.tolist())),
-                         title=f"{method}: {len(indices)} of {job.num_rows} pool inputs on Ray, T={args.num_samples}")
-    _emit(args, table, payload)
-    return 0
+    return _emit_selection(args, out, method, indices, f"{job.num_rows} pool inputs on Ray")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -627,7 +627,8 @@ def _assemble(columns, num_rows, rows_expected, plan):
 def score_pool(model_path, data, *, num_samples: int = 50, seed: int | None = 0, num_workers: int | None = None,
                batch_size: int | None = None, blocks_per_task: int | None = None, column: str | None = None,
                key: str | None = None, candidates: int | None = None, return_samples: bool | None = None,
-               out=None, overwrite: bool = False, resume: bool = False, columns=None, unsafe: bool = False, address: str | None = None,
+               out=None, overwrite: bool = False, resume: bool = False, columns=None, unsafe: bool = False,
+               address: str | None = None,
                num_cpus: float = 1, num_gpus: float = 0, max_restarts: int = -1, verbose: bool = False,
                _on_group=None, **engine_options) -> dict:
     """Score a pool with Monte Carlo dropout on a Ray cluster, in the pool's row order.
@@ -726,7 +727,8 @@ def score_pool(model_path, data, *, num_samples: int = 50, seed: int | None = 0,
     prediction, extra = _pool(model_path, data, num_samples=num_samples, seed=seed, num_workers=num_workers,
                               batch_size=batch_size, blocks_per_task=blocks_per_task, column=column, key=key,
                               candidates=candidates, return_samples=return_samples, out=out,
-                              overwrite=overwrite, resume=resume, columns=columns, unsafe=unsafe, address=address, num_cpus=num_cpus,
+                              overwrite=overwrite, resume=resume, columns=columns, unsafe=unsafe, address=address,
+                              num_cpus=num_cpus,
                               num_gpus=num_gpus, max_restarts=max_restarts, verbose=verbose,
                               _on_group=_on_group, **engine_options)
     if isinstance(prediction, (list, dict)):
