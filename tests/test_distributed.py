@@ -368,6 +368,29 @@ def test_parquet_multi_input_multi_output_three_workers(cluster, multi, tmp_path
                                   expected["reg"].aleatoric_variance)
 
 
+def test_ray_dataset_columns_stream_into_a_job_and_resume_a_finished_one(cluster, multi, tmp_path):
+    """Two Dataset columns feed the two-input model; the rows, regrouped by a shuffle, are written
+    in place by two workers. A resume of the finished job runs nothing and selects the same."""
+    from mcdrop import acquisition
+
+    folder, x, options = multi
+    path = folder / "multi.keras"
+    items = [{"left": x["a"][i], "right": x["b"][i], "label": i} for i in range(len(x["a"]))]
+    dataset = ray.data.from_items(items).repartition(5)
+    settings = dict(columns=["left", "right"], select={"margin": 7}, output="cls",
+                    **dict(STREAM, num_workers=2, batch_size=64, blocks_per_task=2), **options)
+    job = distributed.stream_pool(path, dataset, tmp_path / "job", **settings)
+    engine = mcdrop.MCDropout(load_model(path), num_samples=T, seed=0, verbose=0, batch_size=64, **options)
+    expected = engine.predict(x)
+    got = job.load()
+    for name in ("cls", "reg"):
+        assert_same_prediction(got[name], expected[name])
+    np.testing.assert_array_equal(job.top["margin"], acquisition.top_k(acquisition.margin(expected["cls"]), 7))
+    again = distributed.stream_pool(path, dataset, tmp_path / "job", resume=True, **settings)
+    assert (again.groups_run, again.groups_skipped) == (0, 4)
+    np.testing.assert_array_equal(again.top["margin"], job.top["margin"])
+
+
 def test_multi_input_arrays_multi_output_in_memory(cluster, multi):
     """The in-memory path: a list of input arrays, a dict of predictions back."""
     folder, x, options = multi
