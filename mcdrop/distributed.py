@@ -758,6 +758,8 @@ def _pool(model_path, data, *, candidates=None, out=None, overwrite=False, resum
     """The work of :func:`score_pool`: (prediction, or a list/dict of them; extra arrays)."""
     if column is not None:
         columns = column if columns is None else columns
+    if resume and out is None:
+        raise invalid("out", "a job folder to resume (resume=True needs out=)", None)
     if out is not None:  # the workers write; the driver reads the finished store memory-mapped
         result = stream_pool(model_path, data, out, candidates=candidates, overwrite=overwrite, resume=resume,
                              columns=columns, **options)
@@ -807,19 +809,22 @@ class _RayContext:
 
 def _store_full_error(err):
     """A worker's full disk (wrapped by Ray) as one StoreFullError on the driver, or None."""
+    import re
+
     from mcdrop import store
 
     seen, current = set(), err
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, store.StoreFullError) or "StoreFullError" in type(current).__name__:
-            text = str(current).split("StoreFullError:")[-1].strip().splitlines()
-            return store.StoreFullError(errno.ENOSPC, text[0] if text else "The disk is full.")
+            break
         current = current.__cause__ or current.__context__
-    if "StoreFullError" in str(err):
-        line = [ln for ln in str(err).splitlines() if "StoreFullError" in ln][-1]
-        return store.StoreFullError(errno.ENOSPC, line.split("StoreFullError:")[-1].strip().lstrip("[Errno 28] "))
-    return None
+    text = str(current if current is not None else err)
+    if "StoreFullError" not in text and current is None:
+        return None
+    lines = [line for line in text.splitlines() if "disk is full" in line] or [text.strip().splitlines()[-1]]
+    message = re.sub(r"^.*?StoreFullError:\s*", "", lines[-1].strip())
+    return store.StoreFullError(errno.ENOSPC, re.sub(r"^\[Errno \d+\]\s*", "", message))
 
 
 def _prepare(model_path, data, *, num_samples=50, seed=0, num_workers=None, batch_size=None,

@@ -230,7 +230,8 @@ def _job_root(path: Path) -> Path:
 def _full_disk(err: OSError, path) -> OSError:
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreFullError(err.errno, f"The disk is full while writing predictions to {path}; the groups "
-                                         "recorded as done before stay readable with mcdrop.store.load_written")
+                                         "recorded as done before stay readable with mcdrop.store.load_written, "
+                                         "and the job resumes (resume=True) once there is room")
     return err
 
 
