@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="score on a Ray cluster (needs mcdrop[ray]): 'local' starts one on this machine, "
                               "'auto' joins a running one, or a ray:// address; results are bit-identical to "
                               "the single-process run")
+    predict.add_argument("--columns", nargs="+", metavar="NAME", default=None,
+                         help="with --ray and a Parquet DATA (a file or folder): the columns holding the model "
+                              "inputs, in the model's input order")
     predict.add_argument("--resume", action="store_true",
                          help="with --ray and an --out folder: continue the job in that folder, skipping the "
                               "groups of rows it finished (same model, data, -T, --seed and options)")
@@ -168,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score the pool on a Ray cluster and select globally from per-group top-k "
                              "('local', 'auto' or a ray:// address); batchbald then picks among the "
                              "10*k rows of highest BALD")
+    select.add_argument("--columns", nargs="+", metavar="NAME", default=None,
+                        help="with --ray and a Parquet POOL: the columns holding the model inputs, in order")
     select.add_argument("--out", metavar="FILE", help="write the picked indices to this .csv file")
     select.set_defaults(func=_cmd_select)
     return parser
@@ -403,8 +408,9 @@ def _cmd_predict(args) -> int:
 
     if args.ray is not None and args.out is not None and Path(args.out).suffix.lower() != ".npz":
         return _cmd_predict_stream(args)
-    if args.resume:
-        raise CommandError("Invalid value for argument `--resume`: expected --ray and an --out folder with it.")
+    if args.resume or args.columns:
+        flag = "--resume" if args.resume else "--columns"
+        raise CommandError(f"Invalid value for argument `{flag}`: expected --ray and an --out folder with it.")
     out = _check_out_file(args.out, ".npz")
     x = _load_inputs(args, args.data, "DATA")
     model = io.load_model(args.model, unsafe=args.unsafe, name="MODEL")
@@ -558,6 +564,8 @@ def _cmd_select(args) -> int:
     method = _check_method(args.method)
     if args.ray is not None:
         return _cmd_select_ray(args, out, method)
+    if args.columns:
+        raise CommandError("Invalid value for argument `--columns`: expected --ray with it.")
     pool = _load_inputs(args, args.pool, "POOL")
     if args.k > len(pool):
         raise CommandError(f"Invalid value for argument `-k`: expected an integer <= {len(pool)} (the pool "
@@ -609,7 +617,7 @@ def _check_method(method: str) -> str:
 
 #: The library's argument names in a streaming job's messages, as the command line spells them.
 _RAY_ARGUMENTS = {"model_path": "MODEL", "data": "DATA", "out": "--out", "resume": "--resume",
-                  "columns": "DATA", "num_samples": "-T", "seed": "--seed", "batch_size": "--batch-size"}
+                  "columns": "--columns", "num_samples": "-T", "seed": "--seed", "batch_size": "--batch-size"}
 
 
 def _ray_job(args, data_name: str, **options):
@@ -622,6 +630,7 @@ def _ray_job(args, data_name: str, **options):
         return distributed.stream_pool(
             args.model, getattr(args, data_name.lower()), num_samples=args.num_samples, seed=args.seed,
             batch_size=args.batch_size, key=args.key, unsafe=args.unsafe,
+            columns=args.columns[0] if args.columns and len(args.columns) == 1 else args.columns,
             address=None if args.ray == "local" else args.ray, verbose=_show_progress(args),
             **{k: v for k, v in (("task", args.task), ("outputs", args.outputs),
                                  ("heteroscedastic", args.heteroscedastic)) if v is not None},

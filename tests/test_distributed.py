@@ -391,6 +391,20 @@ def test_ray_dataset_columns_stream_into_a_job_and_resume_a_finished_one(cluster
     np.testing.assert_array_equal(again.top["margin"], job.top["margin"])
 
 
+def test_cli_names_parquet_columns_in_its_own_words(cluster, multi, tmp_path, capsys):
+    from mcdrop import cli
+
+    folder, _, _ = multi
+    args = [str(folder / "multi.keras"), str(folder / "pool"), "-T", "2", "-q", "--ray", "local"]
+    assert cli.main(["predict", *args, "--out", str(tmp_path / "job"), "--columns", "a", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("mcdrop predict: error: Invalid value for argument `--columns`: expected column names among "
+                   "['id', 'a', 'b'], received 'nope'.")
+    assert cli.main(["predict", *args, "--out", str(tmp_path / "job")]) == 2
+    assert "argument `--columns`: expected the input column(s) among ['id', 'a', 'b']" in capsys.readouterr().err
+    assert not (tmp_path / "job").exists()
+
+
 def test_multi_input_arrays_multi_output_in_memory(cluster, multi):
     """The in-memory path: a list of input arrays, a dict of predictions back."""
     folder, x, options = multi
