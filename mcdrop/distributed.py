@@ -1083,6 +1083,11 @@ num_cpus, num_gpus, max_restarts, verbose, **engine_options
     mcdrop.store.StoreFullError
         The disk filled up: the groups recorded before stay readable (:func:`mcdrop.store.load_written`)
         and the job resumes once there is room.
+    FileExistsError
+        ``out`` is not empty and neither ``resume`` nor ``overwrite`` was given (``overwrite``
+        replaces only a store or a job folder).
+    RuntimeError
+        The cluster did not record every group exactly once (checked, never assumed).
 
     Examples
     --------
