@@ -179,11 +179,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_options(predict)
     predict.add_argument("--samples", action="store_true",
                          help="also save the per-pass outputs, shape (T, N, ...)")
-    predict.add_argument("--out", metavar="FILE", help="write the statistics to this .npz file")
+    predict.add_argument("--out", metavar="FILE", help="write the statistics to this .npz file (with --ray, a "
+                                                       "folder: the workers write a store and Parquet rows there)")
     predict.add_argument("--ray", metavar="ADDRESS", default=None,
                          help="score on a Ray cluster (needs mcdrop[ray]): 'local' starts one on this machine, "
                               "'auto' joins a running one, or a ray:// address; results are bit-identical to "
                               "the single-process run")
+    predict.add_argument("--columns", nargs="+", metavar="NAME", default=None,
+                         help="with --ray and a Parquet DATA (a file or folder): the columns holding the model "
+                              "inputs, in the model's input order")
+    predict.add_argument("--resume", action="store_true",
+                         help="with --ray and an --out folder: continue the job in that folder, skipping the "
+                              "groups of rows it finished (same model, data, -T, --seed and options)")
     predict.set_defaults(func=_cmd_predict)
 
     evaluate = add("evaluate", "Evaluate saved predictions against labels: calibration and uncertainty quality.")
@@ -212,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--beta", type=_number("--beta"), default=None,
                         help="inverse temperature for --stochastic, >= 0 (default: 1)")
     _add_sampling_options(select)
+    select.add_argument("--ray", metavar="ADDRESS", default=None,
+                        help="score the pool on a Ray cluster and select globally from per-group top-k "
+                             "('local', 'auto' or a ray:// address); batchbald then picks among the "
+                             "10*k rows of highest BALD")
+    select.add_argument("--columns", nargs="+", metavar="NAME", default=None,
+                        help="with --ray and a Parquet POOL: the columns holding the model inputs, in order")
     select.add_argument("--out", metavar="FILE", help="write the picked indices to this .csv file")
     select.set_defaults(func=_cmd_select)
     return parser
@@ -677,6 +690,14 @@ def _cmd_predict(args) -> int:
     from mcdrop import io
 
     # everything that needs no model, before TensorFlow is imported
+    if args.ray is not None and args.out is not None and Path(args.out).suffix.lower() != ".npz":
+        _check_model_options(args)
+        _check_ray(args)
+        io.check_model_path(_ray_model(args), unsafe=args.unsafe, name="MODEL")
+        return _cmd_predict_stream(args)
+    if args.resume or args.columns:
+        flag = "--resume" if args.resume else "--columns"
+        raise CommandError(f"Invalid value for argument `{flag}`: expected --ray and an --out folder with it.")
     out = _check_out_file(args.out, ".npz")
     _check_model_options(args)
     _check_ray(args)
@@ -897,6 +918,12 @@ def _cmd_select(args) -> int:
     _check_model_options(args)
     if args.task is not None:
         _check_method_task(method, args.task, "--task " + args.task)
+    if args.ray is not None:
+        _check_ray(args)
+        io.check_model_path(_ray_model(args), unsafe=args.unsafe, name="MODEL")
+        return _cmd_select_ray(args, out, method)
+    if args.columns:
+        raise CommandError("Invalid value for argument `--columns`: expected --ray with it.")
     for path in args.model:
         io.check_model_path(path, unsafe=args.unsafe, name="MODEL")
     _check_inputs(args, args.pool, "POOL")
@@ -920,6 +947,12 @@ def _cmd_select(args) -> int:
         options.update(stochastic=args.stochastic, beta=1.0 if args.beta is None else args.beta)
     _status(args, f"selecting {args.k} with {method}")
     indices = np.asarray(acquisition.select(pred, args.k, method=method, **options), dtype=np.int64)
+    return _emit_selection(args, out, method, indices, f"{len(pool)} pool inputs")
+
+
+def _emit_selection(args, out, method, indices, of) -> int:
+    from mcdrop import io
+
     if out is not None:
         _status(args, f"writing {out}")
         io.save_csv(out, {"rank": np.arange(len(indices)), "index": indices})
@@ -927,7 +960,7 @@ def _cmd_select(args) -> int:
     if out is not None:
         payload["out"] = str(out)
     table = format_table(["rank", "index"], list(enumerate(indices.tolist())),
-                         title=f"{method}: {len(indices)} of {len(pool)} pool inputs, T={args.num_samples}")
+                         title=f"{method}: {len(indices)} of {of}, T={args.num_samples}")
     _emit(args, table, payload)
     return 0
 
@@ -991,6 +1024,80 @@ def _check_stochastic(args, method: str) -> None:
         if not np.isfinite(args.beta) or args.beta < 0:
             raise CommandError(f"Invalid value for argument `--beta`: expected a finite number >= 0, "
                                f"received {args.beta!r}.")
+
+
+# --------------------------------------------------------------------------- Ray jobs that stream
+
+#: The library's argument names in a streaming job's messages, as the command line spells them.
+_RAY_ARGUMENTS = {"model_path": "MODEL", "data": "DATA", "out": "--out", "resume": "--resume",
+                  "columns": "--columns", "num_samples": "-T", "seed": "--seed", "batch_size": "--batch-size"}
+
+
+def _ray_model(args) -> str:
+    """The one MODEL a Ray job loads on its workers (an ensemble runs in this process)."""
+    if len(args.model) > 1:
+        raise CommandError("Invalid value for argument `--ray`: expected one MODEL, received "
+                           f"{len(args.model)} (an ensemble runs in this process).")
+    return args.model[0]
+
+
+def _ray_job(args, data_name: str, **options):
+    """Run :func:`mcdrop.distributed.stream_pool` for a command, its messages in the command's words."""
+    import re
+
+    from mcdrop import distributed
+
+    try:
+        return distributed.stream_pool(
+            _ray_model(args), getattr(args, data_name.lower()), num_samples=args.num_samples, seed=args.seed,
+            batch_size=args.batch_size, key=args.key, unsafe=args.unsafe,
+            columns=args.columns[0] if args.columns and len(args.columns) == 1 else args.columns,
+            address=None if args.ray == "local" else args.ray, verbose=_show_progress(args),
+            **{k: v for k, v in (("task", args.task), ("outputs", args.outputs),
+                                 ("heteroscedastic", args.heteroscedastic)) if v is not None},
+            **options)
+    except (ValueError, TypeError, FileExistsError, FileNotFoundError) as exc:
+        names = dict(_RAY_ARGUMENTS, data=data_name)
+        names.update({f"select[{m!r}]": "-k" for m in distributed.SELECTABLE})
+        text = re.sub(r"argument `([\w\[\]']+)`", lambda m: f"argument `{names.get(m.group(1), m.group(1))}`",
+                      _message(exc))
+        text = text.replace("overwrite=True", "another --out").replace("resume=True", "--resume")
+        raise CommandError(text) from None
+
+
+def _cmd_predict_stream(args) -> int:
+    """`predict --ray ... --out DIR`: the workers write the job folder; the driver stays flat."""
+    job = _ray_job(args, "DATA", out=args.out, resume=args.resume, parquet=True,
+                   return_samples=True if args.samples else None)
+    summary = {"out": str(job.out), "rows": job.num_rows, "num_samples": args.num_samples,
+               "groups_run": job.groups_run, "groups_skipped": job.groups_skipped}
+    _emit(args, format_table(["statistic", "value"], list(summary.items()),
+                             title=f"{job.num_rows} rows scored on Ray into {job.out}"), {"summary": summary})
+    return 0
+
+
+def _cmd_select_ray(args, out, method) -> int:
+    """`select --ray`: the global top-k from per-group top-k, or BatchBALD among the top BALD rows."""
+    from mcdrop import acquisition, distributed
+
+    if args.stochastic is not None:
+        raise CommandError("Invalid value for argument `--stochastic`: expected no value with --ray (it samples "
+                           "from every row's score; --ray keeps only the top k).")
+    if method != "batch_bald" and method not in distributed.SELECTABLE:
+        raise CommandError(f"Invalid value for argument `--method`: expected one of "
+                           f"{', '.join(repr(m) for m in (*distributed.SELECTABLE, 'batch_bald'))} with --ray, "
+                           f"received {method!r}.")
+    if method == "batch_bald":
+        job = _ray_job(args, "POOL", candidates=10 * args.k)
+        if args.k > job.num_rows:
+            raise CommandError(f"Invalid value for argument `-k`: expected an integer <= {job.num_rows} (the pool "
+                               f"size), received {args.k}.")
+        picked = acquisition.batch_bald(job.candidate_samples, args.k, seed=args.seed)
+        indices = job.candidates[np.asarray(picked, dtype=np.int64)]
+    else:
+        job = _ray_job(args, "POOL", select={method: args.k})
+        indices = job.top[method]
+    return _emit_selection(args, out, method, indices, f"{job.num_rows} pool inputs on Ray")
 
 
 if __name__ == "__main__":  # pragma: no cover

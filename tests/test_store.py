@@ -96,3 +96,66 @@ def test_full_disk_raises_clearly_and_leaves_written_rows_readable(tmp_path, mon
 def test_load_refuses_a_folder_that_is_not_a_store(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"argument `path`: expected a prediction store folder"):
         store.load(tmp_path)
+
+
+# --------------------------------------------------------------------------- jobs written in place
+
+
+def _pred(rows, start=0, classes=3, passes=4):
+    samples = np.random.default_rng(start).dirichlet(np.ones(classes), size=(passes, rows))
+    return mcdrop.ClassificationPrediction.from_samples(samples, keep_samples=True, seed=0)
+
+
+def test_rows_written_in_place_in_any_order_read_back_exactly(tmp_path):
+    parts = [_pred(5, 0), _pred(5, 1), _pred(2, 2)]
+    whole = mcdrop.predictive.concatenate(parts)
+    store.create(tmp_path, parts[0], 12)
+    assert json.loads((tmp_path / "meta.json").read_text())["complete"] is False
+    (tmp_path / "job.json").write_text("{}")
+    for group, start in ((2, 10), (0, 0), (1, 5)):  # the order tasks finish in
+        store.write_rows(tmp_path, parts[group], start)
+        store.mark_done(tmp_path, group, start, start + len(parts[group]), {"top": np.arange(2) + start})
+    assert store.done_groups(tmp_path) == {0: (0, 5), 1: (5, 10), 2: (10, 12)}
+    np.testing.assert_array_equal(store.read_done(tmp_path, 2)["top"], [10, 11])
+    store.finish(tmp_path)
+    got = store.load(tmp_path)
+    for name in ("mean", "variance", "expected_entropy", "votes", "samples"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(whole, name), err_msg=name)
+    assert np.load(tmp_path / "samples.npy").shape == (12, 4, 3)  # plain .npy files, rows first
+
+
+def test_unfinished_job_is_refused_and_its_written_rows_are_readable(tmp_path):
+    parts = [_pred(5, 0), _pred(5, 1)]
+    store.create(tmp_path, parts[0], 10)
+    (tmp_path / "job.json").write_text("{}")
+    store.write_rows(tmp_path, parts[1], 5)
+    store.mark_done(tmp_path, 1, 5, 10)
+    store.write_rows(tmp_path, parts[0], 0)  # written, but its task died before recording it
+    with pytest.raises(ValueError, match=r"argument `path`: expected a finished prediction store.*stopped with "
+                                         r"5 of 10 rows written.*load_written"):
+        store.load(tmp_path)
+    rows, written = store.load_written(tmp_path)
+    np.testing.assert_array_equal(rows, np.arange(5, 10))
+    np.testing.assert_array_equal(written.mean, parts[1].mean)
+
+
+def test_full_disk_while_writing_rows_in_place_is_a_store_full_error(tmp_path, monkeypatch):
+    store.create(tmp_path, _pred(5), 10)
+
+    class Full:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(store, "open", Full, raising=False)
+    with pytest.raises(store.StoreFullError, match=r"disk is full.*load_written"):
+        store.write_rows(tmp_path, _pred(5), 0)
+    with pytest.raises(store.StoreFullError, match=r"disk is full"):
+        store.mark_done(tmp_path, 0, 0, 5)
+    monkeypatch.undo()
+    assert store.done_groups(tmp_path) == {}  # nothing recorded: the group runs again on resume
