@@ -721,7 +721,7 @@ def _cmd_predict(args) -> int:
             args.model[0], x, num_samples=args.num_samples, seed=args.seed, batch_size=args.batch_size,
             unsafe=args.unsafe, address=None if args.ray == "local" else args.ray, return_samples=return_samples,
             task=args.task, outputs=args.outputs, heteroscedastic=args.heteroscedastic,
-            verbose=_show_progress(args))
+            allow_nonfinite_inputs=args.allow_nonfinite_inputs, verbose=_show_progress(args))
     else:
         pred = mc.predict(x, return_samples=return_samples)
     arrays = {**pred.to_dict(), **_provenance(pred)}
@@ -1055,6 +1055,7 @@ def _ray_job(args, data_name: str, **options):
             address=None if args.ray == "local" else args.ray, verbose=_show_progress(args),
             **{k: v for k, v in (("task", args.task), ("outputs", args.outputs),
                                  ("heteroscedastic", args.heteroscedastic)) if v is not None},
+            allow_nonfinite_inputs=args.allow_nonfinite_inputs,
             **options)
     except (ValueError, TypeError, FileExistsError, FileNotFoundError) as exc:
         names = dict(_RAY_ARGUMENTS, data=data_name)

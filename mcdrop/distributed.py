@@ -27,8 +27,8 @@ Why the results are bit-identical whatever the number of workers and blocks
     that start at a multiple of ``B``; the actor runs the engine with ``batch_size=B`` and the
     group's global row offset. Every row therefore sits at the same position in a block of the
     same rows and the same shape as in the single-process run, with the same masks (consistent
-    masks are keyed by seed, pass and layer; per-example masks also by the block's global first
-    row), so TensorFlow computes the same bits. Results carry their global row index through Ray;
+    masks are keyed by seed, pass and layer; per-example masks also by each row's absolute index in
+    the pool), so TensorFlow computes the same bits. Results carry their global row index through Ray;
     the driver checks that the indices are a permutation of ``0..N-1`` and scatters by them, never
     relying on the order Ray returns them in.
 
@@ -80,7 +80,7 @@ _HEAD_CODES = {("classification", "probs"): 0, ("classification", "logits"): 1,
 #: task, small enough that a retried group costs little and W workers share the pool evenly.
 _GROUP_ROWS_CAP = 8192
 _ENGINE_OPTIONS = ("mask", "task", "outputs", "heteroscedastic", "gaussian_noise", "allow_deterministic",
-                   "passes_per_chunk", "memory_budget")
+                   "passes_per_chunk", "memory_budget", "allow_nonfinite_inputs")
 
 
 def _ray():
