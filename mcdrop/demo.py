@@ -479,7 +479,9 @@ def _findings(results: dict[str, Any]) -> dict[str, str]:
                else "MC dropout lowers none of NLL, Brier and ECE")
             + (f"; it does not lower its {', '.join(higher)}" if higher else "")
             + (f", and its AURC is {'lower' if mc['aurc'] < det['aurc'] else 'not lower'}. "))
-    if ts["nll"] <= mc["nll"]:
+    if results.get("temperature") == 1.0:
+        text += "No temperature was applied (it stays 1), so MC + temperature equals MC dropout."
+    elif ts["nll"] <= mc["nll"]:
         text += f"The temperature lowers MC dropout's test NLL ({mc['nll']:.4f} to {ts['nll']:.4f})."
     else:
         text += (f"The temperature does not help here: MC dropout's test NLL rises from {mc['nll']:.4f} to "

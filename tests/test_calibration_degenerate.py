@@ -78,7 +78,7 @@ def test_prior_is_the_stated_map_estimate():
     y[:24] = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)
-        ts = TemperatureScaling(prior_scale=0.5).fit(passes, y)
+        ts = TemperatureScaling(prior_scale=0.5, min_errors=0).fit(passes, y)
     taus = np.exp(np.linspace(np.log(0.05), np.log(20), 20001))
     logp = np.log(passes)
     objective = []
@@ -96,12 +96,30 @@ def test_error_free_set_unregularised_runs_away():
     y = np.zeros(200, dtype=int)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)
-        free = TemperatureScaling(bounds=(1e-4, 1e4), prior_scale=None).fit(passes, y)
+        free = TemperatureScaling(bounds=(1e-4, 1e4), prior_scale=None, min_errors=0).fit(passes, y)
         default = TemperatureScaling().fit(passes, y)
     assert free.temperature_ < 0.1
     assert default.temperature_ > 0.2
     # the regularised fit still lowers the penalised objective it states, and never raises the NLL
     assert default.nll_after_ <= default.nll_before_
+
+
+def test_too_few_errors_fit_no_temperature():
+    """Fewer than min_errors misclassified rows: the temperature stays exactly 1 (a fit there sharpened the
+    demo's passes to 0.69 and raised its held-out NLL), with a warning saying so; min_errors=0 fits."""
+    rng = np.random.default_rng(1)
+    passes = confident_passes(rng, 200)
+    y = np.zeros(200, dtype=int)
+    y[:5] = 1  # 5 errors
+    with pytest.warns(CalibrationWarning, match=r"5 misclassified: fewer than min_errors=20.*no temperature was "
+                                                r"fitted: it stays 1"):
+        ts = TemperatureScaling().fit(passes, y)
+    assert ts.temperature_ == 1.0 and ts.n_errors_ == 5
+    np.testing.assert_allclose(ts.transform(passes), passes.mean(0), rtol=1e-12, atol=0)  # the identity
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        forced = TemperatureScaling(min_errors=0).fit(passes, y)
+    assert forced.temperature_ < 1.0  # what the guard holds back: sharpening passes a set mostly gets right
 
 
 @pytest.mark.parametrize("kwargs, match", [
