@@ -103,17 +103,35 @@ def test_calibration_digits(tmp_path, capsys, monkeypatch):
     assert nll(results["temperature"]["deterministic"]) <= nll(1.0)
 
 
-def test_regression_diabetes(tmp_path, capsys):
+def test_regression_diabetes(tmp_path, capsys, monkeypatch):
+    calls = spy_on_predict(monkeypatch)
     example = load("regression_diabetes")
     out = tmp_path / "reg"
     results = example.run(fast=True, seed=0, out=out)
     assert {p.name for p in out.iterdir()} == {"uncertainty.png", "intervals.png", "report.html", "metrics.json"}
     check_png(out / "uncertainty.png")
     check_png(out / "intervals.png")
-    assert results["mean_aleatoric_std"] > 0 and results["mean_epistemic_std"] > 0
     assert results["metrics"]  # the evaluation report, as a dict
     sweep = results["bmi_sweep"]
     assert len(sweep["bmi"]) == len(sweep["epistemic_std"]) == len(sweep["aleatoric_std"]) == 121
+
+    # the decomposition, recomputed from the raw passes (mean, log-variance) by the law of total variance:
+    # aleatoric = E_t[exp(log-variance_t)], epistemic = Var_t[mean_t]
+    _, _, x_test, _, _ = example.load_split(0)
+    (engine, x_seen, _), (_, probe, _) = calls
+    np.testing.assert_array_equal(x_seen, x_test)
+
+    def stds(x):
+        raw = engine.sample(x).astype(np.float64)  # (T, N, 2): the example's passes (same seed)
+        return np.sqrt(np.exp(raw[..., 1]).mean(axis=0)), np.sqrt(raw[..., 0].var(axis=0))
+
+    aleatoric, epistemic = stds(x_test)
+    np.testing.assert_allclose(results["mean_aleatoric_std"], aleatoric.mean(), rtol=1e-5)
+    np.testing.assert_allclose(results["mean_epistemic_std"], epistemic.mean(), rtol=1e-5)
+    np.testing.assert_array_equal(probe[:, example.BMI], np.linspace(-6.0, 6.0, 121, dtype=np.float32))
+    aleatoric_line, epistemic_line = stds(probe)
+    np.testing.assert_allclose(sweep["aleatoric_std"], aleatoric_line, rtol=1e-5)
+    np.testing.assert_allclose(sweep["epistemic_std"], epistemic_line, rtol=1e-5, atol=1e-7)
     assert "aleatoric" in capsys.readouterr().out
 
 
