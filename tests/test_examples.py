@@ -12,7 +12,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
 
-import mcdrop
+from tests._recompute import entropy, spy_on_predict
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -23,25 +23,6 @@ def load(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def spy_on_predict(monkeypatch) -> list:
-    """Record (engine, x, prediction) for every ``MCDropout.predict`` an example makes."""
-    calls = []
-    original = mcdrop.MCDropout.predict
-
-    def spy(self, x, *args, **kwargs):
-        prediction = original(self, x, *args, **kwargs)
-        calls.append((self, np.asarray(x), prediction))
-        return prediction
-
-    monkeypatch.setattr(mcdrop.MCDropout, "predict", spy)
-    return calls
-
-
-def entropy(p, axis=-1):
-    p = np.asarray(p, np.float64)
-    return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=axis)
 
 
 def top_label_ece(y, probs, n_bins=15):

@@ -14,7 +14,7 @@ pytest.importorskip("sklearn")
 
 from sklearn.metrics import accuracy_score  # noqa: E402
 
-import mcdrop  # noqa: E402
+from tests._recompute import spy_on_predict  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "active_learning_digits.py"
 
@@ -27,14 +27,7 @@ def load_example():
 
 
 def test_fast_mode_runs_every_method(tmp_path, capsys, monkeypatch):
-    calls = []  # (engine, x) of every MCDropout.predict the loops make
-    original = mcdrop.MCDropout.predict
-
-    def spy(self, x, *args, **kwargs):
-        calls.append((self, np.asarray(x)))
-        return original(self, x, *args, **kwargs)
-
-    monkeypatch.setattr(mcdrop.MCDropout, "predict", spy)
+    calls = spy_on_predict(monkeypatch)
     example = load_example()
     assert example.main(["--fast", "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
@@ -48,7 +41,7 @@ def test_fast_mode_runs_every_method(tmp_path, capsys, monkeypatch):
     # the same passes), in the order the loops evaluated them
     cfg = example.settings(True)
     _, _, x_test, y_test = example.load_split(0, cfg["test_size"], cfg["pool_size"])
-    evaluations = [engine for engine, x in calls if x.shape == x_test.shape and np.array_equal(x, x_test)]
+    evaluations = [engine for engine, x, _ in calls if x.shape == x_test.shape and np.array_equal(x, x_test)]
     recorded = [h["accuracy"] for method in example.METHODS for h in results["runs"][f"{method}/0"]]
     assert len(evaluations) == len(recorded)
     for engine, accuracy in zip(evaluations, recorded):

@@ -12,23 +12,11 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import accuracy_score
 from sklearn.model_selection import train_test_split
 
-import mcdrop
-
-
-def entropy(p, axis=-1):
-    return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=axis)
+from tests._recompute import entropy, spy_on_predict
 
 
 def test_quickstart_fast_mode(capsys, monkeypatch):
-    calls = []  # (engine, x, prediction) for every MCDropout.predict the example makes
-    original = mcdrop.MCDropout.predict
-
-    def spy(self, x, *args, **kwargs):
-        prediction = original(self, x, *args, **kwargs)
-        calls.append((self, np.asarray(x), prediction))
-        return prediction
-
-    monkeypatch.setattr(mcdrop.MCDropout, "predict", spy)
+    calls = spy_on_predict(monkeypatch)
     path = Path(__file__).resolve().parents[1] / "examples" / "quickstart.py"
     spec = importlib.util.spec_from_file_location("quickstart", path)
     module = importlib.util.module_from_spec(spec)
