@@ -145,7 +145,7 @@ WORKLOADS = {"mlp": mlp, "cnn": cnn, "lstm": lstm, "transformer": transformer}
 
 # -- baselines -------------------------------------------------------------------------------------------
 
-def _tile(v, passes):
+def tile_passes(v, passes):
     return tf.tile(v, [passes] + [1] * (len(v.shape) - 1))
 
 
@@ -199,7 +199,7 @@ def baselines(model, x, passes: int = T) -> dict:
 
     @tf.function
     def tiled_fn(v):
-        out = model(_tile(v, passes), training=True)
+        out = model(tile_passes(v, passes), training=True)
         return tf.reshape(out, [passes, rows, *out.shape[1:]])
 
     trunk, rest = split_at_first_dropout(model)
@@ -208,7 +208,7 @@ def baselines(model, x, passes: int = T) -> dict:
     def floor_fn(v):
         if trunk is not None:
             v = trunk(v, training=False)
-        out = rest(_tile(v, passes), training=False)
+        out = rest(tile_passes(v, passes), training=False)
         return tf.reshape(out, [passes, rows, *out.shape[1:]])
 
     return {"naive": naive, "tiled": lambda: tiled_fn(xt).numpy(), "floor": lambda: floor_fn(xt).numpy(),

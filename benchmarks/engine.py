@@ -24,15 +24,14 @@ time on the MLP beyond the floor; ``--json PATH`` writes every figure and the ma
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _workloads import T, WORKLOADS, baselines, interleaved, machine, split_at_first_dropout  # noqa: E402
+from _workloads import (  # noqa: E402
+    T, WORKLOADS, baselines, interleaved, machine, split_at_first_dropout, tile_passes)
 
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import mcdrop  # noqa: E402
@@ -112,7 +111,7 @@ def profile(workload, repeats: int, passes: int = T) -> dict:
     def masked_fn(v):
         if trunk is not None:
             v = trunk(v, training=False)
-        out = rest(tf.tile(v, [passes] + [1] * (len(v.shape) - 1)), training=True)
+        out = rest(tile_passes(v, passes), training=True)
         return tf.reshape(out, [passes, rows, *out.shape[1:]])
 
     engine = mcdrop.MCDropout(model, num_samples=passes, seed=0, verbose=0)
@@ -188,10 +187,7 @@ def main(argv=None):
     results["machine"]["load_average_after"] = machine()["load_average"]
 
     if args.json:
-        tmp = f"{args.json}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=2, default=float)
-        os.replace(tmp, args.json)
+        mcdrop.io.save_json(args.json, results)  # atomic: no partial file
         print(f"\nwrote {args.json}")
     return results
 

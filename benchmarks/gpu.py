@@ -15,10 +15,11 @@ convolutional trunk once, then the head over the T-times-tiled features, determi
 Printed: every ratio of ``benchmarks/engine.py`` (mcdrop / floor, target <= 1.15x; mcdrop / tiled;
 speed-up over the naive loop), passes per second and image-passes per second. Best of several
 repeats, the candidates interleaved. ``--json PATH`` writes the figures and the machine.
+"""
+
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -30,6 +31,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from _workloads import WORKLOADS, Workload, machine  # noqa: E402
+
+import mcdrop.io  # noqa: E402
 from engine import measure  # noqa: E402  (benchmarks/engine.py: the same candidates and ratios)
 
 T = 100
@@ -80,6 +83,8 @@ def main(argv=None):
         parser.error(f"argument --repeats: expected an integer >= 1, received {args.repeats}")
     if args.rows is not None and args.rows < 1:
         parser.error(f"argument --rows: expected an integer >= 1, received {args.rows}")
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        parser.error(f"--json: no such folder for {args.json!r}")
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         print(f"GPU: {[tf.config.experimental.get_device_details(g).get('device_name', g.name) for g in gpus]}")
@@ -102,10 +107,7 @@ def main(argv=None):
     for key in extra:
         results["workloads"][key] = measure(WORKLOADS[key](), args.repeats)
     if args.json:
-        tmp = f"{args.json}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(results, handle, indent=2, default=float)
-        os.replace(tmp, args.json)
+        mcdrop.io.save_json(args.json, results)  # atomic: no partial file
         print(f"\nwrote {args.json}")
     return results
 
