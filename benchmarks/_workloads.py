@@ -77,7 +77,7 @@ def cpu_model() -> str:
 def machine() -> dict:
     """What the figures were measured on: CPU model, core count, load average, library versions."""
     try:
-        load = os.getloadavg()
+        load = [round(v, 2) for v in os.getloadavg()]
     except (AttributeError, OSError):
         load = None
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "load_average": load,
