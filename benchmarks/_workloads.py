@@ -188,6 +188,22 @@ def split_at_first_dropout(model):
     return trunk, rest
 
 
+def split_passes(model, rows: int, passes: int, *, training: bool):
+    """``(fn, hoisted)``: a compiled function of the (N, ...) input that runs the trunk before the
+    first stochastic layer once and the rest over the tiled batch (with ``training`` for the rest),
+    returning (T, N, ...); ``hoisted`` says whether a trunk was split off."""
+    trunk, rest = split_at_first_dropout(model)
+
+    @tf.function
+    def fn(v):
+        if trunk is not None:
+            v = trunk(v, training=False)
+        out = rest(tile_passes(v, passes), training=training)
+        return tf.reshape(out, [passes, rows, *out.shape[1:]])
+
+    return fn, trunk is not None
+
+
 def baselines(model, x, passes: int = T) -> dict:
     """``{"naive", "tiled", "floor"}``: zero-argument callables, each returning numpy on the host
     (the floor's output is shaped (T, N, ...), pass-major like mcdrop's samples)."""
@@ -202,14 +218,7 @@ def baselines(model, x, passes: int = T) -> dict:
         out = model(tile_passes(v, passes), training=True)
         return tf.reshape(out, [passes, rows, *out.shape[1:]])
 
-    trunk, rest = split_at_first_dropout(model)
-
-    @tf.function
-    def floor_fn(v):
-        if trunk is not None:
-            v = trunk(v, training=False)
-        out = rest(tile_passes(v, passes), training=False)
-        return tf.reshape(out, [passes, rows, *out.shape[1:]])
+    floor_fn, hoisted = split_passes(model, rows, passes, training=False)
 
     return {"naive": naive, "tiled": lambda: tiled_fn(xt).numpy(), "floor": lambda: floor_fn(xt).numpy(),
-            "hoisted": trunk is not None}
+            "hoisted": hoisted}

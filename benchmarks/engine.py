@@ -30,7 +30,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _workloads import (  # noqa: E402
-    T, WORKLOADS, baselines, interleaved, machine, split_at_first_dropout, tile_passes)
+    T, WORKLOADS, baselines, interleaved, machine, split_passes)
 
 import tensorflow as tf  # noqa: E402
 
@@ -105,15 +105,8 @@ def profile(workload, repeats: int, passes: int = T) -> dict:
     model, x = workload.model, workload.x
     rows = x.shape[0]
     base = baselines(model, x, passes)
-    trunk, rest = split_at_first_dropout(model)
     xt = tf.constant(x)
-
-    @tf.function
-    def masked_fn(v):
-        if trunk is not None:
-            v = trunk(v, training=False)
-        out = rest(tile_passes(v, passes), training=True)
-        return tf.reshape(out, [passes, rows, *out.shape[1:]])
+    masked_fn, _ = split_passes(model, rows, passes, training=True)
 
     engine = mcdrop.MCDropout(model, num_samples=passes, seed=0, verbose=0)
     engine.predict(x, batch_size=rows)  # decides the heads
