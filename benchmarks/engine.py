@@ -1,126 +1,190 @@
-"""Engine benchmark: MC dropout against the naive loop and against the floor of the same work.
+"""Engine benchmark: MC dropout against the naive loop, the savvy user's tiled function and the true floor.
 
 Run: ``.venv/bin/python benchmarks/engine.py`` (or ``make bench``). All figures are ratios against
-baselines measured in the same run, best of several repeats, so a shared, noisy machine still
-gives comparable numbers. T = 50.
+baselines measured in the same run, the candidates taking turns round after round, best of k
+(``--repeats``, default 7), so a shared, noisy machine still gives comparable numbers. T = 50.
 
-(a) speed-up over ``[model(x, training=True) for _ in range(T)]``
-    targets: >= 12x on the MLP, >= 30x on the CNN
-(b) cost over the floor: one deterministic compiled forward pass over the T-times-tiled batch
-    (for the CNN, the trunk once plus T head passes); target <= 1.2x
+Workloads (``benchmarks/_workloads.py``): the MLP 64-256-256-10 (N = 1000), the CNN with dropout in
+its head (N = 200), an LSTM with dropout and recurrent_dropout (N = 200), a transformer block with
+MultiHeadAttention dropout (N = 128). Candidates, per workload:
+
+naive   ``[model(x, training=True) for _ in range(T)]``
+tiled   x repeated T times, one compiled ``model(..., training=True)`` call, reshaped to (T, N, ...)
+floor   the true floor: the layers before the first stochastic layer once on the N rows, the rest
+        deterministically on the T-times-tiled batch, one compiled call (for the LSTM and the
+        transformer the noise sits in the first layer, so this is the deterministic tiled pass)
+mcdrop  ``MCDropout(model, num_samples=T, seed=0).predict(x)``, default options; also with
+        ``batch_size=N`` (one block)
+
+Printed ratios (targets of issue 10): mcdrop / floor (<= 1.15), mcdrop / tiled (< 1: faster than the
+tiled function), speed-up over the naive loop (>= 12x MLP, >= 30x CNN). ``--profile`` splits mcdrop's
+time on the MLP beyond the floor; ``--json PATH`` writes every figure and the machine (CPU model, load).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import time
+import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+from _workloads import (  # noqa: E402
+    T, WORKLOADS, baselines, interleaved, machine, split_passes)
+
 import tensorflow as tf  # noqa: E402
 
 import mcdrop  # noqa: E402
 
-T = 50
+__all__ = ["interleaved", "measure", "profile", "main"]
+
+FLOOR_TARGET = 1.15
+SPEED_TARGETS = {"mlp": 12, "cnn": 30}
 
 
-def interleaved(fns: dict, repeats: int) -> dict:
-    """Best time of each function, the functions taking turns round after round, so that a slow
-    spell of a shared machine hits every candidate alike instead of one of them."""
-    for fn in fns.values():
-        fn()  # warm-up (tracing)
-    best = {name: float("inf") for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
+def _verdict(ok: bool) -> str:
+    return "OK" if ok else "MISSED"
 
 
-def mlp():
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((64,)),
-        keras.layers.Dense(256, activation="relu"), keras.layers.Dropout(0.5),
-        keras.layers.Dense(256, activation="relu"), keras.layers.Dropout(0.5),
-        keras.layers.Dense(10, activation="softmax"),
-    ])
-    x = np.random.default_rng(0).standard_normal((1000, 64)).astype("float32")
-
-    deterministic = keras.Sequential([keras.Input((64,))] + [
-        layer for layer in model.layers if not isinstance(layer, keras.layers.Dropout)])
-    floor_fn = tf.function(lambda v: deterministic(tf.tile(v, [T, 1]), training=False))
-    return model, x, lambda: floor_fn(tf.constant(x)).numpy()
-
-
-def cnn():
-    keras.utils.set_random_seed(0)
-    trunk_layers = [
-        keras.layers.Conv2D(32, 3, padding="same", activation="relu"), keras.layers.BatchNormalization(),
-        keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(64, 3, padding="same", activation="relu"), keras.layers.BatchNormalization(),
-        keras.layers.MaxPooling2D(), keras.layers.Flatten(),
-    ]
-    head_layers = [
-        keras.layers.Dropout(0.5), keras.layers.Dense(128, activation="relu"),
-        keras.layers.Dropout(0.5), keras.layers.Dense(10, activation="softmax"),
-    ]
-    model = keras.Sequential([keras.Input((28, 28, 1)), *trunk_layers, *head_layers])
-    x = np.random.default_rng(0).standard_normal((200, 28, 28, 1)).astype("float32")
-
-    trunk = keras.Sequential([keras.Input((28, 28, 1)), *trunk_layers])
-    head = keras.Sequential([keras.Input(trunk.output_shape[1:]),
-                             *[layer for layer in head_layers if not isinstance(layer, keras.layers.Dropout)]])
-
-    @tf.function
-    def floor_fn(v):
-        features = trunk(v, training=False)
-        return head(tf.tile(features, [T, 1]), training=False)
-
-    return model, x, lambda: floor_fn(tf.constant(x)).numpy()
-
-
-def measure(name, build, repeats, speed_target, floor_target=1.2):
-    model, x, floor = build()
-    xt = tf.constant(x)
-
-    def naive():
-        return [model(xt, training=True).numpy() for _ in range(T)]
-
-    engine = mcdrop.MCDropout(model, num_samples=T, seed=0, verbose=0)
-    engine_fn = lambda: engine.predict(x)  # noqa: E731
+def measure(workload, repeats: int, passes: int = T) -> dict:
+    """Time the four candidates on ``workload`` (interleaved, best of ``repeats``), print and return
+    the figures in milliseconds and the ratios."""
+    model, x = workload.model, workload.x
     rows = x.shape[0]
-    engine_block = mcdrop.MCDropout(model, num_samples=T, seed=0, verbose=0, batch_size=rows)
-    block_fn = lambda: engine_block.predict(x)  # noqa: E731
+    base = baselines(model, x, passes)
+    engine = mcdrop.MCDropout(model, num_samples=passes, seed=0, verbose=0)
+    block = mcdrop.MCDropout(model, num_samples=passes, seed=0, verbose=0, batch_size=rows)
+    times = interleaved({"naive": base["naive"], "tiled": base["tiled"], "floor": base["floor"],
+                         "mcdrop": lambda: engine.predict(x), "block": lambda: block.predict(x)}, repeats)
+    ms = {name: t * 1e3 for name, t in times.items()}
+    over_floor, over_tiled = ms["mcdrop"] / ms["floor"], ms["mcdrop"] / ms["tiled"]
+    speedup = ms["naive"] / ms["mcdrop"]
+    chunk_rows, chunk_passes = engine.plan(rows)
+    floor_kind = "trunk once, rest tiled" if base["hoisted"] else "deterministic tiled pass"
 
-    times = interleaved({"naive": naive, "floor": floor, "engine": engine_fn, "block": block_fn}, repeats)
-    t_naive, t_floor, t_engine, t_block = (times[k] for k in ("naive", "floor", "engine", "block"))
-    print(f"\n{name}  (N={rows}, T={T})")
-    print(f"  naive loop          {t_naive * 1e3:9.1f} ms")
-    print(f"  floor               {t_floor * 1e3:9.1f} ms")
-    print(f"  mcdrop (default)    {t_engine * 1e3:9.1f} ms")
-    print(f"  mcdrop (one block)  {t_block * 1e3:9.1f} ms   batch_size={rows}")
-    print(f"  speed-up over naive loop: {t_naive / t_engine:6.1f}x   (target >= {speed_target}x)  "
-          f"{'OK' if t_naive / t_engine >= speed_target else 'MISSED'}")
-    print(f"  cost over floor:          {t_engine / t_floor:6.2f}x   (target <= {floor_target}x)  "
-          f"{'OK' if t_engine / t_floor <= floor_target else 'MISSED'}")
-    print(f"  cost over floor, one block: {t_block / t_floor:4.2f}x")
-    return {"naive_ms": t_naive * 1e3, "floor_ms": t_floor * 1e3, "engine_ms": t_engine * 1e3,
-            "speedup": t_naive / t_engine, "over_floor": t_engine / t_floor}
+    print(f"\n{workload.name}  (N={rows}, T={passes})")
+    print(f"  naive loop                 {ms['naive']:9.1f} ms")
+    print(f"  tiled training=True        {ms['tiled']:9.1f} ms")
+    print(f"  floor                      {ms['floor']:9.1f} ms   ({floor_kind})")
+    print(f"  mcdrop (default)           {ms['mcdrop']:9.1f} ms   {chunk_rows} rows x {chunk_passes} passes per call")
+    print(f"  mcdrop (one block)         {ms['block']:9.1f} ms   batch_size={rows}")
+    print(f"  mcdrop / floor:            {over_floor:6.2f}x   (target <= {FLOOR_TARGET}x)  "
+          f"{_verdict(over_floor <= FLOOR_TARGET)}")
+    print(f"  mcdrop / floor, one block: {ms['block'] / ms['floor']:6.2f}x")
+    print(f"  mcdrop / tiled:            {over_tiled:6.2f}x   (target < 1: faster than the tiled function)  "
+          f"{_verdict(over_tiled < 1)}")
+    target = SPEED_TARGETS.get(workload.key)
+    line = f"  speed-up over naive loop:  {speedup:6.1f}x"
+    if target is not None:
+        line += f"   (target >= {target}x)  {_verdict(speedup >= target)}"
+    print(line)
+    print(f"  floor's speed-up over the naive loop: {ms['naive'] / ms['floor']:.1f}x (no implementation beats it)")
+    return {"name": workload.name, "rows": rows, "passes": passes, "floor": floor_kind,
+            "chunk": [chunk_rows, chunk_passes],
+            "ms": {k: round(v, 3) for k, v in ms.items()},
+            "ratios": {"mcdrop_over_floor": over_floor, "block_over_floor": ms["block"] / ms["floor"],
+                       "mcdrop_over_tiled": over_tiled, "speedup_over_naive": speedup,
+                       "floor_speedup_over_naive": ms["naive"] / ms["floor"]}}
+
+
+def profile(workload, repeats: int, passes: int = T) -> dict:
+    """Where mcdrop's time goes beyond the floor, with public APIs only.
+
+    floor               the true floor (no masks, no statistics)
+    floor + masks       the same split with Keras' own dropout on in the tiled part: masks as
+                        Keras draws them (a fresh random number per element and pass), a reference
+                        for what a mask implementation costs, not a lower bound (needs a model with
+                        no BatchNormalization after the first dropout, as the MLP)
+    sample, one block   ``MCDropout.sample(x, batch_size=N)``: the compiled call, the copy to the
+                        host, the finiteness check, no statistics
+    host statistics     the engine's own head and accumulator (``MCDropout.heads``,
+                        ``mcdrop.accumulators``) fed the (T, N, C) passes already on the host
+    predict, one block  ``predict(x, batch_size=N)``: sample plus statistics
+    predict, default    ``predict(x)``: the default chunking on top
+    """
+    model, x = workload.model, workload.x
+    rows = x.shape[0]
+    base = baselines(model, x, passes)
+    xt = tf.constant(x)
+    masked_fn, _ = split_passes(model, rows, passes, training=True)
+
+    engine = mcdrop.MCDropout(model, num_samples=passes, seed=0, verbose=0)
+    engine.predict(x, batch_size=rows)  # decides the heads
+    samples = engine.sample(x, batch_size=rows)
+
+    def host_statistics():
+        for head in engine.heads:
+            acc = head.accumulator(keep_samples=False, provenance={})
+            if mcdrop.accumulators.nonfinite_rows(samples):
+                raise ValueError("non-finite passes")
+            head.update(acc, samples)
+            acc.result()
+
+    candidates = {
+        "floor": base["floor"],
+        "floor + masks": lambda: masked_fn(xt).numpy(),
+        "sample, one block": lambda: engine.sample(x, batch_size=rows),
+        "host statistics": host_statistics,
+        "predict, one block": lambda: engine.predict(x, batch_size=rows),
+        "predict, default": lambda: engine.predict(x),
+    }
+    ms = {k: v * 1e3 for k, v in interleaved(candidates, repeats).items()}
+    chunk_rows, chunk_passes = engine.plan(rows)
+    print(f"\nProfile: {workload.name}  (N={rows}, T={passes}, best of {repeats})")
+    for name, value in ms.items():
+        print(f"  {name:20s} {value:9.1f} ms   {value / ms['floor']:5.2f}x floor")
+    print(f"  Keras' masks over the floor:         {ms['floor + masks'] - ms['floor']:7.1f} ms")
+    print(f"  mcdrop's masks, transfer and checks (sample, one block - floor): "
+          f"{ms['sample, one block'] - ms['floor']:7.1f} ms")
+    print(f"  statistics (predict - sample, one block): "
+          f"{ms['predict, one block'] - ms['sample, one block']:7.1f} ms "
+          f"(host statistics alone: {ms['host statistics']:.1f} ms)")
+    print(f"  default chunking ({chunk_rows} rows x {chunk_passes} passes per call) over one block: "
+          f"{ms['predict, default'] - ms['predict, one block']:7.1f} ms")
+    return {"name": workload.name, "rows": rows, "passes": passes, "chunk": [chunk_rows, chunk_passes],
+            "ms": {k: round(v, 3) for k, v in ms.items()}}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, received {text!r}")
+    return value
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=_positive_int, default=7, help="best of k (default 7)")
+    parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS),
+                        metavar="NAME", help=f"any of {', '.join(WORKLOADS)} (default: all)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also split mcdrop's time on the MLP beyond the floor")
+    parser.add_argument("--json", metavar="PATH", help="write every figure and the machine to this JSON file")
     args = parser.parse_args(argv)
-    print(f"tensorflow {tf.__version__}, keras {keras.__version__}, "
-          f"devices: {[d.device_type for d in tf.config.list_logical_devices()]}")
-    measure("MLP 64-256-256-10, dropout after each hidden layer", mlp, args.repeats, speed_target=12)
-    measure("CNN 2x(conv+BN+pool), dropout in the head only", cnn, args.repeats, speed_target=30)
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        parser.error(f"--json: no such folder for {args.json!r}")
+
+    info = machine()
+    load = info["load_average"]
+    print(f"CPU: {info['cpu']} ({info['cores']} logical cores), load average "
+          f"{'n/a' if load is None else ' '.join(f'{v:.1f}' for v in load)}")
+    print(f"tensorflow {info['tensorflow']}, keras {info['keras']}, devices: {info['devices']}, "
+          f"best of {args.repeats}, interleaved")
+    results = {"machine": info, "passes": T, "repeats": args.repeats, "workloads": {}}
+    for key in args.workloads:
+        workload = WORKLOADS[key]()
+        results["workloads"][key] = measure(workload, args.repeats)
+    if args.profile:
+        results["profile"] = profile(WORKLOADS["mlp"](), args.repeats)
+    results["machine"]["load_average_after"] = machine()["load_average"]
+
+    if args.json:
+        mcdrop.io.save_json(args.json, results)  # atomic: no partial file
+        print(f"\nwrote {args.json}")
+    return results
 
 
 if __name__ == "__main__":
