@@ -441,6 +441,8 @@ def _write_parquet_part(out, group, start, predictions, names):
     for i, pred in enumerate(predictions):
         prefix = f"{names[i]}." if names else ""
         for name, value in pred.to_dict().items():
+            if np.ndim(value) == 0:  # a flag of the whole prediction (includes_aleatoric), not a per-row value
+                continue
             rows_first = np.moveaxis(value, 1, 0) if name in _ROWS_SECOND else value
             columns[prefix + name] = _arrow_column(rows_first)
     folder = out / _PARQUET
