@@ -102,18 +102,18 @@ def test_noise_is_keyed_by_the_seed_and_independent_of_the_batch(name):
 
 
 # -- the patches, and stubs that stand for each one missing ----------------------------------------
-def _keras_own_leaf(layer, ctx):
+def _keras_own_leaf(layer, ctx, rate=None):
     """The layer's own Keras call in training mode: stochastic, but from Keras' unkeyed generator."""
     bound = type(layer).call.__get__(layer)
     return lambda inputs, *args, **kwargs: bound(inputs, training=True)
 
 
-def _elementwise_leaf(layer, ctx):
+def _elementwise_leaf(layer, ctx, rate=None):
     """Keyed dropout, but ignoring the layer's noise shape (what losing the spatial patch gives)."""
     return lambda inputs, *args, **kwargs: ctx.dropout(inputs, float(layer.rate))
 
 
-def _no_cell_patches(cell, ctx):
+def _no_cell_patches(cell, ctx, rate=None):
     return {}  # the cell keeps Keras' own mask getters
 
 
