@@ -529,8 +529,10 @@ class ActiveLearningLoop:
 
     def _select(self, mc, k: int, seed: int) -> np.ndarray:
         """Step 3: ``k`` unlabelled pool indices chosen by :func:`mcdrop.acquisition.select`,
-        the pool scored a chunk of rows at a time."""
+        the pool scored a chunk of rows at a time (none when ``k`` is 0)."""
         config = self.config
+        if k == 0:
+            return np.empty(0, dtype=np.int64)
         unlabeled = np.setdiff1d(np.arange(config.num_pool), self.state.labeled)
 
         def predict(rows, return_samples):
@@ -542,9 +544,20 @@ class ActiveLearningLoop:
                            chunk_size=config.pool_chunk_size, verbose=self.verbose,
                            **dict(config.acquisition_options))
 
-    def _label(self, indices: np.ndarray) -> None:
-        """Step 4: the oracle's labels for ``indices`` added to the labelled set."""
-        self.state.add(indices, self._ask(indices))
+    def _label(self, indices: np.ndarray, labels: np.ndarray | None = None) -> None:
+        """Step 4: the labels of ``indices`` (the oracle's unless given) added to the labelled set."""
+        if indices.size:
+            self.state.add(indices, self._ask(indices) if labels is None else labels)
+
+    def _record(self, entry: Round | None) -> Round | None:
+        """The round's entry appended to the history (the run is done after a round without a
+        batch), and the state saved."""
+        if entry is not None:
+            self.state.history.append(entry)
+            self.state.round += 1
+        self.state.done = entry is None or not entry.acquired
+        self._save()
+        return entry
 
     def step(self) -> Round | None:
         """Run one round and save the state; return its history entry, or None if the run is
@@ -560,27 +573,17 @@ class ActiveLearningLoop:
         if self.state.done:
             return None
         if self.state.labeled.size == 0:
-            initial = self.initial
-            self.state.add(initial, self._ask(initial) if self._initial_labels is None else self._initial_labels)
+            self._label(self.initial, self._initial_labels)
             self._save()
         k = min(self.config.batch_size, self.config.budget - self.acquired)
         if k == 0 and self.x_test is None:  # budget spent, nothing to evaluate: no final training
-            self.state.done = True
-            self._save()
-            return None
-        seed = _round_seed(self.config.seed, self.state.round)
-        num_labels = int(self.state.labeled.size)
-        mc = self._train(seed)
-        metrics = self._evaluate(mc)
-        chosen = self._select(mc, k, seed) if k > 0 else np.empty(0, dtype=np.int64)
-        if k > 0:
-            self._label(chosen)
-        entry = Round(self.state.round, num_labels, seed, tuple(chosen.tolist()), **metrics)
-        self.state.history.append(entry)
-        self.state.round += 1
-        self.state.done = k == 0
-        self._save()
-        return entry
+            return self._record(None)
+        seed, num_labels = _round_seed(self.config.seed, self.state.round), int(self.state.labeled.size)
+        mc = self._train(seed)                                          # 1
+        metrics = self._evaluate(mc)                                    # 2
+        chosen = self._select(mc, k, seed)                              # 3
+        self._label(chosen)                                             # 4
+        return self._record(Round(self.state.round, num_labels, seed, tuple(chosen.tolist()), **metrics))
 
     def run(self, rounds: int | None = None) -> list[Round]:
         """Run until the budget is spent (or ``rounds`` more rounds); return the history.
