@@ -314,8 +314,12 @@ class LoopState:
             raise invalid("state_dir", "a saved run with the same configuration", str(state_dir),
                           detail="It differs in " + "; ".join(diff) + ". Use another state_dir to start afresh.")
         labeled, labels = _read_arrays(state_dir, str(state["arrays"]))
-        return cls(labeled, labels, [Round.from_dict(entry) for entry in state["history"]],
-                   state["round"], state["labels_paid"], state["done"])
+        try:
+            history = [Round.from_dict(entry) for entry in state["history"]]
+        except TypeError:
+            raise _unreadable(state_dir, f"{state_dir / _STATE_FILE} has a history entry that is not a round "
+                                         "(round, num_labels, seed, acquired and the test metrics).") from None
+        return cls(labeled, labels, history, state["round"], state["labels_paid"], state["done"])
 
 
 # ------------------------------------------------------------------------------------ the loop
