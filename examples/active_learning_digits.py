@@ -113,7 +113,7 @@ def run(out: Path, fast: bool, seeds=None, target=None, methods=METHODS) -> dict
                 state_dir=out / "state" / f"{method}-seed{seed}", seed=seed,
             )
             history = loop.run()
-            results["runs"][f"{method}/{seed}"] = history
+            results["runs"][f"{method}/{seed}"] = [entry.to_dict() for entry in history]  # Round -> JSON
             print(f"{LABELS[method]:>14} seed {seed}: final accuracy {history[-1]['accuracy']:.3f} "
                   f"with {history[-1]['num_labels']} labels ({time.perf_counter() - start:.0f} s)", flush=True)
     results["summary"] = summarise(results, methods, seeds, target)

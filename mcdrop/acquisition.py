@@ -399,6 +399,10 @@ SCORES: dict[str, Callable[..., np.ndarray]] = {
     "epistemic_variance": epistemic_variance,
 }
 METHODS = (*SCORES, "batch_bald")
+#: The methods that score regression outputs; every other method scores class probabilities.
+REGRESSION_METHODS = ("predictive_variance", "epistemic_variance")
+#: The methods that score class probabilities (what :class:`mcdrop.active.ActiveLearningLoop` accepts).
+CLASSIFICATION_METHODS = tuple(m for m in METHODS if m not in REGRESSION_METHODS)
 STOCHASTIC_MODES = ("power", "softmax", "softrank")
 
 
@@ -758,14 +762,19 @@ def joint_mutual_information(samples, indices) -> float:
 
 
 def select(prediction, k: int, *, method: str = "bald", stochastic: str | None = None,
-           beta: float = 1.0, seed=None, **options) -> np.ndarray:
+           beta: float = 1.0, seed=None, candidates: int | None = None, rows=None,
+           chunk_size: int = 4096, verbose="auto", **options) -> np.ndarray:
     """Choose ``k`` distinct points to label.
 
     Parameters
     ----------
-    prediction : ClassificationPrediction, RegressionPrediction, or samples array
+    prediction : ClassificationPrediction, RegressionPrediction, samples array, or callable
         ``(T, N, C)`` probabilities for classification methods, ``(T, N[, D])`` outputs for
-        the regression ones.
+        the regression ones. Or a callable ``(pool_rows, return_samples) -> prediction``
+        that predicts the given rows of a pool on demand (for example with
+        :meth:`MCDropout.predict <mcdrop.MCDropout.predict>`): the points ``rows`` are then
+        scored ``chunk_size`` at a time, only one score per point is kept, and for
+        "batch_bald" the samples are asked for the shortlist alone.
     k : int
         Number of points, in ``[1, N]``.
     method : str, default "bald"
@@ -779,13 +788,24 @@ def select(prediction, k: int, *, method: str = "bald", stochastic: str | None =
         Inverse temperature for ``stochastic``.
     seed : int, numpy Generator or None
         For "random", the stochastic modes and BatchBALD's sampled configurations.
+    candidates : int, optional
+        "batch_bald" only: score every point with BALD first and run greedy BatchBALD on the
+        ``candidates`` highest (capped at N), the only points whose samples are needed.
+        None runs BatchBALD on every point.
+    rows : array-like of int, shape (N,)
+        With a callable ``prediction`` (and only then): the pool rows to choose among.
+    chunk_size : int, default 4096
+        With a callable ``prediction``: rows scored per call.
+    verbose : {"auto", 0, 1}, default "auto"
+        Progress bars on stderr for the scoring of a callable's rows and BatchBALD's steps.
     **options
-        Passed to :func:`batch_bald` (``num_configurations``, ``max_memory``, ``verbose``).
+        Passed to :func:`batch_bald` (``num_configurations``, ``max_memory``).
 
     Returns
     -------
     ndarray of shape (k,) and dtype int64
-        Distinct indices, in selection order.
+        Distinct indices, in selection order: positions in ``prediction``, or elements of
+        ``rows`` for a callable.
 
     Examples
     --------
@@ -793,18 +813,81 @@ def select(prediction, k: int, *, method: str = "bald", stochastic: str | None =
     >>> p = np.array([[[0.9, 0.1], [0.5, 0.5], [1.0, 0.0]], [[0.1, 0.9], [0.5, 0.5], [1.0, 0.0]]])
     >>> select(p, 1, method="bald").tolist(), select(p, 1, method="max_entropy").tolist()
     ([0], [0])
+    >>> select(lambda r, return_samples: p[:, r], 1, rows=[2, 0], method="bald").tolist()
+    [0]
     """
     method = check_choice(method, "method", METHODS)
     if stochastic is not None:
         stochastic = check_choice(stochastic, "stochastic", STOCHASTIC_MODES)
+    if method == "batch_bald" and stochastic is not None:
+        raise invalid("stochastic", "None with method='batch_bald'", stochastic)
+    if method != "batch_bald":
+        if candidates is not None:
+            options = {"candidates": candidates, **options}
+        if options:
+            name = next(iter(options))
+            raise invalid(name, f"no such option for method={method!r}", options[name], error=TypeError)
+    pool = _Pool(prediction, rows, chunk_size, check_verbose(verbose))
     if method == "batch_bald":
-        if stochastic is not None:
-            raise invalid("stochastic", "None with method='batch_bald'", stochastic)
-        return batch_bald(prediction, k, seed=seed, **options)
-    if options:
-        name = next(iter(options))
-        raise invalid(name, f"no such option for method={method!r}", options[name], error=TypeError)
-    scores = SCORES[method](prediction, seed=seed) if method == "random" else SCORES[method](prediction)
+        return pool.batch_bald(k, candidates, seed=seed, **options)
+    if method == "random":
+        scores = np.random.default_rng(seed).random(pool.size) if pool.lazy else random(prediction, seed=seed)
+    else:
+        scores = pool.scores(SCORES[method])
     if stochastic is None:
-        return top_k(scores, k)
-    return stochastic_batch(scores, k, mode=stochastic, beta=beta, seed=seed)
+        return pool.label(top_k(scores, k))
+    return pool.label(stochastic_batch(scores, k, mode=stochastic, beta=beta, seed=seed))
+
+
+class _Pool:
+    """The points :func:`select` chooses among: a prediction in memory, or pool rows predicted on
+    demand by a callable (scored a chunk at a time)."""
+
+    def __init__(self, prediction, rows, chunk_size: int, verbose):
+        self.lazy = callable(prediction) and not isinstance(
+            prediction, (ClassificationPrediction, RegressionPrediction, np.ndarray))
+        self.prediction, self.verbose = prediction, verbose
+        if not self.lazy:
+            if rows is not None:
+                raise invalid("rows", "None unless `prediction` is a callable", rows, error=TypeError)
+            return
+        if rows is None:
+            raise invalid("rows", "the pool rows to choose among with a callable `prediction`", rows,
+                          error=TypeError)
+        self.rows = np.asarray(rows)
+        if self.rows.ndim != 1 or self.rows.size == 0 or self.rows.dtype.kind not in "iu":
+            raise invalid("rows", "a non-empty 1-D array of integer pool rows", rows)
+        self.rows = self.rows.astype(np.int64)
+        self.size = self.rows.size
+        self.chunk_size = check_int(chunk_size, "chunk_size", minimum=1)
+
+    def label(self, picked: np.ndarray) -> np.ndarray:
+        """``picked`` positions as the caller's indices (pool rows for a callable)."""
+        return self.rows[picked] if self.lazy else picked
+
+    def scores(self, score: Callable[[Any], np.ndarray]) -> np.ndarray:
+        """One score per point; a callable's rows are predicted ``chunk_size`` at a time."""
+        if not self.lazy:
+            return score(self.prediction)
+        out = np.empty(self.size)
+        with progress(self.size, verbose=self.verbose, desc="scoring pool", unit="rows") as bar:
+            for start in range(0, self.size, self.chunk_size):
+                part = self.rows[start:start + self.chunk_size]
+                out[start:start + part.size] = score(self.prediction(part, False))
+                bar.update(part.size)
+        return out
+
+    def batch_bald(self, k: int, candidates: int | None, **options) -> np.ndarray:
+        """Greedy BatchBALD, on the ``candidates`` highest-BALD points when given."""
+        options["verbose"] = self.verbose
+        if candidates is None and not self.lazy:
+            return batch_bald(self.prediction, k, **options)
+        samples = None if self.lazy else _bald_samples(self.prediction, "prediction")[0]
+        if candidates is None:
+            shortlist = np.arange(self.size)
+        else:
+            candidates = check_int(candidates, "candidates", minimum=k)
+            bald_scores = self.scores(bald) if self.lazy else bald(samples)
+            shortlist = top_k(bald_scores, min(candidates, bald_scores.shape[0]))
+        chosen = self.prediction(self.rows[shortlist], True) if self.lazy else samples[:, shortlist]
+        return self.label(shortlist[batch_bald(chosen, k, **options)])

@@ -6,12 +6,15 @@
 2. evaluate it with :class:`~mcdrop.MCDropout` on a test set (accuracy, NLL, ECE) and
    record the round in the history;
 3. score the unlabelled pool with the MC engine, a chunk of rows at a time, and select a
-   batch with :func:`mcdrop.acquisition.select` (or greedy BatchBALD on a BALD-filtered
-   candidate set);
+   batch with :func:`mcdrop.acquisition.select` (greedy BatchBALD on a BALD-filtered
+   candidate set for ``method="batch_bald"``);
 4. ask the oracle for the labels of that batch only, and save the state atomically.
 
-The state (labelled indices and labels in a ``.npz`` without pickles, the history and the
-configuration in JSON) is saved after the initial labels and after every round, so an
+The loop is three parts: a validated, frozen :class:`LoopConfig` (saved with the run and
+compared on resume), a :class:`LoopState` (labelled indices and labels in a ``.npz`` without
+pickles, the history of :class:`Round` entries and the configuration in JSON, written through
+:mod:`mcdrop.io`), and :class:`ActiveLearningLoop`, which holds the user's callables and data.
+The state is saved after the initial labels and after every round, so an
 interrupted run started again with the same arguments resumes where it stopped, with the
 same history as an uninterrupted run, and the oracle is never asked again for a label whose answer
 was saved. ``labels_paid`` counts every label requested from the oracle, saved before each request.
@@ -20,31 +23,25 @@ was saved. ``labels_paid`` counts every label requested from the oracle, saved b
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
 from mcdrop import acquisition as _acq
 from mcdrop._progress import check_verbose, progress
-from mcdrop._validation import (
-    check_choice,
-    check_float,
-    check_int,
-    check_labels,
-    describe,
-    invalid,
-)
+from mcdrop._validation import check_choice, check_float, check_int, check_labels, describe, invalid
+from mcdrop.io import save_json, save_npz
 
-__all__ = ["ActiveLearningLoop", "CLASSIFICATION_METHODS"]
+__all__ = ["ActiveLearningLoop", "CLASSIFICATION_METHODS", "LoopConfig", "LoopState", "Round"]
 
 #: Acquisition methods the loop accepts (it trains classifiers).
-CLASSIFICATION_METHODS = (
-    "bald", "max_entropy", "variation_ratio", "mean_std", "margin", "least_confidence", "random", "batch_bald",
-)
+CLASSIFICATION_METHODS = _acq.CLASSIFICATION_METHODS
 
 _STATE_FILE = "state.json"
 _FORMAT = 1
+_BATCH_BALD_OPTIONS = ("num_configurations", "max_memory")
 
 
 def _take(x, index):
@@ -72,13 +69,260 @@ def _round_seed(seed: int, round_index: int) -> int:
     return int(np.random.SeedSequence([seed, round_index]).generate_state(1)[0] >> 1)
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
-    """Write through :func:`mcdrop.io.atomic_write` (temporary file, fsync, os.replace; leftovers
-    of a killed earlier write in the folder removed)."""
-    from mcdrop.io import atomic_write
+# ------------------------------------------------------------------------------------- history
 
-    with atomic_write(path, mode) as handle:
-        write(handle)
+
+class Round(NamedTuple):
+    """One entry of the loop's history.
+
+    Attributes
+    ----------
+    round : int
+        The round's number, from 0.
+    num_labels : int
+        Labels the model of this round was trained on.
+    seed : int
+        The round's seed (model building, MC passes, stochastic selection).
+    acquired : tuple of int
+        Pool indices labelled after this round (empty for the final evaluation).
+    accuracy, nll, ece : float or None
+        Test metrics from the MC predictive mean (ECE with 15 equal-width bins); None
+        without a test set. A value the JSON state could not hold (NaN) is None after a resume.
+
+    Entries also read like the dicts of earlier versions: ``entry["accuracy"]`` is
+    ``entry.accuracy``, and :meth:`to_dict` gives the dict saved in ``state.json``.
+    """
+
+    round: int
+    num_labels: int
+    seed: int
+    acquired: tuple[int, ...] = ()
+    accuracy: float | None = None
+    nll: float | None = None
+    ece: float | None = None
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            if key not in self._fields:
+                raise KeyError(key)
+            return getattr(self, key)
+        return tuple.__getitem__(self, key)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The entry as plain JSON types; metrics that are None are left out."""
+        entry = {"round": self.round, "num_labels": self.num_labels, "seed": self.seed}
+        entry.update({name: getattr(self, name) for name in ("accuracy", "nll", "ece")
+                      if getattr(self, name) is not None})
+        entry["acquired"] = list(self.acquired)
+        return entry
+
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any]) -> Round:
+        """The entry :meth:`to_dict` (or an earlier version's loop) saved."""
+        return cls(**{**entry, "acquired": tuple(entry.get("acquired", ()))})
+
+
+# ------------------------------------------------------------------------------- configuration
+
+
+def _initial_indices(initial, num_pool: int, seed: int) -> tuple[int, ...]:
+    """The initial labelled set: the pool indices given, or ``initial`` drawn with ``seed``."""
+    if isinstance(initial, (int, np.integer)) and not isinstance(initial, bool):
+        count = check_int(initial, "initial", minimum=1, maximum=num_pool - 1)
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 2**31 - 1]))
+        return tuple(np.sort(rng.choice(num_pool, size=count, replace=False)).tolist())
+    indices = np.asarray(initial)
+    if indices.ndim != 1 or indices.size == 0 or indices.dtype.kind not in "iu":
+        raise invalid("initial", "an integer >= 1 or a non-empty 1-D array of pool indices", initial)
+    if np.any(indices < 0) or np.any(indices >= num_pool):
+        raise invalid("initial", f"pool indices in [0, {num_pool})", initial)
+    if np.unique(indices).size != indices.size:
+        raise invalid("initial", "distinct pool indices", initial)
+    if indices.size >= num_pool:
+        raise invalid("initial", "fewer indices than the pool holds", initial)
+    return tuple(indices.astype(np.int64).tolist())
+
+
+def _check_selection(method, stochastic, beta, acquisition_options) -> tuple[str, str | None, float, dict]:
+    """The acquisition arguments, checked together (some exclude others)."""
+    method = check_choice(method, "method", CLASSIFICATION_METHODS)
+    if stochastic is not None:
+        stochastic = check_choice(stochastic, "stochastic", _acq.STOCHASTIC_MODES)
+        if method in ("batch_bald", "random"):
+            raise invalid("stochastic", f"None with method={method!r}", stochastic)
+    beta = check_float(beta, "beta", low=0.0)
+    options = dict(acquisition_options or {})
+    unknown = sorted(set(options) - set(_BATCH_BALD_OPTIONS))
+    if unknown:
+        raise invalid("acquisition_options", "keys among 'num_configurations', 'max_memory'", unknown[0])
+    if options and method != "batch_bald":
+        raise invalid("acquisition_options", "no options unless method='batch_bald'", options)
+    return method, stochastic, beta, options
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """What a run is: the settings saved in ``state.json`` and compared when a run resumes.
+
+    Build it with :meth:`create`, which checks every value; :class:`ActiveLearningLoop` does.
+    The fields are the :class:`ActiveLearningLoop` arguments of the same names, with
+    ``initial`` as the tuple of initial pool indices and ``num_pool`` the pool's size N.
+    """
+
+    num_pool: int
+    initial: tuple[int, ...]
+    method: str
+    stochastic: str | None
+    beta: float
+    batch_size: int
+    budget: int
+    num_samples: int
+    candidates: int
+    acquisition_options: tuple[tuple[str, Any], ...]
+    seed: int
+    pool_chunk_size: int
+
+    @classmethod
+    def create(cls, num_pool: int, *, initial, method="bald", batch_size=10, budget, num_samples=20,
+               stochastic=None, beta=1.0, candidates=None, acquisition_options=None, pool_chunk_size=4096,
+               seed=0) -> LoopConfig:
+        """A configuration with every argument checked (``ValueError``/``TypeError`` naming it)."""
+        seed = check_int(seed, "seed", minimum=0)
+        method, stochastic, beta, options = _check_selection(method, stochastic, beta, acquisition_options)
+        num_samples = check_int(num_samples, "num_samples", minimum=1)
+        batch_size = check_int(batch_size, "batch_size", minimum=1, maximum=num_pool)
+        pool_chunk_size = check_int(pool_chunk_size, "pool_chunk_size", minimum=1)
+        initial = _initial_indices(initial, num_pool, seed)
+        budget = check_int(budget, "budget", minimum=1, maximum=num_pool - len(initial))
+        candidates = max(20 * batch_size, 500) if candidates is None else candidates
+        candidates = check_int(candidates, "candidates", minimum=batch_size)
+        return cls(num_pool, initial, method, stochastic, beta, batch_size, budget, num_samples, candidates,
+                   tuple(options.items()), seed, pool_chunk_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as saved in ``state.json``."""
+        return {
+            "num_pool": self.num_pool, "initial": list(self.initial), "method": self.method,
+            "stochastic": self.stochastic, "beta": self.beta, "batch_size": self.batch_size,
+            "budget": self.budget, "num_samples": self.num_samples, "candidates": self.candidates,
+            "acquisition_options": dict(self.acquisition_options), "seed": self.seed,
+            "pool_chunk_size": self.pool_chunk_size,
+        }
+
+    def differences(self, saved: dict[str, Any]) -> list[str]:
+        """``"key: saved ..., given ..."`` for every setting in which ``saved`` differs."""
+        mine = json.loads(json.dumps(self.to_dict()))
+        return [f"{key}: saved {saved.get(key)!r}, given {mine.get(key)!r}"
+                for key in sorted(set(saved) | set(mine)) if saved.get(key) != mine.get(key)]
+
+
+# ----------------------------------------------------------------------------------------- state
+
+
+def _unreadable(state_dir: Path, detail: str) -> ValueError:
+    return invalid("state_dir", "a folder holding a readable saved run", str(state_dir),
+                   detail=f"{detail} Remove the folder (or use another state_dir) to start afresh.")
+
+
+def _read_state_json(state_dir: Path) -> dict[str, Any]:
+    """``state.json`` parsed and checked for the entries a state has."""
+    path = state_dir / _STATE_FILE
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _unreadable(state_dir, f"{path} is not valid JSON ({exc}): it was cut short or edited.") from None
+    except OSError as exc:
+        raise _unreadable(state_dir, f"{path} cannot be read ({exc.strerror}).") from None
+    if not isinstance(state, dict) or state.get("format") != _FORMAT:
+        raise invalid("state_dir", f"a state of format {_FORMAT}", str(state_dir),
+                      detail=f"{path} is not a state this version wrote.")
+    missing = [key for key in ("config", "arrays", "round", "labels_paid", "done", "history") if key not in state]
+    if missing:
+        raise _unreadable(state_dir, f"{path} has no {', '.join(repr(k) for k in missing)} entry.")
+    return state
+
+
+def _read_arrays(state_dir: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The labelled indices and labels from the ``.npz`` that ``state.json`` names."""
+    path = state_dir / name
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return arrays["labeled"].astype(np.int64), arrays["labels"].astype(np.int64)
+    except FileNotFoundError:
+        raise _unreadable(state_dir, f"{path}, which {state_dir / _STATE_FILE} names, is missing.") from None
+    except Exception as exc:  # BadZipFile, KeyError, ValueError, EOFError: a damaged file
+        text = str(exc).strip().splitlines()
+        raise _unreadable(state_dir, f"{path} is damaged ({text[0] if text else type(exc).__name__}).") from None
+
+
+@dataclass
+class LoopState:
+    """How far a run got: what changes from round to round, saved after each change.
+
+    Attributes
+    ----------
+    labeled : ndarray of shape (L,), int64
+        Pool indices in the order they were labelled.
+    labels : ndarray of shape (L,), int64
+        Their labels.
+    history : list of Round
+    round : int
+        Rounds finished.
+    labels_paid : int
+        Labels requested from the oracle, answered or not (resumed sessions included).
+    done : bool
+
+    On disk (format 1, unchanged since the loop's first release): ``labels-<L>.npz`` with
+    ``labeled`` and ``labels``, and ``state.json`` with the format, the configuration, the
+    name of that ``.npz``, ``round``, ``labels_paid``, ``done`` and the history. ``state.json``
+    is written last and is the commit point.
+    """
+
+    labeled: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    labels: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    history: list[Round] = field(default_factory=list)
+    round: int = 0
+    labels_paid: int = 0
+    done: bool = False
+
+    def add(self, indices: np.ndarray, labels: np.ndarray) -> None:
+        """Append labelled pool ``indices`` and their ``labels``."""
+        self.labeled = np.concatenate([self.labeled, np.asarray(indices, dtype=np.int64)])
+        self.labels = np.concatenate([self.labels, np.asarray(labels, dtype=np.int64)])
+
+    def save(self, state_dir: Path, config: LoopConfig) -> None:
+        """Write the state atomically through :mod:`mcdrop.io`, arrays first, then ``state.json``."""
+        state_dir.mkdir(parents=True, exist_ok=True)
+        arrays = f"labels-{self.labeled.size:07d}.npz"
+        save_npz(state_dir / arrays, {"labeled": self.labeled, "labels": self.labels}, compressed=False)
+        save_json(state_dir / _STATE_FILE, {
+            "format": _FORMAT, "config": config.to_dict(), "arrays": arrays, "round": self.round,
+            "labels_paid": self.labels_paid, "done": self.done,
+            "history": [entry.to_dict() for entry in self.history],
+        })
+        for old in state_dir.glob("labels-*.npz"):
+            if old.name != arrays:
+                old.unlink()
+
+    @classmethod
+    def load(cls, state_dir: Path, config: LoopConfig) -> LoopState:
+        """The state saved in ``state_dir``, refused (``ValueError`` naming the file) if it is
+        damaged or was saved with another configuration."""
+        state = _read_state_json(state_dir)
+        diff = config.differences(state["config"])
+        if diff:
+            raise invalid("state_dir", "a saved run with the same configuration", str(state_dir),
+                          detail="It differs in " + "; ".join(diff) + ". Use another state_dir to start afresh.")
+        labeled, labels = _read_arrays(state_dir, str(state["arrays"]))
+        try:
+            history = [Round.from_dict(entry) for entry in state["history"]]
+        except TypeError:
+            raise _unreadable(state_dir, f"{state_dir / _STATE_FILE} has a history entry that is not a round "
+                                         "(round, num_labels, seed, acquired and the test metrics).") from None
+        return cls(labeled, labels, history, state["round"], state["labels_paid"], state["done"])
+
+
+# ------------------------------------------------------------------------------------ the loop
 
 
 class ActiveLearningLoop:
@@ -146,13 +390,22 @@ class ActiveLearningLoop:
         "auto" when stderr is a terminal, as for :class:`~mcdrop.MCDropout`; an "auto" bar
         draws only once its step has run for a second. Not part of the saved configuration.
 
+    Attributes
+    ----------
+    config : LoopConfig
+        The checked settings; its fields also read as attributes of the loop (``loop.method``,
+        ``loop.budget``, ...), ``loop.initial`` as an int64 array.
+    state : LoopState
+        The run's progress; its fields also read as attributes (``loop.labeled``,
+        ``loop.labels``, ``loop.history``, ``loop.round``, ``loop.labels_paid``, ``loop.done``).
+
     Examples
     --------
     >>> loop = ActiveLearningLoop(train, x_pool, y_pool, initial=20, method="batch_bald",
     ...                           batch_size=10, budget=100, x_test=x_test, y_test=y_test,
     ...                           state_dir="runs/bb")                  # doctest: +SKIP
     >>> history = loop.run()                                            # doctest: +SKIP
-    >>> [(h["num_labels"], round(h["accuracy"], 3)) for h in history]  # doctest: +SKIP
+    >>> [(h.num_labels, round(h.accuracy, 3)) for h in history]         # doctest: +SKIP
     """
 
     def __init__(self, build_and_train: Callable, x_pool, oracle, *, initial, initial_labels=None,
@@ -164,310 +417,204 @@ class ActiveLearningLoop:
         if not callable(build_and_train):
             raise invalid("build_and_train", "a callable (x, y, *, seed) -> keras.Model", build_and_train,
                           error=TypeError)
-        self.build_and_train = build_and_train
-        self.x_pool = x_pool
-        self.num_pool = _num_rows(x_pool, "x_pool")
-        self.seed = check_int(seed, "seed", minimum=0)
+        self.build_and_train, self.x_pool = build_and_train, x_pool
         self.verbose = check_verbose(verbose)
-        self.method = check_choice(method, "method", CLASSIFICATION_METHODS)
-        if stochastic is not None:
-            stochastic = check_choice(stochastic, "stochastic", _acq.STOCHASTIC_MODES)
-            if method in ("batch_bald", "random"):
-                raise invalid("stochastic", f"None with method={method!r}", stochastic)
-        self.stochastic = stochastic
-        self.beta = check_float(beta, "beta", low=0.0)
-        self.num_samples = check_int(num_samples, "num_samples", minimum=1)
-        self.batch_size = check_int(batch_size, "batch_size", minimum=1, maximum=self.num_pool)
-        self.pool_chunk_size = check_int(pool_chunk_size, "pool_chunk_size", minimum=1)
-        self.acquisition_options = dict(acquisition_options or {})
-        unknown = set(self.acquisition_options) - {"num_configurations", "max_memory"}
-        if unknown:
-            name = sorted(unknown)[0]
-            raise invalid("acquisition_options", "keys among 'num_configurations', 'max_memory'", name)
-        if self.acquisition_options and method != "batch_bald":
-            raise invalid("acquisition_options", "no options unless method='batch_bald'",
-                          self.acquisition_options)
+        self.config = LoopConfig.create(
+            _num_rows(x_pool, "x_pool"), initial=initial, method=method, batch_size=batch_size, budget=budget,
+            num_samples=num_samples, stochastic=stochastic, beta=beta, candidates=candidates,
+            acquisition_options=acquisition_options, pool_chunk_size=pool_chunk_size, seed=seed)
         self.mc_options = dict(mc_options or {})
         for reserved in ("num_samples", "seed", "mask", "model"):
             if reserved in self.mc_options:
                 raise invalid("mc_options", f"no {reserved!r} key (the loop sets it)", self.mc_options)
-
-        # the oracle: a function, or every label of the pool
-        if callable(oracle):
-            self._oracle_fn, self._oracle_labels = oracle, None
-        else:
-            labels = check_labels(oracle, "oracle")
-            if labels.shape[0] != self.num_pool:
-                raise invalid("oracle", f"a callable or {self.num_pool} labels (one per pool row)", oracle)
-            self._oracle_fn, self._oracle_labels = None, labels
-
-        # the initial labelled set
-        if isinstance(initial, (int, np.integer)) and not isinstance(initial, bool):
-            count = check_int(initial, "initial", minimum=1, maximum=self.num_pool - 1)
-            rng = np.random.default_rng(np.random.SeedSequence([self.seed, 2**31 - 1]))
-            initial = np.sort(rng.choice(self.num_pool, size=count, replace=False))
-        else:
-            initial = np.asarray(initial)
-            if initial.ndim != 1 or initial.size == 0 or initial.dtype.kind not in "iu":
-                raise invalid("initial", "an integer >= 1 or a non-empty 1-D array of pool indices", initial)
-            initial = initial.astype(np.int64)
-            if np.any(initial < 0) or np.any(initial >= self.num_pool):
-                raise invalid("initial", f"pool indices in [0, {self.num_pool})", initial)
-            if np.unique(initial).size != initial.size:
-                raise invalid("initial", "distinct pool indices", initial)
-            if initial.size >= self.num_pool:
-                raise invalid("initial", "fewer indices than the pool holds", initial)
-        self.initial = initial
+        self._oracle = self._check_oracle(oracle)
+        self._initial_labels = None
         if initial_labels is not None:
-            initial_labels = check_labels(initial_labels, "initial_labels")
-            if initial_labels.shape[0] != initial.size:
-                raise invalid("initial_labels", f"{initial.size} labels (one per initial index)", initial_labels)
-        self._initial_labels = initial_labels
-        self.budget = check_int(budget, "budget", minimum=1, maximum=self.num_pool - initial.size)
-        if candidates is None:
-            candidates = max(20 * self.batch_size, 500)
-        self.candidates = check_int(candidates, "candidates", minimum=self.batch_size)
+            self._initial_labels = check_labels(initial_labels, "initial_labels")
+            if self._initial_labels.shape[0] != len(self.config.initial):
+                raise invalid("initial_labels", f"{len(self.config.initial)} labels (one per initial index)",
+                              initial_labels)
+        self.x_test, self.y_test = x_test, self._check_test(x_test, y_test)
+        self.state_dir = None if state_dir is None else Path(state_dir)
+        self.state = LoopState()
+        if self.state_dir is not None and (self.state_dir / _STATE_FILE).exists():
+            self.state = LoopState.load(self.state_dir, self.config)
 
-        self.x_test, self.y_test = x_test, None
+    def _check_oracle(self, oracle) -> Callable[[np.ndarray], Any]:
+        """The oracle as a function of pool indices (an array of every label becomes a lookup)."""
+        if callable(oracle):
+            return oracle
+        labels = check_labels(oracle, "oracle")
+        if labels.shape[0] != self.config.num_pool:
+            raise invalid("oracle", f"a callable or {self.config.num_pool} labels (one per pool row)", oracle)
+        return labels.__getitem__
+
+    @staticmethod
+    def _check_test(x_test, y_test) -> np.ndarray | None:
         if (x_test is None) != (y_test is None):
             raise invalid("y_test", "labels exactly when x_test is given", y_test)
-        if x_test is not None:
-            self.y_test = check_labels(y_test, "y_test")
-            if _num_rows(x_test, "x_test") != self.y_test.shape[0]:
-                raise invalid("y_test", f"{_num_rows(x_test, 'x_test')} labels (one per test row)", y_test)
+        if x_test is None:
+            return None
+        labels = check_labels(y_test, "y_test")
+        if _num_rows(x_test, "x_test") != labels.shape[0]:
+            raise invalid("y_test", f"{_num_rows(x_test, 'x_test')} labels (one per test row)", y_test)
+        return labels
 
-        self.state_dir = None if state_dir is None else Path(state_dir)
-        # run state
-        self.labeled = np.empty(0, dtype=np.int64)  # pool indices in the order they were labelled
-        self.labels = np.empty(0, dtype=np.int64)
-        self.history: list[dict] = []
-        self.round = 0
-        self.labels_paid = 0  # labels requested from the oracle, answered or not (resumed runs included)
-        self.done = False
-        if self.state_dir is not None and (self.state_dir / _STATE_FILE).exists():
-            self._load()
+    def __getattr__(self, name: str):
+        # only called for names not found otherwise: the configuration's and the state's fields
+        for part in ("config", "state"):
+            holder = self.__dict__.get(part)
+            if holder is not None and name in holder.__dataclass_fields__:
+                return getattr(holder, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    # -- configuration and state ---------------------------------------------------------------
-    def _config(self) -> dict:
-        return {
-            "num_pool": self.num_pool, "initial": self.initial.tolist(), "method": self.method,
-            "stochastic": self.stochastic, "beta": self.beta, "batch_size": self.batch_size,
-            "budget": self.budget, "num_samples": self.num_samples, "candidates": self.candidates,
-            "acquisition_options": self.acquisition_options, "seed": self.seed,
-            "pool_chunk_size": self.pool_chunk_size,
-        }
+    @property
+    def initial(self) -> np.ndarray:
+        """The initial pool indices, shape (len(initial),), int64."""
+        return np.asarray(self.config.initial, dtype=np.int64)
 
-    def _load(self) -> None:
-        path = self.state_dir / _STATE_FILE
+    @property
+    def acquired(self) -> int:
+        """Labels acquired beyond the initial set (0 before the initial labels are in)."""
+        return max(self.state.labeled.size - len(self.config.initial), 0)
 
-        def unreadable(detail: str):
-            return invalid("state_dir", "a folder holding a readable saved run", str(self.state_dir),
-                           detail=f"{detail} Remove the folder (or use another state_dir) to start afresh.")
+    @property
+    def rounds_left(self) -> int:
+        """Rounds :meth:`run` still has to run: one per batch of the budget left, plus the final
+        evaluation when there is a test set."""
+        if self.state.done:
+            return 0
+        batches = -(-(self.config.budget - self.acquired) // self.config.batch_size)
+        return batches + int(self.x_test is not None)
 
-        try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise unreadable(f"{path} is not valid JSON ({exc}): it was cut short or edited.") from None
-        except OSError as exc:
-            raise unreadable(f"{path} cannot be read ({exc.strerror}).") from None
-        if not isinstance(state, dict) or state.get("format") != _FORMAT:
-            raise invalid("state_dir", f"a state of format {_FORMAT}", str(self.state_dir),
-                          detail=f"{path} is not a state this version wrote.")
-        missing = [key for key in ("config", "arrays", "round", "labels_paid", "done", "history")
-                   if key not in state]
-        if missing:
-            raise unreadable(f"{path} has no {', '.join(repr(k) for k in missing)} entry.")
-        saved, mine = state["config"], json.loads(json.dumps(self._config()))
-        if saved != mine:
-            diff = [f"{key}: saved {saved.get(key)!r}, given {mine.get(key)!r}"
-                    for key in sorted(set(saved) | set(mine)) if saved.get(key) != mine.get(key)]
-            raise invalid("state_dir", "a saved run with the same configuration", str(self.state_dir),
-                          detail="It differs in " + "; ".join(diff) + ". Use another state_dir to start afresh.")
-        arrays_path = self.state_dir / str(state["arrays"])
-        try:
-            with np.load(arrays_path, allow_pickle=False) as arrays:
-                labeled = arrays["labeled"].astype(np.int64)
-                labels = arrays["labels"].astype(np.int64)
-        except FileNotFoundError:
-            raise unreadable(f"{arrays_path}, which {path} names, is missing.") from None
-        except Exception as exc:  # BadZipFile, KeyError, ValueError, EOFError: a damaged file
-            text = str(exc).strip().splitlines()
-            raise unreadable(f"{arrays_path} is damaged ({text[0] if text else type(exc).__name__}).") from None
-        self.labeled, self.labels = labeled, labels
-        self.history = state["history"]
-        self.round = state["round"]
-        self.labels_paid = state["labels_paid"]
-        self.done = state["done"]
-
+    # -- the four steps of a round ------------------------------------------------------------------
     def _save(self) -> None:
-        if self.state_dir is None:
-            return
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        arrays = f"labels-{self.labeled.size:07d}.npz"
+        if self.state_dir is not None:
+            self.state.save(self.state_dir, self.config)
 
-        def write_npz(handle):
-            np.savez(handle, labeled=self.labeled, labels=self.labels)
-
-        _atomic_write(self.state_dir / arrays, write_npz, "wb")
-        state = {
-            "format": _FORMAT, "config": self._config(), "arrays": arrays, "round": self.round,
-            "labels_paid": self.labels_paid, "done": self.done, "history": self.history,
-        }
-        # state.json is the commit point: it names the arrays file it goes with
-        _atomic_write(self.state_dir / _STATE_FILE,
-                      lambda handle: handle.write(json.dumps(state, indent=1)), "w")
-        for old in self.state_dir.glob("labels-*.npz"):
-            if old.name != arrays:
-                old.unlink()
-
-    # -- the oracle -------------------------------------------------------------------------------
     def _ask(self, indices: np.ndarray) -> np.ndarray:
-        if np.intersect1d(indices, self.labeled).size:  # an internal invariant, never expected
+        """The oracle's labels for ``indices``, counted as paid (and saved) before it is asked."""
+        if np.intersect1d(indices, self.state.labeled).size:  # an internal invariant, never expected
             raise RuntimeError("mcdrop.active: refusing to ask the oracle again for labelled indices.")
-        # A label is paid when it is requested: the count is saved before the oracle is called,
-        # so a crash or an interrupt during (or right after) the call still counts it.
-        self.labels_paid += indices.size
+        # a crash or an interrupt during (or right after) the call still counts the labels
+        self.state.labels_paid += indices.size
         self._save()
-        if self._oracle_labels is not None:
-            answer = self._oracle_labels[indices]
-        else:
-            answer = self._oracle_fn(indices.copy())
+        answer = self._oracle(indices.copy())
         labels = check_labels(answer, "oracle")
         if labels.shape[0] != indices.size:
             raise invalid("oracle", f"{indices.size} labels (one per queried index)", answer)
         return labels
 
-    def _add(self, indices: np.ndarray, labels: np.ndarray) -> None:
-        self.labeled = np.concatenate([self.labeled, indices.astype(np.int64)])
-        self.labels = np.concatenate([self.labels, labels])
-
-    # -- one round ------------------------------------------------------------------------------
-    @property
-    def acquired(self) -> int:
-        """Labels acquired beyond the initial set (0 before the initial labels are in)."""
-        return max(self.labeled.size - self.initial.size, 0)
-
     def _train(self, seed: int):
+        """Step 1: a fresh model trained on the labelled rows, wrapped in the MC engine."""
         import keras
 
-        keras.utils.set_random_seed(seed)
-        model = self.build_and_train(_take(self.x_pool, self.labeled), self.labels.copy(), seed=seed)
-        if not isinstance(model, keras.Model):
-            raise invalid("build_and_train", "a function returning a keras.Model", model, error=TypeError)
-        return model
-
-    def _engine(self, model, seed: int):
         from mcdrop.engine import MCDropout
 
+        keras.utils.set_random_seed(seed)
+        model = self.build_and_train(_take(self.x_pool, self.state.labeled), self.state.labels.copy(), seed=seed)
+        if not isinstance(model, keras.Model):
+            raise invalid("build_and_train", "a function returning a keras.Model", model, error=TypeError)
         options = {"verbose": 0, **self.mc_options}
-        return MCDropout(model, num_samples=self.num_samples, seed=seed, mask="consistent", **options)
+        return MCDropout(model, num_samples=self.config.num_samples, seed=seed, mask="consistent", **options)
 
-    def _evaluate(self, mc) -> dict:
+    def _evaluate(self, mc) -> dict[str, float]:
+        """Step 2: accuracy, NLL and ECE (15 bins) of the MC predictive mean on the test set."""
         if self.x_test is None:
             return {}
         from mcdrop import metrics
 
-        pred = mc.predict(self.x_test)
-        probs = pred.mean
+        probs = mc.predict(self.x_test).mean
         return {
             "accuracy": float(metrics.accuracy_score(self.y_test, probs)),
             "nll": float(metrics.negative_log_likelihood(self.y_test, probs)),
             "ece": float(metrics.expected_calibration_error(self.y_test, probs, n_bins=15)),
         }
 
-    def _scores(self, mc, rows: np.ndarray, score) -> np.ndarray:
-        """Score pool ``rows`` a chunk at a time; only the (len(rows),) scores are kept."""
-        out = np.empty(rows.size)
-        with progress(rows.size, verbose=self.verbose, desc="scoring pool", unit="rows") as bar:
-            for start in range(0, rows.size, self.pool_chunk_size):
-                part = rows[start:start + self.pool_chunk_size]
-                out[start:start + part.size] = score(mc.predict(_take(self.x_pool, part)))
-                bar.update(part.size)
-        return out
-
     def _select(self, mc, k: int, seed: int) -> np.ndarray:
-        unlabeled = np.setdiff1d(np.arange(self.num_pool), self.labeled)
-        if self.method == "random":
-            return unlabeled[_acq.top_k(np.random.default_rng(seed).random(unlabeled.size), k)]
-        if self.method == "batch_bald":
-            bald = self._scores(mc, unlabeled, _acq.bald)
-            shortlist = unlabeled[_acq.top_k(bald, min(self.candidates, unlabeled.size))]
-            pred = mc.predict(_take(self.x_pool, shortlist), return_samples=True)
-            picked = _acq.batch_bald(pred, k, seed=seed, verbose=self.verbose, **self.acquisition_options)
-            return shortlist[picked]
-        scores = self._scores(mc, unlabeled, _acq.SCORES[self.method])
-        if self.stochastic is None:
-            return unlabeled[_acq.top_k(scores, k)]
-        return unlabeled[_acq.stochastic_batch(scores, k, mode=self.stochastic, beta=self.beta, seed=seed)]
+        """Step 3: ``k`` unlabelled pool indices chosen by :func:`mcdrop.acquisition.select`,
+        the pool scored a chunk of rows at a time (none when ``k`` is 0)."""
+        config = self.config
+        if k == 0:
+            return np.empty(0, dtype=np.int64)
+        unlabeled = np.setdiff1d(np.arange(config.num_pool), self.state.labeled)
 
-    def step(self) -> dict | None:
-        """Run one round (train, evaluate, select, label, save); return its history entry, or
-        None if the run is already done."""
-        if self.done:
-            return None
-        if self.labeled.size == 0:  # the initial labels, saved before anything else
-            given = self._initial_labels is not None
-            labels = self._initial_labels if given else self._ask(self.initial)
-            self._add(self.initial, labels)
-            self._save()
-        k = min(self.batch_size, self.budget - self.acquired)
-        if k == 0 and self.x_test is None:  # budget spent, nothing to evaluate: no final training
-            self.done = True
-            self._save()
-            return None
-        seed = _round_seed(self.seed, self.round)
-        model = self._train(seed)
-        mc = self._engine(model, seed)
-        entry = {"round": self.round, "num_labels": int(self.labeled.size), "seed": seed}
-        entry.update(self._evaluate(mc))
-        if k > 0:
-            chosen = self._select(mc, k, seed)
-            labels = self._ask(chosen)
-            self._add(chosen, labels)
-            entry["acquired"] = chosen.tolist()
-        else:
-            entry["acquired"] = []
-            self.done = True
-        self.history.append(entry)
-        self.round += 1
+        def predict(rows, return_samples):
+            return mc.predict(_take(self.x_pool, rows), return_samples=return_samples)
+
+        batch_bald = config.method == "batch_bald"
+        return _acq.select(predict, k, rows=unlabeled, method=config.method, stochastic=config.stochastic,
+                           beta=config.beta, seed=seed, candidates=config.candidates if batch_bald else None,
+                           chunk_size=config.pool_chunk_size, verbose=self.verbose,
+                           **dict(config.acquisition_options))
+
+    def _label(self, indices: np.ndarray, labels: np.ndarray | None = None) -> None:
+        """Step 4: the labels of ``indices`` (the oracle's unless given) added to the labelled set."""
+        if indices.size:
+            self.state.add(indices, self._ask(indices) if labels is None else labels)
+
+    def _record(self, entry: Round | None) -> Round | None:
+        """The round's entry appended to the history (the run is done after a round without a
+        batch), and the state saved."""
+        if entry is not None:
+            self.state.history.append(entry)
+            self.state.round += 1
+        self.state.done = entry is None or not entry.acquired
         self._save()
         return entry
 
-    def run(self, rounds: int | None = None) -> list[dict]:
+    def step(self) -> Round | None:
+        """Run one round and save the state; return its history entry, or None if the run is
+        already done (or the budget is spent and there is no test set to evaluate on).
+
+        1. train a fresh model on the labelled set, seeded from ``(seed, round)``;
+        2. evaluate it on the test set, if any;
+        3. select a batch of unlabelled pool points (none once the budget is spent: the run ends);
+        4. ask the oracle for their labels, record the round and save.
+
+        The initial labels are asked for (and saved) before the first round.
+        """
+        if self.state.done:
+            return None
+        if self.state.labeled.size == 0:
+            self._label(self.initial, self._initial_labels)
+            self._save()
+        k = min(self.config.batch_size, self.config.budget - self.acquired)
+        if k == 0 and self.x_test is None:  # budget spent, nothing to evaluate: no final training
+            return self._record(None)
+        seed, num_labels = _round_seed(self.config.seed, self.state.round), int(self.state.labeled.size)
+        mc = self._train(seed)                                          # 1
+        metrics = self._evaluate(mc)                                    # 2
+        chosen = self._select(mc, k, seed)                              # 3
+        self._label(chosen)                                             # 4
+        return self._record(Round(self.state.round, num_labels, seed, tuple(chosen.tolist()), **metrics))
+
+    def run(self, rounds: int | None = None) -> list[Round]:
         """Run until the budget is spent (or ``rounds`` more rounds); return the history.
 
-        Each history entry holds ``round``, ``num_labels`` (labelled when the model was
-        trained), ``seed``, the test metrics (``accuracy``, ``nll``, ``ece``) if a test set was
-        given, and ``acquired`` (the pool indices labelled after that round).
+        Each history entry is a :class:`Round`: ``round``, ``num_labels`` (labelled when the
+        model was trained), ``seed``, ``acquired`` (the pool indices labelled after that round),
+        and the test metrics (``accuracy``, ``nll``, ``ece``; None without a test set).
         """
         if rounds is not None:
             rounds = check_int(rounds, "rounds", minimum=1)
-        left = self.rounds_left
-        total = left if rounds is None else min(rounds, left)
+        total = self.rounds_left if rounds is None else min(rounds, self.rounds_left)
         done = 0
         with progress(total, verbose=self.verbose, desc="active learning", unit="round", leave=True) as bar:
-            while not self.done and (rounds is None or done < rounds):
+            while not self.state.done and (rounds is None or done < rounds):
                 entry = self.step()
                 done += 1
                 if entry is not None:
-                    status = {"labels": entry["num_labels"]}
-                    if "accuracy" in entry:
-                        status["accuracy"] = f"{entry['accuracy']:.3f}"
+                    status = {"labels": entry.num_labels}
+                    if entry.accuracy is not None:
+                        status["accuracy"] = f"{entry.accuracy:.3f}"
                     bar.set_postfix(status, refresh=False)
                     bar.update()
-        return self.history
-
-    @property
-    def rounds_left(self) -> int:
-        """Rounds :meth:`run` still has to run: one per batch of the budget left, plus the final
-        evaluation when there is a test set."""
-        if self.done:
-            return 0
-        batches = -(-(self.budget - self.acquired) // self.batch_size)
-        return batches + int(self.x_test is not None)
+        return self.state.history
 
     def __repr__(self) -> str:
-        status = "not started" if self.labeled.size == 0 else "done" if self.done else "running"
-        return (f"ActiveLearningLoop(method={self.method!r}, pool={describe(self.num_pool)}, "
-                f"initial={self.initial.size}, acquired={self.acquired}/{self.budget}, "
-                f"batch_size={self.batch_size}, rounds={self.round}, status={status!r})")
+        state = self.state
+        status = "not started" if state.labeled.size == 0 else "done" if state.done else "running"
+        return (f"ActiveLearningLoop(method={self.config.method!r}, pool={describe(self.config.num_pool)}, "
+                f"initial={len(self.config.initial)}, acquired={self.acquired}/{self.config.budget}, "
+                f"batch_size={self.config.batch_size}, rounds={state.round}, status={status!r})")

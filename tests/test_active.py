@@ -10,8 +10,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from mcdrop import acquisition as acq  # noqa: E402
-from mcdrop.active import ActiveLearningLoop  # noqa: E402
+from mcdrop.active import ActiveLearningLoop, Round  # noqa: E402
+from tests._recompute import spy_on_predict  # noqa: E402
 
 
 def make_data(seed=0, n_pool=160, n_test=60, d=8, c=3):
@@ -81,12 +81,66 @@ def test_history_shape(uninterrupted):
     assert [h["num_labels"] for h in history] == [12, 16, 20]
     assert [len(h["acquired"]) for h in history] == [4, 4, 0]
     assert loop.done and loop.labeled.size == 20 and loop.labels_paid == 20
-    for h in history:
-        assert 0.0 <= h["accuracy"] <= 1.0 and h["nll"] > 0 and 0.0 <= h["ece"] <= 1.0
+    assert [i for h in history for i in h.acquired] == loop.labeled[12:].tolist()  # labelled in order
     # the oracle was asked for the initial set, then each batch, never twice for an index
     asked = [i for query in oracle.asked for i in query]
     assert len(asked) == len(set(asked)) == 20
     np.testing.assert_array_equal(loop.labels, DATA[1][loop.labeled])
+
+
+def ece_by_hand(y, probs, bins=15):
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y
+    which = np.clip(np.ceil(confidence * bins).astype(int) - 1, 0, bins - 1)  # (i/15, (i+1)/15]
+    return sum(abs(correct[which == b].mean() - confidence[which == b].mean()) * np.mean(which == b)
+               for b in range(bins) if np.any(which == b))
+
+
+def test_recorded_metrics_are_those_of_the_rounds_mc_passes(monkeypatch):
+    calls = spy_on_predict(monkeypatch)
+    x_test, y_test = DATA[2], DATA[3]
+    history = make_loop(DATA[1], None, method="random", budget=4).run()
+    evaluations = [(engine, x) for engine, x, _ in calls if x.shape == x_test.shape and np.array_equal(x, x_test)]
+    assert len(evaluations) == len(history) == 2
+    for entry, (engine, x) in zip(history, evaluations):
+        assert engine.seed == entry.seed
+        probs = engine.sample(x).astype(np.float64).mean(axis=0)  # the same seeded passes, bit for bit
+        np.testing.assert_allclose(entry.accuracy, np.mean(probs.argmax(axis=1) == y_test), rtol=1e-12)
+        np.testing.assert_allclose(entry.nll, -np.mean(np.log(probs[np.arange(y_test.size), y_test])), rtol=1e-5)
+        np.testing.assert_allclose(entry.ece, ece_by_hand(y_test, probs), rtol=1e-5, atol=1e-7)
+
+
+def test_history_entries_are_named_tuples_saved_as_the_dicts_of_format_1(uninterrupted):
+    history, _, loop = uninterrupted
+    saved = json.loads((loop.state_dir / "state.json").read_text())
+    assert saved["format"] == 1 and saved["history"] == [h.to_dict() for h in history]
+    first = history[0]
+    assert isinstance(first, Round) and first["num_labels"] == first.num_labels == 12
+    assert list(saved["history"][0]) == ["round", "num_labels", "seed", "accuracy", "nll", "ece", "acquired"]
+    with pytest.raises(KeyError):
+        first["labels"]
+    assert loop.config.to_dict() == saved["config"] and loop.method == loop.config.method == "batch_bald"
+
+
+def test_a_state_folder_written_before_the_split_still_resumes(tmp_path):
+    # tests/data/active_state_v1 was written by the loop as it was before LoopConfig/LoopState
+    # (method="random", seed=3, no test set), stopped after round 0
+    import shutil
+    from pathlib import Path
+
+    folder = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "data" / "active_state_v1", folder)
+    oracle = CountingOracle(DATA[1])
+    loop = make_loop(oracle, folder, method="random", x_test=None, y_test=None)
+    assert loop.round == 1 and loop.labels_paid == 16 and loop.labeled.size == 16 and not loop.done
+    np.testing.assert_array_equal(loop.labels, DATA[1][loop.labeled])
+    history = loop.run()
+    # round 1 by hand: its seed from SeedSequence([3, 1]), then the 4 highest uniform draws over the unlabelled
+    seed = int(np.random.SeedSequence([3, 1]).generate_state(1)[0] >> 1)
+    unlabeled = np.setdiff1d(np.arange(160), loop.labeled[:16])
+    expected = unlabeled[np.argsort(-np.random.default_rng(seed).random(unlabeled.size), kind="stable")[:4]]
+    assert [h.round for h in history] == [0, 1] and history[1].seed == seed
+    assert list(history[1].acquired) == expected.tolist() == oracle.asked[0]
+    assert loop.done and loop.labels_paid == 20 and oracle.calls == 1
 
 
 def test_interrupted_run_resumes_with_the_same_history(uninterrupted, tmp_path):
@@ -218,19 +272,18 @@ def test_a_missing_or_damaged_state_array_names_the_file(tmp_path):
         make_loop(DATA[1], tmp_path, method="random")
 
 
-def test_streaming_scores_do_not_depend_on_chunking():
-    loop = make_loop(DATA[1], initial_labels=None)
-    loop._add(loop.initial, DATA[1][loop.initial])
-    model = train(DATA[0][loop.initial], DATA[1][loop.initial], seed=0)
-    mc = loop._engine(model, seed=11)
-    unlabeled = np.setdiff1d(np.arange(160), loop.labeled)
-    whole = acq.bald(mc.predict(DATA[0][unlabeled], return_samples=True))
-    loop.pool_chunk_size = 37
-    np.testing.assert_allclose(loop._scores(mc, unlabeled, acq.bald), whole, rtol=1e-6, atol=1e-7)
-    chunked = loop._select(mc, 4, seed=5)
-    loop.pool_chunk_size = 10_000
-    np.testing.assert_array_equal(loop._select(mc, 4, seed=5), chunked)
-    assert not np.intersect1d(chunked, loop.labeled).size
+def test_the_pool_is_scored_a_chunk_at_a_time_with_the_same_choice(monkeypatch):
+    calls = spy_on_predict(monkeypatch)
+    runs = {}
+    for chunk in (37, 10_000):
+        calls.clear()
+        loop = make_loop(DATA[1], None, budget=4, x_test=None, y_test=None, pool_chunk_size=chunk)
+        runs[chunk] = loop.run()
+        # BALD over the 148 unlabelled rows, `chunk` at a time, then the samples of the 40 candidates
+        assert [(len(x), p.samples is not None) for _, x, p in calls] == (
+            [(37, False)] * 4 + [(40, True)] if chunk == 37 else [(148, False), (40, True)])
+        assert not np.intersect1d(runs[chunk][0].acquired, loop.initial).size
+    assert runs[37] == runs[10_000] and len(runs[37][0].acquired) == 4
 
 
 def test_stochastic_and_random_rounds(tmp_path):
