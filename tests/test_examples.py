@@ -72,12 +72,14 @@ def test_calibration_digits(tmp_path, capsys, monkeypatch):
             standard_error = np.sqrt(samples[:t].var(axis=0, ddof=1) / t)
             np.testing.assert_allclose(row["max_standard_error"], standard_error.max(), rtol=1e-5)
 
-    # the deterministic temperature minimises the validation NLL of softmax(log p / T) (scipy's own search)
+    # the deterministic temperature minimises the validation NLL of softmax(log p / T) plus the documented
+    # log-normal prior (log T)^2 / (2 * 0.5^2 * N) (scipy's own search)
     np.testing.assert_array_equal(x_seen_val, x_val)
     log_p = np.log(np.clip(engine.model.predict(x_val, verbose=0).astype(np.float64), 1e-300, None))
 
     def nll(temperature):
-        return -np.mean(log_softmax(log_p / temperature, axis=1)[np.arange(len(y_val)), y_val])
+        fit = -np.mean(log_softmax(log_p / temperature, axis=1)[np.arange(len(y_val)), y_val])
+        return fit + np.log(temperature) ** 2 / (2 * 0.5**2 * len(y_val))
 
     best = minimize_scalar(nll, bounds=(0.05, 20.0), method="bounded", options={"xatol": 1e-8}).x
     np.testing.assert_allclose(results["temperature"]["deterministic"], best, rtol=1e-3)
