@@ -56,6 +56,9 @@ def entropy(probs: np.ndarray, axis: int = -1) -> np.ndarray:
     r"""Shannon entropy in nats along ``axis``, with :math:`0 \log 0 = 0`.
 
     .. math:: H[p] = -\sum_c p_c \log p_c
+
+    >>> entropy(np.array([[0.5, 0.5], [1.0, 0.0]])).round(4)
+    array([0.6931, 0.    ])
     """
     return special.entr(np.asarray(probs, dtype=np.float64)).sum(axis=axis)
 
@@ -143,6 +146,10 @@ def mutual_information(mean_probs: np.ndarray, expected_entropy: np.ndarray) -> 
     and the expected per-pass entropy (N, ...), clipped at 0 against rounding.
 
     .. math:: I = H[\bar p] - \frac1T\sum_t H[p_t]
+
+    >>> p = np.array([[[0.9, 0.1]], [[0.1, 0.9]]])  # two passes that disagree
+    >>> mutual_information(moments(p)[0], expected_entropy(p)).round(4)
+    array([0.3681])
     """
     return np.maximum(entropy(mean_probs) - expected_entropy, 0.0)
 
@@ -161,5 +168,9 @@ def variation_ratio(votes: np.ndarray, num_samples: int) -> np.ndarray:
     r"""(N, ...): the share of the T passes that disagree with the modal vote, from vote counts (N, ..., C).
 
     .. math:: 1 - \max_c \frac{\#\{t : \arg\max p_t = c\}}{T}
+
+    >>> p = np.array([[[0.9, 0.1]], [[0.2, 0.8]], [[0.7, 0.3]], [[0.6, 0.4]]])
+    >>> variation_ratio(vote_counts(p), 4)
+    array([0.25])
     """
     return 1.0 - votes.max(axis=-1) / num_samples
