@@ -105,3 +105,25 @@ def test_acquisition_scores_of_an_array_equal_those_of_its_prediction_bit_for_bi
     p = _probs(6, (11, 30, 3))
     fn = getattr(acq, score)
     np.testing.assert_array_equal(fn(p), fn(ClassificationPrediction.from_samples(p)))
+
+
+def test_a_heads_summary_turns_the_plain_statistics_into_its_prediction_with_provenance():
+    from mcdrop.heads import Head
+
+    p = _probs(7, (5, 4, 3))
+    summary = Head("classification", outputs="probs").accumulator(keep_samples=True,
+                                                                  provenance={"mask": "consistent", "seed": 1})
+    summary.update(p[:2])
+    summary.update(p[2:])
+    pred = summary.result()
+    assert isinstance(pred, ClassificationPrediction)
+    assert (pred.seed, pred.outputs, pred.num_samples) == (1, "probs", 5)
+    np.testing.assert_array_equal(pred.samples, p)
+    np.testing.assert_array_equal(pred.mean, _stats.moments(p)[0])
+    mu = np.random.default_rng(8).standard_normal((6, 4, 2))
+    head = Head("regression", heteroscedastic="log_variance")
+    reg = head.accumulator(keep_samples=False, provenance={"seed": 2})
+    head.update(reg, mu)  # as the engine feeds it: a mean half and a log-variance half
+    out = reg.result()
+    assert isinstance(out, RegressionPrediction) and out.heteroscedastic and out.includes_aleatoric
+    np.testing.assert_allclose(out.aleatoric_variance, np.exp(mu[..., 1:]).mean(axis=0), rtol=1e-12)
