@@ -335,13 +335,20 @@ def random(x, *, seed=None) -> np.ndarray:
 # regression scores
 
 
-def _regression(x) -> RegressionPrediction:
+def _regression_variance(x, per_prediction: Callable[[RegressionPrediction], np.ndarray]) -> np.ndarray:
+    """(N,): ``per_prediction`` of a regression prediction, summed over outputs; for per-pass means
+    (T, N[, D]), their variance over passes from :mod:`mcdrop._stats` (the prediction's own
+    statistic), summed over outputs. Plain means carry no variance head, so their aleatoric part is zero
+    and the total variance is the epistemic one."""
     if isinstance(x, RegressionPrediction):
-        return x
+        return np.asarray(per_prediction(x), dtype=np.float64).sum(axis=-1)
     if isinstance(x, ClassificationPrediction):
         raise invalid("samples", "a RegressionPrediction or per-pass outputs of shape (T, N[, D])", x,
                       error=TypeError)
-    return RegressionPrediction.from_samples(x, keep_samples=False)
+    samples = check_samples(x, "samples", ndim=(2, 3))
+    if samples.ndim == 2:
+        samples = samples[..., None]
+    return _stats.moments(samples)[1].sum(axis=-1)
 
 
 def predictive_variance(x) -> np.ndarray:
@@ -367,7 +374,7 @@ def predictive_variance(x) -> np.ndarray:
     >>> predictive_variance(np.array([[1.0, 0.0], [3.0, 0.0]]))
     array([1., 0.])
     """
-    return np.asarray(_regression(x).variance, dtype=np.float64).sum(axis=-1)
+    return _regression_variance(x, lambda pred: pred.variance)
 
 
 def epistemic_variance(x) -> np.ndarray:
@@ -390,7 +397,7 @@ def epistemic_variance(x) -> np.ndarray:
     >>> epistemic_variance(np.array([[1.0], [3.0]]))
     array([1.])
     """
-    return np.asarray(_regression(x).epistemic_variance, dtype=np.float64).sum(axis=-1)
+    return _regression_variance(x, lambda pred: pred.epistemic_variance)
 
 
 #: Score functions by name (what :func:`select` accepts besides "batch_bald").

@@ -127,3 +127,13 @@ def test_a_heads_summary_turns_the_plain_statistics_into_its_prediction_with_pro
     out = reg.result()
     assert isinstance(out, RegressionPrediction) and out.heteroscedastic and out.includes_aleatoric
     np.testing.assert_allclose(out.aleatoric_variance, np.exp(mu[..., 1:]).mean(axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(6, 20), (6, 20, 3)])
+def test_regression_scores_of_an_array_are_numpys_variance_and_equal_those_of_its_prediction(shape):
+    mu = 1e3 + np.random.default_rng(9).standard_normal(shape)
+    expected = mu.var(axis=0) if len(shape) == 2 else mu.var(axis=0).sum(axis=-1)
+    pred = RegressionPrediction.from_samples(mu)
+    for score in (acq.predictive_variance, acq.epistemic_variance):
+        np.testing.assert_allclose(score(mu), expected, rtol=1e-9)
+        np.testing.assert_array_equal(score(mu), score(pred))
