@@ -2,104 +2,97 @@
 
 The engine hands each chunk of per-pass outputs, shaped ``(T_chunk, N, ...)``, to an
 accumulator; the accumulator adds the passes into float64 sums strictly in pass
-order, ``((s + x_0) + x_1) + ...``, continuing from the running sum. The sums are
-therefore bit-identical whatever the pass-chunk size (a chunk's own ``sum(axis=0)``
-added to the running sum would associate differently).
+order, ``((s + x_0) + x_1) + ...``, continuing from the running sum, with the pure
+functions of :mod:`mcdrop._stats` (in-order sums, the shifted moments of
+:class:`ShiftedMoments`, entropies, vote counts). The sums are therefore bit-identical
+whatever the pass-chunk size (a chunk's own ``sum(axis=0)`` added to the running sum
+would associate differently), and the means and variances do not cancel
+catastrophically at a large offset (see :class:`ShiftedMoments`).
 
-Means and variances come from *shifted* sums (:class:`ShiftedMoments`): every pass is
-taken relative to the first pass, :math:`d_t = x_t - x_0`, so the sums hold numbers of
-the size of the spread, not of the offset, and
-
-.. math::
-
-    \bar x = x_0 + \frac1T\sum_t d_t, \qquad
-    \mathrm{Var} = \frac1T\sum_t d_t^2 - \Big(\frac1T\sum_t d_t\Big)^2
-
-does not cancel catastrophically as :math:`E[x^2] - E[x]^2` does at a large offset
-(two passes :math:`10^8 \pm 0.01` give 1e-4, not 0; identical passes give exactly 0).
-The shift is a fixed value and the sums are sequential, so the results stay
-bit-identical under any chunking.
+An accumulator's :meth:`result` is a plain named tuple of arrays
+(:class:`ClassificationStatistics`, :class:`RegressionStatistics`); the prediction types
+of :mod:`mcdrop.predictive` are built from it (``from_statistics``) one layer up, so this
+module never imports them.
 
 Memory is O(N·C) unless samples are kept.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
-from scipy import special
 
+from mcdrop._stats import ShiftedMoments, add_in_order, entropy, vote_counts
 from mcdrop._validation import PROB_ATOL, invalid, nonfinite_row_indices
-from mcdrop.predictive import ClassificationPrediction, RegressionPrediction
 
-__all__ = ["ClassificationAccumulator", "RegressionAccumulator", "ShiftedMoments", "entropy", "nonfinite_rows"]
-
-
-def _add_in_order(running: np.ndarray | None, chunk: np.ndarray) -> np.ndarray:
-    """``running + chunk[0] + chunk[1] + ...``, left to right: a cumulative sum is sequential by
-    definition (a plain ``sum`` may pair terms, depending on the array's layout). The first chunk
-    starts from nothing (``0 + x`` is ``x`` exactly, so skipping it changes no bit)."""
-    if running is None:
-        return np.cumsum(chunk, axis=0)[-1]
-    return np.cumsum(np.concatenate([running[None], chunk], axis=0), axis=0)[-1]
+__all__ = [
+    "ClassificationAccumulator",
+    "RegressionAccumulator",
+    "ClassificationStatistics",
+    "RegressionStatistics",
+    "ShiftedMoments",
+    "entropy",
+    "nonfinite_rows",
+]
 
 
-class ShiftedMoments:
-    r"""Mean and population variance over passes, fed in pass order, numerically stable.
+class ClassificationStatistics(NamedTuple):
+    """What a :class:`ClassificationAccumulator` summed, as plain arrays.
 
-    Sums of :math:`d_t = x_t - x_0` and :math:`d_t^2`, with :math:`x_0` the first pass fed,
-    added strictly in pass order (bit-identical whatever the chunking):
-
-    .. math::
-
-        \bar x = x_0 + \frac{S_1}{T}, \qquad \mathrm{Var} = \frac{S_2}{T} - \Big(\frac{S_1}{T}\Big)^2,
-        \qquad S_k = \sum_t d_t^k .
-
-    The rounding error is of order :math:`\varepsilon\,T\,(1 + z_0^2)\,\mathrm{Var}`, with
-    :math:`z_0` the first pass's distance from the mean in standard deviations, whatever the offset.
-
-    Examples
-    --------
-    >>> m = ShiftedMoments()
-    >>> m.update(np.array([[1e8 + 0.01], [1e8 - 0.01]]))
-    >>> float(m.variance()[0])  # doctest: +ELLIPSIS
-    0.0001...
+    Attributes
+    ----------
+    mean, variance : ndarray of shape (N, C)
+        Mean and population variance of the class probabilities over passes.
+    expected_entropy : ndarray of shape (N,)
+        Mean over passes of the per-pass entropy, in nats.
+    votes : ndarray of shape (N, C)
+        How many passes put each class first.
+    num_samples : int
+        T, the number of passes.
+    samples : ndarray of shape (T, N, C) or None
+        The per-pass probabilities, when kept.
     """
 
-    def __init__(self):
-        self.count = 0
-        self.shift = self._sum = self._sum_sq = None
-
-    def update(self, chunk: np.ndarray) -> None:
-        """Add the passes of ``chunk`` (T_chunk, ...), as float64, in order."""
-        chunk = np.asarray(chunk, dtype=np.float64)
-        if self.shift is None:
-            self.shift = chunk[0].copy()
-        d = chunk - self.shift
-        self._sum = _add_in_order(self._sum, d)
-        self._sum_sq = _add_in_order(self._sum_sq, d * d)
-        self.count += chunk.shape[0]
-
-    def mean(self) -> np.ndarray:
-        """(...): the mean over passes."""
-        return self.shift + self._sum / self.count
-
-    def variance(self) -> np.ndarray:
-        """(...): the population variance over passes (divisor T), never negative."""
-        m = self._sum / self.count
-        return np.maximum(self._sum_sq / self.count - m * m, 0.0)
+    mean: np.ndarray
+    variance: np.ndarray
+    expected_entropy: np.ndarray
+    votes: np.ndarray
+    num_samples: int
+    samples: np.ndarray | None
 
 
-def entropy(probs: np.ndarray, axis: int = -1) -> np.ndarray:
-    r"""Shannon entropy in nats, :math:`-\sum_c p_c \log p_c`, with :math:`0 \log 0 = 0`."""
-    return special.entr(np.asarray(probs, dtype=np.float64)).sum(axis=axis)
+class RegressionStatistics(NamedTuple):
+    """What a :class:`RegressionAccumulator` summed, as plain arrays.
+
+    Attributes
+    ----------
+    mean, epistemic_variance : ndarray of shape (N, D)
+        Mean and population variance over passes of the predicted means.
+    aleatoric_variance : ndarray of shape (N, D)
+        Mean over passes of the predicted variances (zeros without a Gaussian head).
+    num_samples : int
+        T, the number of passes.
+    heteroscedastic : bool
+        Whether per-pass variances were fed.
+    samples, sample_variances : ndarray of shape (T, N, D) or None
+        The per-pass means and variances, when kept.
+    """
+
+    mean: np.ndarray
+    epistemic_variance: np.ndarray
+    aleatoric_variance: np.ndarray
+    num_samples: int
+    heteroscedastic: bool
+    samples: np.ndarray | None
+    sample_variances: np.ndarray | None
 
 
 class _Accumulator:
-    """Shared bookkeeping: pass count, optional kept samples, provenance."""
+    """Shared bookkeeping: pass count, optional kept samples."""
 
-    def __init__(self, *, keep_samples: bool, provenance: dict | None):
+    def __init__(self, *, keep_samples: bool):
         self.keep_samples = keep_samples
-        self.provenance = dict(provenance or {})
         self.count = 0
         self._kept: list[np.ndarray] = []
 
@@ -121,11 +114,12 @@ class ClassificationAccumulator(_Accumulator):
     """Accumulates per-pass class probabilities ``(T_chunk, N, C)``.
 
     Keeps: shifted sums of p and p² (:class:`ShiftedMoments`), sum of per-pass entropies, vote counts of the
-    per-pass argmax — everything :class:`~mcdrop.predictive.ClassificationPrediction` needs.
+    per-pass argmax — everything :class:`~mcdrop.predictive.ClassificationPrediction` needs, returned by
+    :meth:`result` as :class:`ClassificationStatistics`.
     """
 
-    def __init__(self, *, keep_samples: bool = False, provenance: dict | None = None, validate: bool = True):
-        super().__init__(keep_samples=keep_samples, provenance=provenance)
+    def __init__(self, *, keep_samples: bool = False, validate: bool = True):
+        super().__init__(keep_samples=keep_samples)
         self.validate = validate
         self._moments, self._sum_entropy, self._votes = ShiftedMoments(), None, None
 
@@ -139,36 +133,34 @@ class ClassificationAccumulator(_Accumulator):
             self._votes = np.zeros(probs.shape[1:], dtype=np.int64)
         elif probs.shape[1:] != self._votes.shape:
             raise invalid("probs", f"passes of shape (T, {', '.join(map(str, self._votes.shape))})", probs)
-        n_classes = probs.shape[-1]
         p = probs.astype(np.float64)
         self._moments.update(p)
-        self._sum_entropy = _add_in_order(self._sum_entropy, entropy(p))
-        winners = np.argmax(p, axis=-1)  # (T_chunk, N, ...): integer counts are exact in any order
-        self._votes += (winners[..., None] == np.arange(n_classes)).sum(axis=0)
+        self._sum_entropy = add_in_order(self._sum_entropy, entropy(p))
+        self._votes += vote_counts(p)  # integer counts are exact in any order
         self.count += probs.shape[0]
         self._keep(probs)
 
-    def result(self) -> ClassificationPrediction:
+    def result(self) -> ClassificationStatistics:
+        """The statistics of the passes fed so far."""
         self._check_started()
         t = self.count
-        return ClassificationPrediction(
+        return ClassificationStatistics(
             mean=self._moments.mean(),
             variance=self._moments.variance(),
             expected_entropy=self._sum_entropy / t,
             votes=self._votes.copy(),
             num_samples=t,
             samples=self._samples(),
-            **self.provenance,
         )
 
 
 class RegressionAccumulator(_Accumulator):
     """Accumulates per-pass predicted means ``(T_chunk, N, D)`` and, for a Gaussian
-    head, per-pass predicted variances of the same shape."""
+    head, per-pass predicted variances of the same shape; :meth:`result` returns
+    :class:`RegressionStatistics`."""
 
-    def __init__(self, *, heteroscedastic: bool = False, keep_samples: bool = False,
-                 provenance: dict | None = None):
-        super().__init__(keep_samples=keep_samples, provenance=provenance)
+    def __init__(self, *, heteroscedastic: bool = False, keep_samples: bool = False):
+        super().__init__(keep_samples=keep_samples)
         self.heteroscedastic = heteroscedastic
         self._moments, self._sum_var, self._shape = ShiftedMoments(), None, None
         self._kept_var: list[np.ndarray] = []
@@ -196,16 +188,17 @@ class RegressionAccumulator(_Accumulator):
                 raise invalid("variances", "non-negative variances", variances)
         self._moments.update(means)
         if variances is not None:
-            self._sum_var = _add_in_order(self._sum_var, variances.astype(np.float64))
+            self._sum_var = add_in_order(self._sum_var, variances.astype(np.float64))
         self.count += means.shape[0]
         self._keep(means)
         if self.keep_samples and variances is not None:
             self._kept_var.append(np.array(variances, copy=True))
 
-    def result(self) -> RegressionPrediction:
+    def result(self) -> RegressionStatistics:
+        """The statistics of the passes fed so far."""
         self._check_started()
         t = self.count
-        return RegressionPrediction(
+        return RegressionStatistics(
             mean=self._moments.mean(),
             epistemic_variance=self._moments.variance(),
             aleatoric_variance=self._sum_var / t,
@@ -214,7 +207,6 @@ class RegressionAccumulator(_Accumulator):
             samples=self._samples(),
             sample_variances=(np.concatenate(self._kept_var, axis=0)
                               if self.keep_samples and self._kept_var else None),
-            **self.provenance,
         )
 
 

@@ -35,8 +35,8 @@ from __future__ import annotations
 from typing import Any, Callable, Iterator
 
 import numpy as np
-from scipy import special
 
+from mcdrop import _stats
 from mcdrop._progress import check_verbose, progress
 from mcdrop._validation import (
     check_array,
@@ -47,7 +47,6 @@ from mcdrop._validation import (
     check_samples,
     invalid,
 )
-from mcdrop.accumulators import ClassificationAccumulator
 from mcdrop.predictive import ClassificationPrediction, RegressionPrediction
 
 __all__ = [
@@ -115,21 +114,26 @@ def _classification(x: Any, name: str = "samples") -> ClassificationPrediction |
     return None
 
 
-def _statistic(x: Any, per_prediction: Callable[[ClassificationPrediction], np.ndarray]) -> np.ndarray:
-    """``per_prediction`` of a prediction, or of the predictions built from a samples array chunk by
-    chunk of rows (the statistics are the prediction's own; nothing is computed twice)."""
+def _statistic(x: Any, per_prediction: Callable[[ClassificationPrediction], np.ndarray],
+               per_chunk: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``per_prediction`` of a prediction, or ``per_chunk`` of a samples array, chunk by chunk of rows.
+
+    ``per_chunk`` computes the one statistic asked for with :mod:`mcdrop._stats`, the functions the
+    prediction's own statistics come from (so the two agree bit for bit); nothing else is built."""
     pred = _classification(x)
     if pred is not None:
         return np.asarray(per_prediction(pred), dtype=np.float64)
     out = None
-    for n, rows, chunk in _sample_chunks(x):
-        accumulator = ClassificationAccumulator(validate=False)  # the chunk was validated above
-        accumulator.update(chunk)
-        value = per_prediction(accumulator.result())
+    for n, rows, chunk in _sample_chunks(x):  # each chunk is validated, float64, (T, rows, C)
+        value = per_chunk(chunk)
         if out is None:
             out = np.empty((n, *np.shape(value)[1:]))
         out[rows] = value
     return out
+
+
+def _mean(probs: np.ndarray) -> np.ndarray:
+    return _stats.moments(probs)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,7 +162,7 @@ def max_entropy(x) -> np.ndarray:
     >>> max_entropy(p).round(4)
     array([0.6931, 0.    ])
     """
-    return _statistic(x, lambda pred: pred.entropy)
+    return _statistic(x, lambda pred: pred.entropy, lambda p: _stats.entropy(_mean(p)))
 
 
 def bald(x) -> np.ndarray:
@@ -187,7 +191,8 @@ def bald(x) -> np.ndarray:
     >>> bald(p).round(4)
     array([0.3681])
     """
-    return _statistic(x, lambda pred: pred.mutual_information)
+    return _statistic(x, lambda pred: pred.mutual_information,
+                      lambda p: _stats.mutual_information(_mean(p), _stats.expected_entropy(p)))
 
 
 def variation_ratio(x) -> np.ndarray:
@@ -211,7 +216,8 @@ def variation_ratio(x) -> np.ndarray:
     >>> variation_ratio(p)
     array([0.25])
     """
-    return _statistic(x, lambda pred: pred.variation_ratio)
+    return _statistic(x, lambda pred: pred.variation_ratio,
+                      lambda p: _stats.variation_ratio(_stats.vote_counts(p), p.shape[0]))
 
 
 def mean_std(x) -> np.ndarray:
@@ -236,11 +242,12 @@ def mean_std(x) -> np.ndarray:
     >>> mean_std(p)
     array([0.5])
     """
-    return _statistic(x, lambda pred: pred.std.mean(axis=-1))
+    return _statistic(x, lambda pred: pred.std.mean(axis=-1),
+                      lambda p: np.sqrt(_stats.moments(p)[1]).mean(axis=-1))
 
 
 def _mean_probs(x) -> np.ndarray:
-    return _statistic(x, lambda pred: pred.mean)
+    return _statistic(x, lambda pred: pred.mean, _mean)
 
 
 def margin(x) -> np.ndarray:
@@ -328,13 +335,20 @@ def random(x, *, seed=None) -> np.ndarray:
 # regression scores
 
 
-def _regression(x) -> RegressionPrediction:
+def _regression_variance(x, per_prediction: Callable[[RegressionPrediction], np.ndarray]) -> np.ndarray:
+    """(N,): ``per_prediction`` of a regression prediction, summed over outputs; for per-pass means
+    (T, N[, D]), their variance over passes from :mod:`mcdrop._stats` (the prediction's own
+    statistic), summed over outputs. Plain means carry no variance head, so their aleatoric part is zero
+    and the total variance is the epistemic one."""
     if isinstance(x, RegressionPrediction):
-        return x
+        return np.asarray(per_prediction(x), dtype=np.float64).sum(axis=-1)
     if isinstance(x, ClassificationPrediction):
         raise invalid("samples", "a RegressionPrediction or per-pass outputs of shape (T, N[, D])", x,
                       error=TypeError)
-    return RegressionPrediction.from_samples(x, keep_samples=False)
+    samples = check_samples(x, "samples", ndim=(2, 3))
+    if samples.ndim == 2:
+        samples = samples[..., None]
+    return _stats.moments(samples)[1].sum(axis=-1)
 
 
 def predictive_variance(x) -> np.ndarray:
@@ -360,7 +374,7 @@ def predictive_variance(x) -> np.ndarray:
     >>> predictive_variance(np.array([[1.0, 0.0], [3.0, 0.0]]))
     array([1., 0.])
     """
-    return np.asarray(_regression(x).variance, dtype=np.float64).sum(axis=-1)
+    return _regression_variance(x, lambda pred: pred.variance)
 
 
 def epistemic_variance(x) -> np.ndarray:
@@ -383,7 +397,7 @@ def epistemic_variance(x) -> np.ndarray:
     >>> epistemic_variance(np.array([[1.0], [3.0]]))
     array([1.])
     """
-    return np.asarray(_regression(x).epistemic_variance, dtype=np.float64).sum(axis=-1)
+    return _regression_variance(x, lambda pred: pred.epistemic_variance)
 
 
 #: Score functions by name (what :func:`select` accepts besides "batch_bald").
@@ -663,9 +677,8 @@ def batch_bald(samples, k: int, *, num_configurations: int = 4096, max_memory: i
     rng = np.random.default_rng(seed)
 
     # E_w H[y_n | w] per candidate, and the BALD scores for the first pick
-    summary = ClassificationPrediction.from_samples(probs, keep_samples=False)
-    expected = summary.expected_entropy  # (N,)
-    gain = summary.mutual_information.copy()
+    expected = _stats.expected_entropy(probs)  # (N,)
+    gain = _stats.mutual_information(_stats.moments(probs)[0], expected)
     available = np.ones(n, dtype=bool)
     chosen: list[int] = []
 
@@ -752,8 +765,8 @@ def joint_mutual_information(samples, indices) -> float:
     table = np.ones((t, 1))
     for i in idx:
         table = (table[:, :, None] * probs[:, i, None, :]).reshape(t, -1)
-    joint_entropy = float(special.entr(table.mean(axis=0)).sum())
-    conditional = float(special.entr(probs[:, idx, :]).sum(axis=-1).mean(axis=0).sum())
+    joint_entropy = float(_stats.entropy(table.mean(axis=0)))
+    conditional = float(_stats.entropy(probs[:, idx, :]).mean(axis=0).sum())
     return joint_entropy - conditional
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from mcdrop._validation import check_choice, invalid
 from mcdrop.accumulators import ClassificationAccumulator, RegressionAccumulator
+from mcdrop.predictive import ClassificationPrediction, RegressionPrediction
 
 __all__ = ["Head", "HETEROSCEDASTIC", "TASKS", "OUTPUTS"]
 
@@ -65,12 +66,13 @@ class Head:
         elif self.heteroscedastic is not None:
             check_choice(self.heteroscedastic, "heteroscedastic", HETEROSCEDASTIC)
 
-    def accumulator(self, *, keep_samples: bool, provenance: dict):
+    def accumulator(self, *, keep_samples: bool, provenance: dict) -> "Summary":
+        """The running summary of this output's passes, whose ``result()`` is its prediction."""
         if self.task == "classification":
-            return ClassificationAccumulator(keep_samples=keep_samples,
-                                             provenance={**provenance, "outputs": self.outputs})
-        return RegressionAccumulator(heteroscedastic=self.heteroscedastic is not None,
-                                     keep_samples=keep_samples, provenance=provenance)
+            return Summary(ClassificationAccumulator(keep_samples=keep_samples), ClassificationPrediction,
+                           {**provenance, "outputs": self.outputs})
+        return Summary(RegressionAccumulator(heteroscedastic=self.heteroscedastic is not None,
+                                             keep_samples=keep_samples), RegressionPrediction, provenance)
 
     def update(self, accumulator, raw: np.ndarray) -> None:
         """Feed one chunk of raw per-pass outputs (T_chunk, n, ...) to ``accumulator``."""
@@ -117,3 +119,21 @@ class Head:
         else:
             var = np.logaddexp(0.0, s) ** 2
         return mean, var
+
+
+class Summary:
+    """An accumulator and the provenance its prediction carries: what the engine feeds pass chunk by pass
+    chunk (``update``) and reads as a prediction (``result``). The accumulator returns plain statistics;
+    the prediction type is built from them here, one layer up."""
+
+    def __init__(self, accumulator, prediction_type, provenance: dict):
+        self.accumulator = accumulator
+        self.prediction_type = prediction_type
+        self.provenance = dict(provenance)
+
+    def update(self, *arrays: np.ndarray) -> None:
+        self.accumulator.update(*arrays)
+
+    def result(self):
+        """The prediction of the passes fed so far."""
+        return self.prediction_type.from_statistics(self.accumulator.result(), **self.provenance)

@@ -271,7 +271,7 @@ class UncertaintyDisplay:
                          n_bins: int = 30, name: str | None = None, ax=None) -> "UncertaintyDisplay":
         """Uncertainty of correct vs wrong predictions. For a ClassificationPrediction ``measure`` picks the
         score (default entropy); for probabilities (N, C) the predictive entropy is used."""
-        from mcdrop.accumulators import entropy
+        from mcdrop._stats import entropy
 
         labels, probs = labels_and_probs(y_true, prediction)
         if is_classification_prediction(prediction):

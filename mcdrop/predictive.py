@@ -13,7 +13,9 @@ Two result types:
   (variance of the per-pass means) parts.
 
 Both can be built without a model from a samples array (``from_samples``), which
-is how downstream code and tests use them.
+is how downstream code and tests use them, or from the plain statistics an accumulator
+returns (``from_statistics``), which is how the engine builds them. The statistics
+themselves are the pure functions of :mod:`mcdrop._stats`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,14 @@ from typing import ClassVar, Sequence
 import numpy as np
 from scipy import special
 
+from mcdrop import _stats
 from mcdrop._validation import check_choice, check_float, check_samples, invalid
+from mcdrop.accumulators import (
+    ClassificationAccumulator,
+    ClassificationStatistics,
+    RegressionAccumulator,
+    RegressionStatistics,
+)
 
 __all__ = [
     "ClassificationPrediction",
@@ -137,14 +146,17 @@ class ClassificationPrediction:
         >>> round(float(pred.mutual_information[0]), 4)
         0.3681
         """
-        from mcdrop.accumulators import ClassificationAccumulator
-
         samples = check_samples(samples, "samples", probs=True)
         check_choice(mask, "mask", MASK_MODES)
-        acc = ClassificationAccumulator(keep_samples=keep_samples, validate=False,
-                                        provenance={"mask": mask, "seed": seed})
+        acc = ClassificationAccumulator(keep_samples=keep_samples, validate=False)
         acc.update(samples)
-        return acc.result()
+        return cls.from_statistics(acc.result(), mask=mask, seed=seed)
+
+    @classmethod
+    def from_statistics(cls, statistics: ClassificationStatistics, **provenance) -> "ClassificationPrediction":
+        """The prediction of the statistics a :class:`~mcdrop.accumulators.ClassificationAccumulator` returned,
+        with provenance (``mask``, ``seed``, ``outputs``, ``members``) as keywords."""
+        return cls(**statistics._asdict(), **provenance)
 
     def __len__(self) -> int:
         return self.mean.shape[0]
@@ -159,20 +171,18 @@ class ClassificationPrediction:
     @cached_property
     def entropy(self) -> np.ndarray:
         r"""Total predictive entropy (N,): :math:`H[\bar p] = -\sum_c \bar p_c \log \bar p_c`."""
-        from mcdrop.accumulators import entropy
-
-        return entropy(self.mean)
+        return _stats.entropy(self.mean)
 
     @cached_property
     def mutual_information(self) -> np.ndarray:
         r"""Epistemic part (N,): :math:`I = H[\bar p] - \frac1T\sum_t H[p_t]` (BALD), clipped at 0
         against rounding."""
-        return np.maximum(self.entropy - self.expected_entropy, 0.0)
+        return _stats.mutual_information(self.mean, self.expected_entropy)
 
     @cached_property
     def variation_ratio(self) -> np.ndarray:
         r"""(N,): :math:`1 - \max_c \frac{\#\{t : \arg\max p_t = c\}}{T}`."""
-        return 1.0 - self.votes.max(axis=-1) / self.num_samples
+        return _stats.variation_ratio(self.votes, self.num_samples)
 
     @cached_property
     def predicted_class(self) -> np.ndarray:
@@ -308,8 +318,6 @@ class RegressionPrediction:
         >>> float(pred.epistemic_variance[0, 0]), float(pred.aleatoric_variance[0, 0])
         (1.0, 1.0)
         """
-        from mcdrop.accumulators import RegressionAccumulator
-
         samples = check_samples(samples, "samples", ndim=(2, 3))
         if samples.ndim == 2:
             samples = samples[..., None]
@@ -321,10 +329,15 @@ class RegressionPrediction:
         provenance = {"mask": mask, "seed": seed}
         if includes_aleatoric is not None:
             provenance["includes_aleatoric"] = includes_aleatoric
-        acc = RegressionAccumulator(heteroscedastic=variances is not None, keep_samples=keep_samples,
-                                    provenance=provenance)
+        acc = RegressionAccumulator(heteroscedastic=variances is not None, keep_samples=keep_samples)
         acc.update(samples, variances)
-        return acc.result()
+        return cls.from_statistics(acc.result(), **provenance)
+
+    @classmethod
+    def from_statistics(cls, statistics: RegressionStatistics, **provenance) -> "RegressionPrediction":
+        """The prediction of the statistics a :class:`~mcdrop.accumulators.RegressionAccumulator` returned,
+        with provenance (``mask``, ``seed``, ``includes_aleatoric``, ``members``) as keywords."""
+        return cls(**statistics._asdict(), **provenance)
 
     def __len__(self) -> int:
         return self.mean.shape[0]

@@ -463,7 +463,7 @@ def _optional(fn, *args, **kwargs):
 
 
 def _classification_metrics(y, pred, n_bins):
-    from mcdrop.accumulators import entropy
+    from mcdrop._stats import entropy
 
     probs = pred.mean if is_classification_prediction(pred) else pred
     labels, probs = labels_and_probs(y, probs)
@@ -620,7 +620,7 @@ CONFORMAL_OPTIONS = {"aps": {"randomized": True, "random_state": 0}}
 def _ood_score(pred, score: str) -> np.ndarray | None:
     """Per-row score, higher = more likely out of distribution; None when the prediction cannot give it
     (mutual information and variation ratio of plain probabilities)."""
-    from mcdrop.accumulators import entropy
+    from mcdrop._stats import entropy
 
     if score == "max_probability":
         probs = pred.mean if is_classification_prediction(pred) else np.asarray(pred)
