@@ -425,19 +425,9 @@ class MCDropout:
     def sample(self, x, *, batch_size: int | None = None, verbose=None, row_offset: int = 0):
         """The raw per-pass outputs, passes first: a numpy array (T, N, ...), or a list/dict of them for
         a multi-output model. Logits stay logits. ``row_offset`` as for :meth:`predict`."""
-        collected = []
-
-        class Keep:
-            def __init__(self):
-                self.chunks = []
-
-            def feed(self, outputs):
-                self.chunks.append(outputs)
-
-            def done(self):
-                collected.append([np.concatenate(arrays, axis=0) for arrays in zip(*self.chunks)])
-
-        self._run(x, batch_size=batch_size, verbose=verbose, sink=Keep,
+        collected = []  # per piece of rows: per output, (T, rows, ...)
+        keep = pieces_to(lambda chunks: collected.append([np.concatenate(a, axis=0) for a in zip(*chunks)]))
+        self._run(x, batch_size=batch_size, verbose=verbose, sink=keep,
                   row_offset=check_int(row_offset, "row_offset", minimum=0))
         outputs = [np.concatenate(parts, axis=1) for parts in zip(*collected)]
         for out in outputs:
