@@ -444,9 +444,12 @@ def _tables(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any
                   " ".join(str(c) for c in v["classes"])]
                  for name, v in results["selection"].items()]
     notes = _findings(results)
+    temperature = (f"temperature kept at 1: too few errors in {cfg['sizes']['val']} validation images"
+                   if results["temperature"] == 1.0 else
+                   f"temperature {results['temperature']:.3f} fitted per pass on {cfg['sizes']['val']} "
+                   "validation images")
     tables = [
-        (f"Test split, digits 0-7 ({cfg['sizes']['test']} images; T={cfg['num_samples']} passes; "
-         f"temperature {results['temperature']:.3f} fitted per pass on {cfg['sizes']['val']} validation images)",
+        (f"Test split, digits 0-7 ({cfg['sizes']['test']} images; T={cfg['num_samples']} passes; {temperature})",
          ["model", *_METRICS.values()], comparison, notes["comparison"]),
         (f"Out-of-distribution detection: held-out digits 8-9 ({cfg['sizes']['ood']}) vs test digits 0-7",
          ["uncertainty", "AUROC", "AUPR", "FPR@95%TPR"], _ood_rows(results["ood"]), notes["ood"]),
