@@ -34,7 +34,7 @@ import numpy as np
 
 from mcdrop._validation import check_float, check_int, invalid
 from mcdrop.engine import inputs as _inputs
-from mcdrop.engine.mc_dropout import _count_rows, feed, pieces_to
+from mcdrop.engine.mc_dropout import _count_rows, feed, make_accumulators, pieces_to
 from mcdrop.engine.sampler import CPU_ROW_PASSES, plan_chunks
 
 __all__ = ["predict_adaptive", "SampleCountWarning", "DEFAULT_CHUNK", "MIN_SAMPLES"]
@@ -108,10 +108,7 @@ def predict_adaptive(engine, x, *, num_samples, tolerance, max_samples, return_s
             if engine._heads is None:
                 engine._heads = engine._decide_heads(outputs)
             if accs is None:
-                accs = [head.accumulator(keep_samples=(return_samples if return_samples is not None
-                                                       else head.task == "regression"),
-                                         provenance={"mask": engine.mask, "seed": seed})
-                        for head in engine._heads]
+                accs = make_accumulators(engine._heads, return_samples, {"mask": engine.mask, "seed": seed})
             feed(engine._heads, accs, [outputs])
             bar.update(stop - t)
             t = stop

@@ -31,7 +31,8 @@ from keras import tree
 
 from mcdrop._validation import check_int, invalid
 from mcdrop.engine import inputs as _inputs
-from mcdrop.engine.mc_dropout import _DEFAULT_BUDGET, MAX_SEED, MCDropout, _count_rows, feed, pieces_to
+from mcdrop.engine.mc_dropout import (_DEFAULT_BUDGET, MAX_SEED, MCDropout, _count_rows, feed, make_accumulators,
+                                      pieces_to)
 from mcdrop.predictive import concatenate
 
 __all__ = ["Ensemble"]
@@ -211,9 +212,7 @@ class Ensemble:
             kinds = self._kinds(member, chunks[0])
             if reference is None:
                 reference = kinds
-                accs = [head.accumulator(keep_samples=(return_samples if return_samples is not None
-                                                       else head.task == "regression"), provenance=provenance)
-                        for head in member._heads]
+                accs = make_accumulators(member._heads, return_samples, provenance)
             elif kinds != reference:
                 raise invalid(f"models[{m}]", f"outputs of the kind models[0] gives ({_describe(reference)})",
                               member.model.name, detail=f"It gives {_describe(kinds)}. Pass task= (and outputs=), for "

@@ -497,11 +497,7 @@ class MCDropout:
                 if engine._heads is None:
                     engine._heads = engine._decide_heads(outputs)
                 if self.accs is None:
-                    self.accs = []
-                    for head in engine._heads:
-                        keep = return_samples if return_samples is not None else head.task == "regression"
-                        self.accs.append(head.accumulator(keep_samples=keep,
-                                                          provenance={"mask": engine.mask, "seed": seed}))
+                    self.accs = make_accumulators(engine._heads, return_samples, {"mask": engine.mask, "seed": seed})
                 feed(engine._heads, self.accs, [outputs])
 
             def done(self):
@@ -567,6 +563,13 @@ def pieces_to(on_piece):
             on_piece(self.chunks)
 
     return Piece
+
+
+def make_accumulators(heads, return_samples, provenance) -> list:
+    """One accumulator per output. Samples are kept when asked (``return_samples``), and by default for
+    regression, whose predictive mixture needs them."""
+    return [head.accumulator(keep_samples=head.task == "regression" if return_samples is None else return_samples,
+                             provenance=provenance) for head in heads]
 
 
 def feed(heads, accumulators, per_pass_chunks) -> None:
