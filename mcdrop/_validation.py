@@ -37,6 +37,10 @@ __all__ = [
 PROB_ATOL = 1e-3
 
 
+#: The largest seed: the engine keys its masks by a 62-bit integer, so a larger seed would silently
+#: repeat a smaller one's passes (the engine, the ensemble and the command line all refuse it).
+MAX_SEED = 2**62 - 1
+
 def describe(value: Any) -> str:
     """A short description of ``value`` for an error message (arrays by shape, not content)."""
     if isinstance(value, np.ndarray) or (

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mcdrop._text import format_table
+from mcdrop._validation import MAX_SEED
 
 __all__ = ["main", "build_parser", "EXIT_ERROR"]
 
@@ -108,9 +109,6 @@ def _int(name: str):
     return parse
 
 
-#: The largest seed the command line takes: the engine keys its masks by ``seed mod 2**62``,
-#: so a larger seed would silently repeat a smaller one's passes.
-MAX_SEED = 2**62 - 1
 #: The demo seeds NumPy's legacy generator too, which takes 32-bit seeds.
 MAX_DEMO_SEED = 2**32 - 1
 

@@ -29,10 +29,9 @@ import keras
 import numpy as np
 from keras import tree
 
-from mcdrop._validation import check_int, invalid
+from mcdrop._validation import MAX_SEED, check_int, invalid
 from mcdrop.engine import inputs as _inputs
-from mcdrop.engine.mc_dropout import (_DEFAULT_BUDGET, MAX_SEED, MCDropout, _count_rows, feed, make_accumulators,
-                                      pieces_to)
+from mcdrop.engine.mc_dropout import _DEFAULT_BUDGET, MCDropout, _count_rows, feed, make_accumulators, pieces_to
 from mcdrop.predictive import concatenate
 
 __all__ = ["Ensemble"]

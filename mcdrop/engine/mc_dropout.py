@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 from keras import tree
 
-from mcdrop._validation import check_choice, check_finite_rows, check_int, invalid
+from mcdrop._validation import MAX_SEED, check_choice, check_finite_rows, check_int, invalid
 from mcdrop.accumulators import nonfinite_rows
 from mcdrop.engine import inputs as _inputs
 from mcdrop.engine.graph import functional_of
@@ -23,8 +23,6 @@ from mcdrop.predictive import MASK_MODES, concatenate
 __all__ = ["MCDropout"]
 
 _DEFAULT_BUDGET = 512 * 2**20
-#: The largest seed: masks are keyed by a 62-bit integer.
-MAX_SEED = 2**62 - 1
 _NONFINITE_ADVICE = "Pass allow_nonfinite_inputs=True if the model is built to take them."
 
 
