@@ -4,6 +4,14 @@ Conventions (scikit-learn's): ``y_true`` first, then predictions — arrays, or 
 :class:`~mcdrop.MCDropout` — and options keyword-only. ``*_score`` is higher-is-better,
 ``*_error`` / ``*_loss`` / ``nll`` lower-is-better. Scalars are Python floats; curves are NamedTuples.
 
+Every metric carries its direction as an attribute, ``fn.direction``: +1 (:data:`HIGHER`) when higher is
+better, -1 (:data:`LOWER`) when lower is better, 0 (:data:`NEITHER`) for curves, per-row values and values
+aimed at a target (the coverage of a set or an interval); :data:`DIRECTIONS` has them by name.
+
+>>> from mcdrop import metrics
+>>> metrics.expected_calibration_error.direction, metrics.ood_auroc.direction, metrics.set_coverage.direction
+(-1, 1, 0)
+
 Families:
 
 * classification calibration — :func:`negative_log_likelihood`, :func:`brier_score`,
@@ -29,6 +37,7 @@ from mcdrop.metrics._classification import (
     negative_log_likelihood,
     reliability_curve,
 )
+from mcdrop.metrics._common import HIGHER, LOWER, NEITHER
 from mcdrop.metrics._ood import fpr_at_95_tpr, ood_aupr, ood_auroc
 from mcdrop.metrics._regression import (
     QuantileCalibrationCurve,
@@ -98,4 +107,13 @@ __all__ = [
     "SizeStratifiedCoverage",
     "class_conditional_coverage",
     "ClassConditionalCoverage",
+    # which way each metric improves
+    "DIRECTIONS",
+    "HIGHER",
+    "LOWER",
+    "NEITHER",
 ]
+
+#: ``{name: direction}`` of every public metric function: +1 higher is better, -1 lower is better, 0 neither.
+DIRECTIONS = {name: value.direction for name, value in sorted(globals().items())
+              if name in __all__ and callable(value) and hasattr(value, "direction")}

@@ -13,7 +13,7 @@ import numpy as np
 
 from mcdrop._validation import check_choice, check_int
 from mcdrop.metrics._binning import assign, bin_edges, bin_sums
-from mcdrop.metrics._common import labels_and_probs
+from mcdrop.metrics._common import HIGHER, LOWER, NEITHER, better, labels_and_probs
 
 __all__ = [
     "negative_log_likelihood",
@@ -41,6 +41,7 @@ class ReliabilityCurve(NamedTuple):
     edges: np.ndarray  # (B + 1,) bin edges on [0, 1]
 
 
+@better(LOWER)
 def negative_log_likelihood(y_true: Any, probs: Any) -> float:
     r"""Mean negative log-likelihood of the true class (log loss, in nats).
 
@@ -71,6 +72,7 @@ def negative_log_likelihood(y_true: Any, probs: Any) -> float:
     return float(-np.mean(np.log(np.maximum(picked, LOG_EPS))))
 
 
+@better(LOWER)
 def brier_score(y_true: Any, probs: Any) -> float:
     r"""Multi-class Brier score: squared error to the one-hot label, summed over classes, mean over rows.
 
@@ -104,6 +106,7 @@ def brier_score(y_true: Any, probs: Any) -> float:
     return float(np.mean(total))
 
 
+@better(HIGHER)
 def accuracy_score(y_true: Any, probs: Any) -> float:
     """Fraction of rows whose most probable class is the label.
 
@@ -144,6 +147,7 @@ def _calibration_gap(counts, conf_sum, correct_sum, norm, n_rows):
     return float(np.max(gaps))
 
 
+@better(LOWER)
 def expected_calibration_error(y_true: Any, probs: Any, *, n_bins: int = 15, strategy: str = "uniform",
                                norm: str = "l1") -> float:
     r"""Top-label expected calibration error (Guo et al., 2017).
@@ -191,6 +195,7 @@ def expected_calibration_error(y_true: Any, probs: Any, *, n_bins: int = 15, str
     return _calibration_gap(counts, conf_sum, correct_sum, norm, counts.sum())
 
 
+@better(LOWER)
 def maximum_calibration_error(y_true: Any, probs: Any, *, n_bins: int = 15, strategy: str = "uniform") -> float:
     r"""Largest gap between accuracy and confidence over the non-empty bins (Naeini et al., 2015).
 
@@ -208,6 +213,7 @@ def maximum_calibration_error(y_true: Any, probs: Any, *, n_bins: int = 15, stra
     return expected_calibration_error(y_true, probs, n_bins=n_bins, strategy=strategy, norm="max")
 
 
+@better(LOWER)
 def classwise_calibration_error(y_true: Any, probs: Any, *, n_bins: int = 15) -> float:
     r"""Class-wise ECE (Kull et al., 2019): the calibration of every class probability, not only the top one.
 
@@ -246,6 +252,7 @@ def classwise_calibration_error(y_true: Any, probs: Any, *, n_bins: int = 15) ->
     return float(np.sum(np.abs(hit_sum - p_sum)) / (n * c))
 
 
+@better(NEITHER)
 def reliability_curve(y_true: Any, probs: Any, *, n_bins: int = 15, strategy: str = "uniform") -> ReliabilityCurve:
     r"""Per-bin mean confidence, accuracy and count of the top label (the reliability diagram's data).
 

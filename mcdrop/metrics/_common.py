@@ -9,6 +9,25 @@ import numpy as np
 from mcdrop._validation import check_array, check_labels, check_probs, check_same_length, invalid
 
 
+#: Which way a metric improves, recorded on the metric function itself as ``fn.direction`` (see
+#: :func:`better`): higher is better (+1), lower is better (-1), or neither (0) — a curve, per-row values,
+#: or a value with a target rather than an optimum, such as a coverage aimed at its nominal level.
+HIGHER, LOWER, NEITHER = 1, -1, 0
+
+
+def better(direction: int):
+    """Decorator: record on a metric function which way it improves, as ``fn.direction``
+    (:data:`HIGHER`, :data:`LOWER` or :data:`NEITHER`). The report, the demo and the tuning read it there."""
+    if direction not in (HIGHER, LOWER, NEITHER):
+        raise invalid("direction", "1 (higher is better), -1 (lower is better) or 0", direction)
+
+    def mark(fn):
+        fn.direction = direction
+        return fn
+
+    return mark
+
+
 def is_classification_prediction(value: Any) -> bool:
     return getattr(value, "task", None) == "classification" and hasattr(value, "mean")
 

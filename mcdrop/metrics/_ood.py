@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from mcdrop._validation import check_float
-from mcdrop.metrics._common import uncertainty_of
+from mcdrop.metrics._common import HIGHER, LOWER, better, uncertainty_of
 from mcdrop.metrics._ranking import auroc, average_precision, distinct_threshold_counts
 
 __all__ = ["ood_auroc", "ood_aupr", "fpr_at_95_tpr"]
@@ -25,6 +25,7 @@ def _pooled(uncertainty_in, uncertainty_out, measure):
     return score, is_out
 
 
+@better(HIGHER)
 def ood_auroc(uncertainty_in: Any, uncertainty_out: Any, *, measure: str | None = None) -> float:
     r"""AUROC of separating out-of-distribution rows (positive) from in-distribution ones by uncertainty.
 
@@ -56,6 +57,7 @@ def ood_auroc(uncertainty_in: Any, uncertainty_out: Any, *, measure: str | None 
     return auroc(score, is_out)
 
 
+@better(HIGHER)
 def ood_aupr(uncertainty_in: Any, uncertainty_out: Any, *, measure: str | None = None) -> float:
     r"""Average precision with out-of-distribution as the positive class (AUPR-out).
 
@@ -72,6 +74,7 @@ def ood_aupr(uncertainty_in: Any, uncertainty_out: Any, *, measure: str | None =
     return average_precision(score, is_out)
 
 
+@better(LOWER)
 def fpr_at_95_tpr(uncertainty_in: Any, uncertainty_out: Any, *, tpr: float = 0.95,
                   measure: str | None = None) -> float:
     r"""Fraction of in-distribution rows flagged when the threshold catches at least 95% of the OOD rows.

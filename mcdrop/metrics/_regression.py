@@ -14,7 +14,7 @@ import numpy as np
 from scipy import special
 
 from mcdrop._validation import check_array, check_float, check_int, invalid
-from mcdrop.metrics._common import is_regression_prediction, same_shape, targets
+from mcdrop.metrics._common import LOWER, NEITHER, better, is_regression_prediction, same_shape, targets
 
 __all__ = [
     "gaussian_nll",
@@ -55,6 +55,7 @@ def _mean_and_spread(y_true, mean, spread, spread_name):
     return y, mean, spread
 
 
+@better(LOWER)
 def gaussian_nll(y_true: Any, mean: Any, variance: Any = None) -> float:
     r"""Mean negative log-likelihood of the targets under independent Gaussians.
 
@@ -94,6 +95,7 @@ def _crps_normal(error: np.ndarray, std: np.ndarray) -> np.ndarray:
     return np.where(std > 0, value, np.abs(error))
 
 
+@better(LOWER)
 def crps_gaussian(y_true: Any, mean: Any, std: Any = None) -> float:
     r"""Continuous ranked probability score of Gaussian predictions, in closed form (lower is better).
 
@@ -158,6 +160,7 @@ def _crps_gaussian_mixture(y: np.ndarray, means: np.ndarray, variances: np.ndarr
     return first - 0.5 * second
 
 
+@better(LOWER)
 def crps_samples(y_true: Any, samples: Any) -> float:
     r"""CRPS of the predictive mixture over passes (lower is better).
 
@@ -217,6 +220,7 @@ def _interval(lower, upper, level):
     return lower, upper
 
 
+@better(NEITHER)
 def interval_coverage(y_true: Any, lower: Any, upper: Any = None, *, level: float = 0.95) -> float:
     r"""Fraction of targets inside their prediction interval (closed at both ends).
 
@@ -245,6 +249,7 @@ def interval_coverage(y_true: Any, lower: Any, upper: Any = None, *, level: floa
     return float(np.mean((lower <= y) & (y <= upper)))
 
 
+@better(LOWER)
 def mean_interval_width(lower: Any, upper: Any = None, *, level: float = 0.95) -> float:
     r"""Mean width :math:`\frac1N\sum_i (u_i - \ell_i)` of prediction intervals (sharpness).
 
@@ -264,6 +269,7 @@ def mean_interval_width(lower: Any, upper: Any = None, *, level: float = 0.95) -
     return float(np.mean(upper - lower))
 
 
+@better(NEITHER)
 def pit_values(y_true: Any, prediction_or_samples: Any) -> np.ndarray:
     r"""Probability integral transform :math:`u_i = F_i(y_i)` under the predictive mixture, shape of ``y_true``.
 
@@ -284,6 +290,7 @@ def pit_values(y_true: Any, prediction_or_samples: Any) -> np.ndarray:
     return np.mean(samples <= y[None], axis=0)
 
 
+@better(NEITHER)
 def quantile_calibration_curve(y_true: Any, prediction_or_samples: Any, *,
                                n_levels: int = 21) -> QuantileCalibrationCurve:
     r"""Regression calibration curve (Kuleshov, Fenner & Ermon, 2018).
@@ -321,6 +328,7 @@ def quantile_calibration_curve(y_true: Any, prediction_or_samples: Any, *,
     return QuantileCalibrationCurve(expected, observed)
 
 
+@better(LOWER)
 def miscalibration_area(y_true: Any, prediction_or_samples: Any) -> float:
     r"""Area between the regression calibration curve and the diagonal, computed exactly.
 
@@ -350,6 +358,7 @@ def miscalibration_area(y_true: Any, prediction_or_samples: Any) -> float:
     return float(np.sum(primitive(b) - primitive(a)))
 
 
+@better(LOWER)
 def rmse(y_true: Any, mean: Any) -> float:
     r"""Root mean squared error of the predictive mean.
 

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from mcdrop._validation import check_same_length, invalid
-from mcdrop.metrics._common import binary_labels, labels_and_probs, uncertainty_of
+from mcdrop.metrics._common import HIGHER, LOWER, NEITHER, better, binary_labels, labels_and_probs, uncertainty_of
 from mcdrop.metrics._ranking import auroc, average_precision
 
 __all__ = [
@@ -59,6 +59,7 @@ def _risk_curve(errors: np.ndarray, confidence: np.ndarray) -> tuple[np.ndarray,
     return kept / n, cum_err / kept, conf
 
 
+@better(NEITHER)
 def risk_coverage_curve(y_true: Any, probs: Any, *, uncertainty: Any = None,
                         measure: str | None = None) -> RiskCoverageCurve:
     r"""Selective risk against coverage, rows taken most confident first (Geifman & El-Yaniv, 2017).
@@ -104,6 +105,7 @@ def risk_coverage_curve(y_true: Any, probs: Any, *, uncertainty: Any = None,
     return RiskCoverageCurve(coverage, risk, -threshold if from_uncertainty else threshold)
 
 
+@better(LOWER)
 def aurc(y_true: Any, probs: Any, *, uncertainty: Any = None, measure: str | None = None) -> float:
     r"""Area under the risk–coverage curve (lower is better).
 
@@ -122,6 +124,7 @@ def aurc(y_true: Any, probs: Any, *, uncertainty: Any = None, measure: str | Non
     return float(np.mean(_risk_curve(errors, confidence)[1]))
 
 
+@better(LOWER)
 def excess_aurc(y_true: Any, probs: Any, *, uncertainty: Any = None, measure: str | None = None) -> float:
     r"""AURC minus the AURC of the ideal ranking of the same predictions (errors last); 0 is perfect.
 
@@ -156,6 +159,7 @@ def _error_labels(is_error, uncertainty, measure):
     return errors, u
 
 
+@better(HIGHER)
 def uncertainty_auroc(is_error: Any, uncertainty: Any, *, measure: str | None = None) -> float:
     r"""AUROC of uncertainty as a detector of the model's own errors (higher is better, 0.5 is chance).
 
@@ -182,6 +186,7 @@ def uncertainty_auroc(is_error: Any, uncertainty: Any, *, measure: str | None = 
     return auroc(u, errors)
 
 
+@better(HIGHER)
 def uncertainty_aupr(is_error: Any, uncertainty: Any, *, measure: str | None = None) -> float:
     r"""Average precision of uncertainty as a detector of errors (errors are the positive class).
 

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from mcdrop._validation import check_array, check_labels, check_same_length, invalid
+from mcdrop.metrics._common import LOWER, NEITHER, better
 
 __all__ = [
     "set_coverage",
@@ -60,6 +61,7 @@ def _hits(labels: np.ndarray, sets: np.ndarray) -> np.ndarray:
     return sets[np.arange(len(labels)), labels]
 
 
+@better(NEITHER)
 def set_coverage(y_true: Any, sets: Any) -> float:
     r"""Fraction of rows whose prediction set holds the true class.
 
@@ -82,6 +84,7 @@ def set_coverage(y_true: Any, sets: Any) -> float:
     return float(np.mean(_hits(labels, sets)))
 
 
+@better(LOWER)
 def mean_set_size(sets: Any) -> float:
     r"""Average number of classes per set (lower is more informative at the same coverage).
 
@@ -97,6 +100,7 @@ def mean_set_size(sets: Any) -> float:
     return float(np.mean(_sets(sets).sum(axis=1)))
 
 
+@better(NEITHER)
 def size_stratified_coverage(y_true: Any, sets: Any) -> SizeStratifiedCoverage:
     r"""Coverage within each set size (Angelopoulos et al., 2021, *Uncertainty sets for image
     classifiers using conformal prediction*): an adaptive method covers about evenly across sizes.
@@ -125,6 +129,7 @@ def size_stratified_coverage(y_true: Any, sets: Any) -> SizeStratifiedCoverage:
     return SizeStratifiedCoverage(size=size.astype(np.int64), coverage=covered / count, count=count)
 
 
+@better(NEITHER)
 def class_conditional_coverage(y_true: Any, sets: Any) -> ClassConditionalCoverage:
     r"""Coverage within each true class (what Mondrian conformal guarantees per class).
 
