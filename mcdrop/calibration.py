@@ -39,7 +39,12 @@ from mcdrop._validation import (
     check_same_length,
     invalid,
 )
-from mcdrop.metrics._common import looks_like_probs
+from mcdrop.metrics._common import (
+    is_classification_prediction,
+    is_prediction,
+    is_regression_prediction,
+    looks_like_probs,
+)
 
 __all__ = ["TemperatureScaling", "VectorScaling", "VarianceScaling", "CalibrationWarning"]
 
@@ -77,13 +82,13 @@ def _minimise_log_scale(objective, bounds: tuple[float, float] = _LOG_BOUNDS) ->
 def _pass_logits(x: Any, inputs: str, name: str = "x") -> np.ndarray:
     """Per-pass logits of shape (T, N, C), float64, from a prediction or an (N, C) / (T, N, C) array."""
     inputs = check_choice(inputs, "inputs", INPUTS)
-    if getattr(x, "task", None) == "classification":
+    if is_classification_prediction(x):
         if x.samples is None:
             raise invalid(name, "a prediction with per-pass samples (or its `mean` as an (N, C) array)", x,
                           detail="MC recalibration scales every pass; predict with the samples kept.")
         probs = check_probs(x.samples, name, ndim=3)
         return np.log(np.maximum(probs, np.finfo(np.float64).tiny))
-    if getattr(x, "task", None) is not None:
+    if is_prediction(x):
         raise invalid(name, "classification outputs", x, error=TypeError)
     array = check_array(x, name, ndim=(2, 3))
     if array.shape[-1] < 2:
@@ -378,7 +383,7 @@ class _Components:
 
 
 def _components(prediction: Any) -> _Components:
-    if getattr(prediction, "task", None) == "regression":
+    if is_regression_prediction(prediction):
         center = prediction.mean
         if prediction.has_mixture and prediction.heteroscedastic:
             return _Components(center, prediction.samples, np.sqrt(prediction.sample_variances))
@@ -474,7 +479,7 @@ class VarianceScaling:
         if not getattr(self, "fitted_", False):
             raise RuntimeError("This VarianceScaling is not fitted yet; call `fit` first.")
         s = self.scale_
-        if getattr(prediction, "task", None) == "regression":
+        if is_regression_prediction(prediction):
             center = prediction.mean
             return dataclasses.replace(
                 prediction,

@@ -21,6 +21,7 @@ from mcdrop._text import format_value
 from mcdrop._validation import check_int, check_same_length
 from mcdrop.metrics._common import (
     is_classification_prediction,
+    is_prediction,
     is_regression_prediction,
     labels_and_probs,
     scores,
@@ -276,7 +277,7 @@ class UncertaintyDisplay:
         labels, probs = labels_and_probs(y_true, prediction)
         if is_classification_prediction(prediction):
             u = uncertainty_of(prediction, "prediction", measure)
-            measure = measure or "entropy"
+            measure = measure or prediction.uncertainty_measures[0]
         else:
             u, measure = entropy(probs), "entropy"
         wrong = np.argmax(probs, axis=1) != labels
@@ -290,8 +291,8 @@ class UncertaintyDisplay:
         """Uncertainty on in-distribution vs out-of-distribution inputs (arrays or predictions)."""
         u_in = uncertainty_of(uncertainty_in, "uncertainty_in", measure)
         u_out = uncertainty_of(uncertainty_out, "uncertainty_out", measure)
-        if measure is None and getattr(uncertainty_in, "task", None) in ("classification", "regression"):
-            measure = "entropy" if uncertainty_in.task == "classification" else "variance"
+        if measure is None and is_prediction(uncertainty_in):
+            measure = uncertainty_in.uncertainty_measures[0]  # what uncertainty_of read: the default
         return cls(values=(u_in, u_out), labels=("in-distribution", "out-of-distribution"),
                    xlabel=_score_label(measure),
                    auroc=metrics.ood_auroc(u_in, u_out), name=name).plot(ax=ax, n_bins=n_bins)

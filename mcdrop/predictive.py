@@ -81,6 +81,15 @@ def _shape(value) -> str:
     return "None" if value is None else str(tuple(value.shape))
 
 
+def _uncertainty(prediction, measure: str | None) -> np.ndarray:
+    """``measure`` of ``prediction`` per row (N,), averaged over output dimensions; the first of its
+    ``uncertainty_measures`` when None."""
+    choices = prediction.uncertainty_measures
+    measure = check_choice(choices[0] if measure is None else measure, "measure", choices)
+    values = np.asarray(getattr(prediction, measure), dtype=np.float64)
+    return values.mean(axis=1) if values.ndim == 2 else values
+
+
 def _one_line(prediction, **extra) -> str:
     """``Name(mean=(N, C), num_samples=T, seed=.., mask=.., ..., samples=(T, N, C) or None)``: shapes and
     provenance, never the arrays (a repr of 10,000 rows should not fill the screen)."""
@@ -130,7 +139,13 @@ class ClassificationPrediction:
     outputs: str = "probs"
     members: tuple | None = None
 
+    #: The task's name, for messages and saved files; behaviour hangs on the type, never on this string.
     task: ClassVar[str] = "classification"
+    #: Per-row uncertainty measures :meth:`uncertainty` reads; the first is the default.
+    uncertainty_measures: ClassVar[tuple[str, ...]] = (
+        "entropy", "mutual_information", "expected_entropy", "variation_ratio")
+    #: The per-row statistics a one-line-per-row view shows (``mcdrop predict``'s table).
+    row_statistics: ClassVar[tuple[str, ...]] = ("predicted_class", "confidence", "entropy", "mutual_information")
 
     sample_member = property(lambda self: _sample_member(self.members),
                              doc="(T,) int: the ensemble member each sample came from (None for one model).")
@@ -167,6 +182,25 @@ class ClassificationPrediction:
     @property
     def num_classes(self) -> int:
         return self.mean.shape[-1]
+
+    def uncertainty(self, measure: str | None = None) -> np.ndarray:
+        """Per-row uncertainty (N,): ``measure``, one of :attr:`uncertainty_measures` (default: entropy).
+
+        >>> import numpy as np
+        >>> pred = ClassificationPrediction.from_samples(np.array([[[0.9, 0.1]], [[0.1, 0.9]]]))
+        >>> pred.uncertainty("variation_ratio")
+        array([0.5])
+        """
+        return _uncertainty(self, measure)
+
+    def summary(self) -> dict:
+        """Headline numbers, as Python scalars: task, rows, passes, classes, and the means of the
+        confidence, entropy and mutual information, and the largest MC standard error (NaN for T = 1)."""
+        return {"task": self.task, "rows": len(self), "num_samples": self.num_samples,
+                "classes": self.num_classes, "mean_confidence": float(np.mean(self.confidence)),
+                "mean_entropy": float(np.mean(self.entropy)),
+                "mean_mutual_information": float(np.mean(self.mutual_information)),
+                "max_standard_error": float(np.max(self.standard_error))}
 
     @cached_property
     def entropy(self) -> np.ndarray:
@@ -278,7 +312,13 @@ class RegressionPrediction:
     includes_aleatoric: bool | None = None
     members: tuple | None = None  # passes per ensemble member, member-major (see ClassificationPrediction)
 
+    #: The task's name, for messages and saved files (see :class:`ClassificationPrediction`).
     task: ClassVar[str] = "regression"
+    #: Per-row uncertainty measures :meth:`uncertainty` reads (averaged over the D outputs); the first
+    #: is the default.
+    uncertainty_measures: ClassVar[tuple[str, ...]] = ("variance", "epistemic_variance", "aleatoric_variance", "std")
+    #: The per-row statistics a one-line-per-row view shows (``mcdrop predict``'s table).
+    row_statistics: ClassVar[tuple[str, ...]] = ("mean", "std", "epistemic_variance", "aleatoric_variance")
 
     sample_member = property(lambda self: _sample_member(self.members),
                              doc="(T,) int: the ensemble member each sample came from (None for one model).")
@@ -359,6 +399,19 @@ class RegressionPrediction:
     def standard_error(self) -> np.ndarray:
         """(N, D): Monte Carlo standard error of ``mean``."""
         return _standard_error(self.epistemic_variance, self.num_samples)
+
+    def uncertainty(self, measure: str | None = None) -> np.ndarray:
+        """Per-row uncertainty (N,): ``measure``, one of :attr:`uncertainty_measures` (default: the total
+        variance), averaged over the D outputs."""
+        return _uncertainty(self, measure)
+
+    def summary(self) -> dict:
+        """Headline numbers, as Python scalars: task, rows, passes, outputs D, and the means of the
+        predictive standard deviation and of the epistemic and aleatoric variances."""
+        return {"task": self.task, "rows": len(self), "num_samples": self.num_samples,
+                "targets": int(self.mean.shape[-1]), "mean_std": float(np.mean(self.std)),
+                "mean_epistemic_variance": float(np.mean(self.epistemic_variance)),
+                "mean_aleatoric_variance": float(np.mean(self.aleatoric_variance))}
 
     @property
     def has_mixture(self) -> bool:

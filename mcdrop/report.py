@@ -25,25 +25,36 @@ import numpy as np
 
 from mcdrop import metrics
 from mcdrop._validation import PROB_ATOL, check_choice, check_float, check_int, invalid
+from mcdrop.heads import TASKS
 from mcdrop.metrics._common import (
     is_classification_prediction,
-    is_regression_prediction,
+    is_prediction,
     labels_and_probs,
     looks_like_probs,
     targets,
 )
+from mcdrop.predictive import ClassificationPrediction, RegressionPrediction
 
 __all__ = ["evaluate", "EvaluationReport", "DIRECTIONS"]
 
-#: Whether a higher (+1) or lower (-1) value is better; 0 for descriptive statistics.
-DIRECTIONS = {
-    "accuracy": +1, "nll": -1, "brier": -1, "ece": -1, "mce": -1, "classwise_ece": -1, "aurc": -1,
-    "excess_aurc": -1, "error_auroc": +1, "error_aupr": +1, "mean_entropy": 0, "mean_mutual_information": 0,
-    "rmse": -1, "gaussian_nll": -1, "mixture_nll": -1, "crps": -1, "coverage": 0, "coverage_error": -1,
-    "interval_width": -1, "miscalibration_area": -1, "mean_std": 0, "num_samples": 0,
-    "includes_aleatoric": 0,
+#: The metric behind each row of the table: a row's direction is that metric's ``direction``.
+ROW_METRICS = {
+    "accuracy": metrics.accuracy_score, "nll": metrics.negative_log_likelihood, "brier": metrics.brier_score,
+    "ece": metrics.expected_calibration_error, "mce": metrics.maximum_calibration_error,
+    "classwise_ece": metrics.classwise_calibration_error, "aurc": metrics.aurc, "excess_aurc": metrics.excess_aurc,
+    "error_auroc": metrics.uncertainty_auroc, "error_aupr": metrics.uncertainty_aupr, "rmse": metrics.rmse,
+    "gaussian_nll": metrics.gaussian_nll, "crps": metrics.crps_samples, "coverage": metrics.interval_coverage,
+    "interval_width": metrics.mean_interval_width, "miscalibration_area": metrics.miscalibration_area,
 }
-TASKS = ("classification", "regression")
+#: Whether a higher (+1) or lower (-1) value is better; 0 for descriptive statistics. Read from the metrics
+#: (``fn.direction``); the rows no public metric computes: the exact mixture NLL (a negative
+#: log-likelihood), the distance of the coverage from its level, and descriptive statistics.
+DIRECTIONS = {
+    **{row: fn.direction for row, fn in ROW_METRICS.items()},
+    "mixture_nll": metrics.negative_log_likelihood.direction, "coverage_error": metrics.LOWER,
+    **dict.fromkeys(("mean_entropy", "mean_mutual_information", "mean_std", "num_samples", "includes_aleatoric"),
+                    metrics.NEITHER),
+}
 _EPISTEMIC_ONLY_NOTE = ("includes_aleatoric False: that spread is the model's (epistemic) uncertainty only, so its "
                         "intervals under-cover the targets; recalibrate with mcdrop.calibration.VarianceScaling "
                         "or use split-conformal intervals (mcdrop.conformal.ConformalRegressor).")
@@ -127,6 +138,11 @@ class EvaluationReport:
     def metric_names(self) -> list[str]:
         return list(next(iter(self.metrics.values())))
 
+    @property
+    def _kind(self) -> "_Task":
+        """What the report computes and draws for its task."""
+        return _KINDS[self.task]
+
     def best(self, metric: str) -> str | None:
         """The model with the best value of ``metric`` (None for descriptive metrics)."""
         direction = DIRECTIONS.get(metric, 0)
@@ -189,31 +205,7 @@ class EvaluationReport:
         from mcdrop import plotting
 
         out = {}
-        y = self._y_true
-        n_bins = self.options.get("n_bins", 15)
-        if self.task == "classification":
-            first = None
-            for name, pred in self._predictions.items():
-                disp = plotting.RiskCoverageDisplay.from_predictions(y, pred, name=name,
-                                                                    ax=None if first is None else first.ax_)
-                first = first or disp
-            out["Risk–coverage"] = first.figure_
-            for name, pred in self._predictions.items():
-                out[f"Reliability: {name}"] = plotting.ReliabilityDisplay.from_predictions(
-                    y, pred, n_bins=n_bins, name=name).figure_
-                if 0 < self.metrics[name]["accuracy"] < 1:
-                    out[f"Uncertainty: {name}"] = plotting.UncertaintyDisplay.from_predictions(
-                        y, pred, name=name).figure_
-        else:
-            first = None
-            for name, pred in self._predictions.items():
-                disp = plotting.RegressionCalibrationDisplay.from_predictions(
-                    y, pred, name=name, ax=None if first is None else first.ax_)
-                first = first or disp
-            out["Regression calibration"] = first.figure_
-            for name, pred in self._predictions.items():
-                out[f"Intervals: {name}"] = plotting.PredictionIntervalDisplay.from_predictions(
-                    y, pred, level=self.options.get("level", 0.95), name=name).figure_
+        out.update(self._kind.figures(self, plotting))
         out.update(_sections_figures(self))
         return out
 
@@ -338,7 +330,9 @@ def _ood_section(report):
     results = getattr(report, "ood", None)
     if not results:
         return None
-    columns = (("auroc", "AUROC ↑", 1), ("aupr", "AUPR ↑", 1), ("fpr_at_95_tpr", "FPR at 95% TPR ↓", -1))
+    columns = tuple((key, label + {1: " ↑", -1: " ↓"}[fn.direction], fn.direction) for key, label, fn in (
+        ("auroc", "AUROC", metrics.ood_auroc), ("aupr", "AUPR", metrics.ood_aupr),
+        ("fpr_at_95_tpr", "FPR at 95% TPR", metrics.fpr_at_95_tpr)))
     keys = [(m, s) for m, scores in results.items() for s in scores if s != "n_rows"]
     rows, best = [], []
     for model, score in keys:
@@ -371,8 +365,7 @@ def _conformal_section(report):
     results = getattr(report, "conformal", None)
     if not results:
         return None
-    size = "mean_set_size" if report.task == "classification" else "mean_width"
-    size_label = "mean set size ↓" if report.task == "classification" else "mean interval width ↓"
+    size, size_label, what = _KINDS[report.task].conformal_size
     rows = []
     for model, methods in results.items():
         for method, by_alpha in methods.items():
@@ -381,7 +374,6 @@ def _conformal_section(report):
                              _format(1 - float(alpha)),
                              _format(None if values is None else values["coverage"]),
                              _format(None if values is None else values[size])])
-    what = "sets" if report.task == "classification" else "intervals"
     intro = (f"Prediction {what} calibrated on the held-out rows to contain the truth with probability at "
              "least 1 − alpha: the coverage on these rows should sit at or just above its target; among "
              f"{what} that cover, smaller is better. — means too few calibration rows for that alpha.")
@@ -402,42 +394,36 @@ def _write_atomic(path, text: str) -> None:
     save_text(path, text)
 
 
-def _as_prediction(value: Any, task: str | None, name: str):
-    """A prediction object from a prediction, probabilities (N, C) / (T, N, C) or regression samples."""
-    from mcdrop.predictive import ClassificationPrediction, RegressionPrediction
-
-    if is_classification_prediction(value) or is_regression_prediction(value):
-        if task is not None and value.task != task:
-            raise invalid(name, f"a {task} prediction", value, error=TypeError)
+def _as_prediction(value: Any, kind: "_Task", name: str):
+    """A prediction of ``kind``'s type from a prediction, probabilities (N, C) / (T, N, C) or regression
+    samples (probabilities (N, C) stay an array: plain-array metrics)."""
+    if is_prediction(value):
+        if not isinstance(value, kind.prediction):
+            raise invalid(name, f"a {kind.prediction.task} prediction", value, error=TypeError)
         return value
-    array = np.asarray(value.numpy() if hasattr(value, "numpy") else value, dtype=np.float64)
-    if task == "regression":
-        return RegressionPrediction.from_samples(array)
-    if array.ndim == 2:
-        return array  # probabilities (N, C): plain-array metrics
-    return ClassificationPrediction.from_samples(array)
+    return kind.from_array(np.asarray(value.numpy() if hasattr(value, "numpy") else value, dtype=np.float64))
 
 
-def _task_of(value: Any, y_true: Any, name: str = "prediction_or_predictions") -> str:
+def _task_of(value: Any, y_true: Any, name: str = "prediction_or_predictions") -> "_Task":
     """The task of a prediction; for an array, read from ``y_true`` and the values, never from a shape.
 
     Targets that are not all integers mean regression. Integer labels mean classification, and then the
     array must hold probability vectors along its last axis: anything else (scores, logits, integer-valued
     regression targets) raises, saying how to declare the task, rather than being guessed.
     """
-    task = getattr(value, "task", None)
-    if task in TASKS:
-        return task
+    for kind in _KINDS.values():
+        if isinstance(value, kind.prediction):
+            return kind
     try:
         array = np.asarray(value.numpy() if hasattr(value, "numpy") else value, dtype=np.float64)
         y = np.asarray(y_true, dtype=np.float64)
     except (TypeError, ValueError):
-        return "classification"  # let the checks name the bad argument
+        return _CLASSIFICATION  # let the checks name the bad argument
     labels_like = y.ndim == 1 and bool(np.all(np.isfinite(y) & (y == np.round(y))))
     if not labels_like:
-        return "regression"  # the targets are not class labels
+        return _REGRESSION  # the targets are not class labels
     if array.ndim in (2, 3) and array.shape[-1] >= 2 and looks_like_probs(array):
-        return "classification"
+        return _CLASSIFICATION
     declare = ("Pass task='classification' after applying a softmax to scores or logits, or "
                "task='regression' if these are regression samples (T, N) for integer-valued targets.")
     if array.ndim in (2, 3) and array.shape[-1] >= 2 and np.all(np.isfinite(array)):
@@ -564,8 +550,7 @@ def evaluate(prediction_or_predictions: Any, y_true: Any, *, n_bins: int = 15, l
     """
     n_bins = check_int(n_bins, "n_bins", minimum=1)
     level = check_float(level, "level", low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
-    if task is not None:
-        task = check_choice(task, "task", TASKS)
+    kind = None if task is None else _KINDS[check_choice(task, "task", TASKS)]
     if isinstance(prediction_or_predictions, Mapping):
         named = dict(prediction_or_predictions)
         if not named:
@@ -576,43 +561,31 @@ def evaluate(prediction_or_predictions: Any, y_true: Any, *, n_bins: int = 15, l
                               error=TypeError)
     else:
         named = {"model": prediction_or_predictions}
-    if task is None:
+    if kind is None:
         first = next(iter(named))
-        task = _task_of(named[first], y_true, "prediction_or_predictions" if len(named) == 1 and first == "model"
+        kind = _task_of(named[first], y_true, "prediction_or_predictions" if len(named) == 1 and first == "model"
                         and not isinstance(prediction_or_predictions, Mapping)
                         else f"prediction_or_predictions[{first!r}]")
-    preds = {name: _as_prediction(p, task, f"prediction_or_predictions[{name!r}]") for name, p in named.items()}
+    preds = {name: _as_prediction(p, kind, f"prediction_or_predictions[{name!r}]") for name, p in named.items()}
+    options = kind.options(n_bins=n_bins, level=level)
     rows = {}
     for name, pred in preds.items():
-        if task == "classification":
-            if is_regression_prediction(pred):
-                raise invalid(f"prediction_or_predictions[{name!r}]", "a classification prediction", pred,
-                              error=TypeError)
-            rows[name] = _classification_metrics(y_true, pred, n_bins)
-        else:
-            rows[name] = _regression_metrics(y_true, pred, level)
+        rows[name] = kind.metrics(y_true, pred, **options)
         for key, value in rows[name].items():
             if isinstance(value, float) and not math.isfinite(value):
                 rows[name][key] = None
     n_rows = len(np.asarray(y_true))
-    options = {"n_bins": n_bins} if task == "classification" else {"level": level}
-    ood_rows, conformal_rows, extra_options, extras = _sections(preds, task, y_true, ood, calibration)
+    ood_rows, conformal_rows, extra_options, extras = _sections(preds, kind, y_true, ood, calibration)
     options.update(extra_options)
-    return EvaluationReport(task=task, n_rows=n_rows, metrics=rows, options=options,
+    return EvaluationReport(task=kind.prediction.task, n_rows=n_rows, metrics=rows, options=options,
                             _predictions=preds, _y_true=np.asarray(y_true), ood=ood_rows,
                             conformal=conformal_rows, _extras=extras)
 
 
 # ------------------------------------------------------------------------ out-of-distribution and conformal
 
-#: Uncertainty scores of the out-of-distribution section, by task: name -> how to read it from a prediction.
-OOD_SCORES = {
-    "classification": ("max_probability", "entropy", "mutual_information", "variation_ratio"),
-    "regression": ("variance", "epistemic_variance"),
-}
-#: Miscoverage levels and methods of the conformal section.
+#: Miscoverage levels of the conformal section (its methods are each task's ``conformal_methods``).
 CONFORMAL_ALPHAS = (0.1, 0.05)
-CONFORMAL_METHODS = {"classification": ("lac", "aps"), "regression": ("normalized", "cqr")}
 #: APS is randomised (its sets stay small for an accurate model), with a fixed seed so the report is reproducible.
 CONFORMAL_OPTIONS = {"aps": {"randomized": True, "random_state": 0}}
 
@@ -623,19 +596,16 @@ def _ood_score(pred, score: str) -> np.ndarray | None:
     from mcdrop._stats import entropy
 
     if score == "max_probability":
-        probs = pred.mean if is_classification_prediction(pred) else np.asarray(pred)
+        probs = pred.mean if is_prediction(pred) else np.asarray(pred)
         return 1.0 - probs.max(axis=1)
-    if score == "entropy" and not is_classification_prediction(pred):
-        return entropy(np.asarray(pred))
-    if not (is_classification_prediction(pred) or is_regression_prediction(pred)):
-        return None
-    values = np.asarray(getattr(pred, score), dtype=np.float64)
-    return values.mean(axis=1) if values.ndim == 2 else values
+    if is_prediction(pred):
+        return pred.uncertainty(score)
+    return entropy(np.asarray(pred)) if score == "entropy" else None
 
 
-def _ood_metrics(pred, pred_ood, task: str) -> dict:
+def _ood_metrics(pred, pred_ood, kind: "_Task") -> dict:
     out = {}
-    for score in OOD_SCORES[task]:
+    for score in kind.ood_scores:
         u_in, u_out = _ood_score(pred, score), _ood_score(pred_ood, score)
         if u_in is None or u_out is None:
             out[score] = None
@@ -662,7 +632,7 @@ def _per_model(value: Any, models: list[str], name: str) -> dict:
     return {models[0]: value}
 
 
-def _conformal_metrics(pred, pred_cal, y_cal, y_test, task: str) -> dict:
+def _conformal_metrics(pred, pred_cal, y_cal, y_test, kind: "_Task") -> dict:
     """Coverage and mean set size (mean interval width) on the test rows, per method and alpha; None where
     the calibration set is too small for that alpha (with a warning)."""
     import warnings
@@ -670,12 +640,8 @@ def _conformal_metrics(pred, pred_cal, y_cal, y_test, task: str) -> dict:
     from mcdrop import conformal
 
     out = {}
-    for method in CONFORMAL_METHODS[task]:
-        if task == "classification":
-            fitted = conformal.ConformalClassifier(method, alpha=CONFORMAL_ALPHAS[0],
-                                                   **CONFORMAL_OPTIONS.get(method, {}))
-        else:
-            fitted = conformal.ConformalRegressor(method, alpha=CONFORMAL_ALPHAS[0])
+    for method in kind.conformal_methods:
+        fitted = kind.conformal(method, CONFORMAL_ALPHAS[0])
         rows = {}
         for alpha in CONFORMAL_ALPHAS:
             need = conformal.min_calibration_size(alpha)
@@ -686,20 +652,12 @@ def _conformal_metrics(pred, pred_cal, y_cal, y_test, task: str) -> dict:
                 continue
             fitted.alpha = alpha
             fitted.fit(pred_cal, y_cal)
-            if task == "classification":
-                sets = fitted.predict_sets(pred)
-                rows[f"{alpha:g}"] = {"coverage": metrics.set_coverage(y_test, sets),
-                                      "mean_set_size": metrics.mean_set_size(sets)}
-            else:
-                lower, upper = fitted.predict_interval(pred)
-                y = targets(y_test).reshape(lower.shape)
-                rows[f"{alpha:g}"] = {"coverage": metrics.interval_coverage(y, lower, upper),
-                                      "mean_width": metrics.mean_interval_width(lower, upper)}
+            rows[f"{alpha:g}"] = kind.conformal_row(fitted, pred, y_test)
         out[method] = rows
     return out
 
 
-def _sections(prediction_models: dict, task: str, y_true, ood, calibration):
+def _sections(prediction_models: dict, kind: "_Task", y_true, ood, calibration):
     """The out-of-distribution and conformal sections of :func:`evaluate`, their options, and the inputs
     their figures need."""
     models = list(prediction_models)
@@ -707,8 +665,8 @@ def _sections(prediction_models: dict, task: str, y_true, ood, calibration):
     extras = {"ood": {}, "calibration": {}}
     if ood is not None:
         for name, value in _per_model(ood, models, "ood").items():
-            pred_ood = _as_prediction(value, task, f"ood[{name!r}]" if isinstance(ood, Mapping) else "ood")
-            ood_rows[name] = _ood_metrics(prediction_models[name], pred_ood, task)
+            pred_ood = _as_prediction(value, kind, f"ood[{name!r}]" if isinstance(ood, Mapping) else "ood")
+            ood_rows[name] = _ood_metrics(prediction_models[name], pred_ood, kind)
             extras["ood"][name] = pred_ood
             ood_rows[name]["n_rows"] = len(pred_ood)
     if calibration is not None:
@@ -717,8 +675,8 @@ def _sections(prediction_models: dict, task: str, y_true, ood, calibration):
                           error=TypeError)
         cal_preds, y_cal = calibration
         for name, pred_cal in _per_model(cal_preds, models, "calibration").items():
-            pred_cal = _as_prediction(pred_cal, task, "calibration")
-            conformal_rows[name] = _conformal_metrics(prediction_models[name], pred_cal, y_cal, y_true, task)
+            pred_cal = _as_prediction(pred_cal, kind, "calibration")
+            conformal_rows[name] = _conformal_metrics(prediction_models[name], pred_cal, y_cal, y_true, kind)
             extras["calibration"][name] = (pred_cal, y_cal)
         options["calibration_rows"] = len(np.asarray(y_cal))
     return ood_rows, conformal_rows, options, extras
@@ -738,7 +696,7 @@ def _sections_text(report) -> str:
                 rows.append((model, score, *cells))
         lines += _plain_table(rows)
     if report.conformal:
-        size = "mean_set_size" if report.task == "classification" else "mean_width"
+        size = _KINDS[report.task].conformal_size[0]
         lines += ["", "conformal prediction (coverage on these rows; target 1 - alpha)"]
         rows = [("model", "method", "alpha", "coverage", size.replace("_", " "))]
         for model, methods in report.conformal.items():
@@ -759,7 +717,7 @@ def _plain_table(rows) -> list[str]:
 
 
 def _sections_figures(report) -> dict:
-    from mcdrop import conformal, plotting
+    from mcdrop import plotting
 
     out = {}
     for model, scores in report.ood.items():
@@ -772,14 +730,138 @@ def _sections_figures(report) -> dict:
             values=(_ood_score(pred, best), _ood_score(pred_ood, best)),
             labels=("in-distribution", "out-of-distribution"), xlabel=best.replace("_", " "),
             auroc=usable[best], name=model).plot().figure_
-    if report.task == "classification":
+    out.update(report._kind.conformal_figures(report, plotting))
+    return out
+
+
+# ------------------------------------------------------------------------ what each task adds
+
+
+class _Task:
+    """What the report computes and draws for one prediction type: the type carries the task, so the
+    report asks this object instead of comparing task names. A new task is one more subclass."""
+
+    prediction: type
+    #: Uncertainty scores of the out-of-distribution section (read by :func:`_ood_score`).
+    ood_scores: tuple[str, ...]
+    #: Methods of the conformal section.
+    conformal_methods: tuple[str, ...]
+    #: The size column of the conformal section: its key, its label, and what the method predicts.
+    conformal_size: tuple[str, str, str]
+
+    @staticmethod
+    def options(*, n_bins: int, level: float) -> dict:
+        raise NotImplementedError
+
+    def conformal_figures(self, report, plotting) -> dict:
+        return {}
+
+
+class _ClassificationTask(_Task):
+    prediction = ClassificationPrediction
+    ood_scores = ("max_probability", "entropy", "mutual_information", "variation_ratio")
+    conformal_methods = ("lac", "aps")
+    conformal_size = ("mean_set_size", "mean set size ↓", "sets")
+
+    @staticmethod
+    def options(*, n_bins: int, level: float) -> dict:
+        return {"n_bins": n_bins}
+
+    @staticmethod
+    def metrics(y_true, pred, *, n_bins: int) -> dict:
+        return _classification_metrics(y_true, pred, n_bins)
+
+    @staticmethod
+    def from_array(array: np.ndarray):
+        return array if array.ndim == 2 else ClassificationPrediction.from_samples(array)
+
+    @staticmethod
+    def conformal(method: str, alpha: float):
+        from mcdrop import conformal
+
+        return conformal.ConformalClassifier(method, alpha=alpha, **CONFORMAL_OPTIONS.get(method, {}))
+
+    @staticmethod
+    def conformal_row(fitted, pred, y_test) -> dict:
+        sets = fitted.predict_sets(pred)
+        return {"coverage": metrics.set_coverage(y_test, sets), "mean_set_size": metrics.mean_set_size(sets)}
+
+    @staticmethod
+    def figures(report, plotting) -> dict:
+        """Risk–coverage (all models on one axes), then reliability and uncertainty per model."""
+        y, out, first = report._y_true, {}, None
+        for name, pred in report._predictions.items():
+            disp = plotting.RiskCoverageDisplay.from_predictions(y, pred, name=name,
+                                                                ax=None if first is None else first.ax_)
+            first = first or disp
+        out["Risk–coverage"] = first.figure_
+        for name, pred in report._predictions.items():
+            out[f"Reliability: {name}"] = plotting.ReliabilityDisplay.from_predictions(
+                y, pred, n_bins=report.options.get("n_bins", 15), name=name).figure_
+            if 0 < report.metrics[name]["accuracy"] < 1:
+                out[f"Uncertainty: {name}"] = plotting.UncertaintyDisplay.from_predictions(
+                    y, pred, name=name).figure_
+        return out
+
+    def conformal_figures(self, report, plotting) -> dict:
+        """Coverage by set size of the APS sets at alpha 0.1, per model."""
+        out = {}
         for model, methods in report.conformal.items():
             if methods.get("aps", {}).get("0.1") is None:
                 continue
             pred_cal, y_cal = report._extras["calibration"][model]
-            sets = conformal.ConformalClassifier("aps", alpha=0.1, **CONFORMAL_OPTIONS["aps"]).fit(
-                pred_cal, y_cal).predict_sets(
-                report._predictions[model])
+            sets = self.conformal("aps", 0.1).fit(pred_cal, y_cal).predict_sets(report._predictions[model])
             out[f"Conformal APS sets (alpha 0.1): {model}"] = plotting.SetCoverageDisplay.from_predictions(
                 report._y_true, sets, alpha=0.1, name=model).figure_
-    return out
+        return out
+
+
+class _RegressionTask(_Task):
+    prediction = RegressionPrediction
+    ood_scores = ("variance", "epistemic_variance")
+    conformal_methods = ("normalized", "cqr")
+    conformal_size = ("mean_width", "mean interval width ↓", "intervals")
+
+    @staticmethod
+    def options(*, n_bins: int, level: float) -> dict:
+        return {"level": level}
+
+    @staticmethod
+    def metrics(y_true, pred, *, level: float) -> dict:
+        return _regression_metrics(y_true, pred, level)
+
+    @staticmethod
+    def from_array(array: np.ndarray):
+        return RegressionPrediction.from_samples(array)
+
+    @staticmethod
+    def conformal(method: str, alpha: float):
+        from mcdrop import conformal
+
+        return conformal.ConformalRegressor(method, alpha=alpha)
+
+    @staticmethod
+    def conformal_row(fitted, pred, y_test) -> dict:
+        lower, upper = fitted.predict_interval(pred)
+        y = targets(y_test).reshape(lower.shape)
+        return {"coverage": metrics.interval_coverage(y, lower, upper),
+                "mean_width": metrics.mean_interval_width(lower, upper)}
+
+    @staticmethod
+    def figures(report, plotting) -> dict:
+        """Regression calibration (all models on one axes), then the intervals per model."""
+        y, out, first = report._y_true, {}, None
+        for name, pred in report._predictions.items():
+            disp = plotting.RegressionCalibrationDisplay.from_predictions(
+                y, pred, name=name, ax=None if first is None else first.ax_)
+            first = first or disp
+        out["Regression calibration"] = first.figure_
+        for name, pred in report._predictions.items():
+            out[f"Intervals: {name}"] = plotting.PredictionIntervalDisplay.from_predictions(
+                y, pred, level=report.options.get("level", 0.95), name=name).figure_
+        return out
+
+
+_CLASSIFICATION, _REGRESSION = _ClassificationTask(), _RegressionTask()
+#: The report's tasks by name (the names are the prediction types' ``task``).
+_KINDS = {kind.prediction.task: kind for kind in (_CLASSIFICATION, _REGRESSION)}

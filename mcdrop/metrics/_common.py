@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from mcdrop._validation import check_array, check_labels, check_probs, check_same_length, invalid
+from mcdrop.predictive import ClassificationPrediction, RegressionPrediction
 
 
 #: Which way a metric improves, recorded on the metric function itself as ``fn.direction`` (see
@@ -28,12 +29,18 @@ def better(direction: int):
     return mark
 
 
+def is_prediction(value: Any) -> bool:
+    """Whether ``value`` is a prediction object (which answers :meth:`uncertainty` and the like) rather
+    than an array."""
+    return isinstance(value, (ClassificationPrediction, RegressionPrediction))
+
+
 def is_classification_prediction(value: Any) -> bool:
-    return getattr(value, "task", None) == "classification" and hasattr(value, "mean")
+    return isinstance(value, ClassificationPrediction)
 
 
 def is_regression_prediction(value: Any) -> bool:
-    return getattr(value, "task", None) == "regression" and hasattr(value, "cdf")
+    return isinstance(value, RegressionPrediction)
 
 
 def looks_like_probs(array: np.ndarray) -> bool:
@@ -89,26 +96,10 @@ def same_shape(reference: np.ndarray, ref_name: str, value: np.ndarray, name: st
     return value
 
 
-#: Per-row uncertainty measures a prediction can supply, by task.
-MEASURES = {
-    "classification": ("entropy", "mutual_information", "expected_entropy", "variation_ratio"),
-    "regression": ("variance", "epistemic_variance", "aleatoric_variance", "std"),
-}
-
-
 def uncertainty_of(value: Any, name: str, measure: str | None) -> np.ndarray:
-    """Per-row uncertainty (N,): an array as given, or ``measure`` read from a prediction.
-
-    For a prediction, ``measure=None`` means entropy (classification) or total variance (regression);
-    regression measures are averaged over output dimensions.
-    """
-    from mcdrop._validation import check_choice
-
-    task = getattr(value, "task", None)
-    if task in MEASURES:
-        measure = check_choice(measure if measure is not None else MEASURES[task][0], "measure", MEASURES[task])
-        out = np.asarray(getattr(value, measure), dtype=np.float64)
-        if out.ndim == 2:
-            out = out.mean(axis=1)
-        return check_array(out, name, ndim=1)
+    """Per-row uncertainty (N,): an array as given, or ``measure`` read from a prediction
+    (:meth:`~mcdrop.predictive.ClassificationPrediction.uncertainty`: entropy or total variance by default,
+    regression measures averaged over output dimensions)."""
+    if is_prediction(value):
+        return check_array(value.uncertainty(measure), name, ndim=1)
     return scores(value, name)
