@@ -17,15 +17,34 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from mcdrop import metrics as _metrics
 from mcdrop._validation import check_float, check_int, invalid
+from mcdrop.predictive import ClassificationPrediction, RegressionPrediction
 
 __all__ = ["tune_rate", "RateTuning", "RateCurve", "METRICS"]
 
-#: The named metrics per task; every one is lower-is-better.
-METRICS = {
-    "classification": ("nll", "brier", "ece"),
-    "regression": ("nll", "crps", "rmse"),
+
+def _gaussian_nll(y, pred) -> float:
+    if np.any(pred.variance <= 0):
+        return math.inf  # a point mass has no finite density at the target
+    return _metrics.gaussian_nll(y, pred)
+
+
+def _rmse(y, pred) -> float:
+    return _metrics.rmse(y, pred.mean)
+
+
+_gaussian_nll.direction = _metrics.gaussian_nll.direction
+_rmse.direction = _metrics.rmse.direction
+
+#: The named scores of each prediction type, by name (its ``task``).
+_SCORES = {
+    ClassificationPrediction.task: {"nll": _metrics.negative_log_likelihood, "brier": _metrics.brier_score,
+                                    "ece": _metrics.expected_calibration_error},
+    RegressionPrediction.task: {"nll": _gaussian_nll, "crps": _metrics.crps_gaussian, "rmse": _rmse},
 }
+#: The named metrics per task; every one is lower-is-better (its ``direction``).
+METRICS = {task: tuple(scores) for task, scores in _SCORES.items()}
 
 
 class RateCurve(NamedTuple):
@@ -92,21 +111,9 @@ class RateTuning:
 
 
 def _score(metric, y, pred) -> float:
-    from mcdrop import metrics
-
     if callable(metric):
         return float(metric(y, pred))
-    if pred.task == "classification":
-        fn = {"nll": metrics.negative_log_likelihood, "brier": metrics.brier_score,
-              "ece": metrics.expected_calibration_error}[metric]
-        return fn(y, pred)
-    if metric == "rmse":
-        return metrics.rmse(y, pred.mean)
-    if metric == "nll":
-        if np.any(pred.variance <= 0):
-            return math.inf  # a point mass has no finite density at the target
-        return metrics.gaussian_nll(y, pred)
-    return metrics.crps_gaussian(y, pred)
+    return float(_SCORES[pred.task][metric](y, pred))
 
 
 def _scaled_rates(model, scale: float) -> dict:
@@ -164,7 +171,9 @@ def tune_rate(model, x_val, y_val, *, rates: Sequence[float] | None = None, scal
         Instead: candidate factors on every trained rate (keeps their ratios). Exactly one of
         ``rates`` and ``scales``.
     metric : {"nll", "brier", "ece"} for classification, {"nll", "crps", "rmse"} for regression, or callable
-        Lower is better. A callable is called as ``metric(y_val, prediction)``. The regression NLL
+        Lower is better. A callable is called as ``metric(y_val, prediction)``; one that carries a
+        ``direction`` other than lower-is-better (a metric of :mod:`mcdrop.metrics` such as
+        ``accuracy_score``, whose ``direction`` is +1) is refused rather than minimised. The regression NLL
         and CRPS use the moment-matched Gaussian of the prediction; a zero predictive variance
         (rate 0 without a Gaussian head) has NLL ``inf``. ECE and RMSE are not proper scores: ECE can
         favour an uninformative model, RMSE ignores the spread.
@@ -201,6 +210,12 @@ def tune_rate(model, x_val, y_val, *, rates: Sequence[float] | None = None, scal
     seed = check_int(seed, "seed", minimum=0)
     if not callable(metric) and not isinstance(metric, str):
         raise invalid("metric", "a metric name or a callable", metric, error=TypeError)
+    if callable(metric) and getattr(metric, "direction", _metrics.LOWER) != _metrics.LOWER:
+        way = "higher is better" if metric.direction == _metrics.HIGHER else "it is neither higher- nor lower-is-better"
+        raise invalid("metric", "a lower-is-better metric (the best candidate has the lowest score)",
+                      getattr(metric, "__name__", metric),
+                      detail=f"Its `direction` is {metric.direction}: {way}. To maximise a score, pass "
+                             "lambda y, p: -score(y, p).")
     if isinstance(metric, str) and not any(metric in names for names in METRICS.values()):
         listed = ", ".join(repr(m) for m in dict.fromkeys(m for names in METRICS.values() for m in names))
         raise invalid("metric", f"one of {listed}, or a callable", metric)

@@ -99,9 +99,32 @@ def test_classification_metrics_and_a_callable():
                                                      r"for regression"),
     ({"rates": [0.1], "num_samples": 1}, ValueError, r"argument `num_samples`: expected an integer >= 2"),
     ({"rates": [0.1], "rate": 0.2}, TypeError, r"argument `rate`: expected no `rate` among the engine options"),
+    # a metric that says higher is better is refused, never minimised (issue 13 item 6)
+    ({"rates": [0.1], "metric": mcdrop.metrics.accuracy_score}, ValueError,
+     r"argument `metric`: expected a lower-is-better metric .*received 'accuracy_score'\. Its `direction` is 1: "
+     r"higher is better"),
+    ({"rates": [0.1], "metric": mcdrop.metrics.interval_coverage}, ValueError,
+     r"received 'interval_coverage'\. Its `direction` is 0"),
 ])
 def test_errors(kwargs, error, match):
     model = _linear([1.0, 2.0])
     x = np.ones((4, 2), np.float32)
     with pytest.raises(error, match=match):
         mcdrop.tune_rate(model, x, np.ones((4, 1)), **kwargs)
+
+
+def test_named_metrics_are_the_lower_is_better_metrics_of_mcdrop_metrics():
+    """Every named metric is minimised, so each must say lower is better; and each is the metric of
+    mcdrop.metrics it is named after (checked on a hand-worked prediction)."""
+    from mcdrop import metrics
+    from mcdrop.predictive import ClassificationPrediction, RegressionPrediction
+    from mcdrop.tuning import METRICS, _SCORES
+
+    assert set(METRICS) == set(mcdrop.heads.TASKS)
+    assert all(fn.direction == metrics.LOWER for scores in _SCORES.values() for fn in scores.values())
+    clf = ClassificationPrediction.from_samples(np.array([[[0.8, 0.2], [0.4, 0.6]]]))
+    assert _SCORES[clf.task]["nll"]([0, 1], clf) == pytest.approx(-(np.log(0.8) + np.log(0.6)) / 2)
+    reg = RegressionPrediction.from_samples(np.array([[1.0, 2.0], [3.0, 2.0]]))
+    assert _SCORES[reg.task]["rmse"]([2.0, 4.0], reg) == pytest.approx(np.sqrt((0 + 4) / 2))
+    point = RegressionPrediction.from_samples(np.array([[1.0, 2.0]]))
+    assert _SCORES[point.task]["nll"]([1.0, 2.0], point) == np.inf
