@@ -66,6 +66,9 @@ __all__ = [
     "select",
     "SCORES",
     "METHODS",
+    "REGRESSION_METHODS",
+    "CLASSIFICATION_METHODS",
+    "METHODS_BY_TASK",
     "STOCHASTIC_MODES",
 ]
 
@@ -417,6 +420,10 @@ METHODS = (*SCORES, "batch_bald")
 REGRESSION_METHODS = ("predictive_variance", "epistemic_variance")
 #: The methods that score class probabilities (what :class:`mcdrop.active.ActiveLearningLoop` accepts).
 CLASSIFICATION_METHODS = tuple(m for m in METHODS if m not in REGRESSION_METHODS)
+#: The methods that take each task's predictions, keyed by the prediction types' ``task`` ("random" takes
+#: either).
+METHODS_BY_TASK = {ClassificationPrediction.task: CLASSIFICATION_METHODS,
+                   RegressionPrediction.task: (*REGRESSION_METHODS, "random")}
 STOCHASTIC_MODES = ("power", "softmax", "softrank")
 
 

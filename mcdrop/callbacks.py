@@ -29,6 +29,7 @@ import numpy as np
 from mcdrop._validation import check_choice, check_float, check_int, describe, invalid
 from mcdrop.engine import MCDropout
 from mcdrop.engine.mc_dropout import _count_rows
+from mcdrop.predictive import ClassificationPrediction, RegressionPrediction
 
 __all__ = ["MCDropoutMetrics", "CLASSIFICATION_METRICS", "REGRESSION_METRICS", "DEFAULT_METRICS"]
 
@@ -42,12 +43,12 @@ REGRESSION_METRICS = (
     "gaussian_nll", "mixture_nll", "crps", "rmse", "coverage", "coverage_error", "interval_width",
     "miscalibration_area", "mean_std",
 )
-#: What is logged when ``metrics`` is not given, per task.
+#: What is logged when ``metrics`` is not given, per task (keyed by the prediction types' ``task``).
 DEFAULT_METRICS = {
-    "classification": ("nll", "ece", "brier", "aurc"),
-    "regression": ("gaussian_nll", "crps", "rmse"),
+    ClassificationPrediction.task: ("nll", "ece", "brier", "aurc"),
+    RegressionPrediction.task: ("gaussian_nll", "crps", "rmse"),
 }
-_TASK_METRICS = {"classification": CLASSIFICATION_METRICS, "regression": REGRESSION_METRICS}
+_TASK_METRICS = {ClassificationPrediction.task: CLASSIFICATION_METRICS, RegressionPrediction.task: REGRESSION_METRICS}
 
 
 def _is_dataset(value) -> bool:

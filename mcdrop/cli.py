@@ -19,12 +19,14 @@ Set ``MCDROP_TRACEBACK=1`` in the environment to see the full traceback of an er
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -136,6 +138,81 @@ def _number(name: str):
     return parse
 
 
+# --------------------------------------------------------------------------- the library's vocabularies
+
+
+class _LibraryChoices(Sequence):
+    """A choice list the library owns (``module.NAME``, plus the command line's own ``extra`` spellings),
+    read the first time argparse looks at it: when the option is given, or for ``--help``. Building the
+    parser so imports no numerical code, and the command line never keeps a copy of the library's words."""
+
+    def __init__(self, module: str, name: str, extra: Sequence[str] = ()):
+        self.module, self.name, self.extra = module, name, tuple(extra)
+        self._values: tuple | None = None
+
+    @property
+    def values(self) -> tuple:
+        if self._values is None:
+            import importlib
+
+            self._values = (*getattr(importlib.import_module(self.module), self.name), *self.extra)
+        return self._values
+
+    def __getitem__(self, index):
+        return self.values[index]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __repr__(self) -> str:
+        return f"{self.module}.{self.name}"
+
+
+class _LibraryText:
+    """Help text built from the library's vocabularies when the help is shown (argparse asks for it with
+    ``text % params`` after ``text.strip()``)."""
+
+    def __init__(self, make):
+        self.make = make
+
+    def __str__(self) -> str:
+        return self.make()
+
+    def strip(self) -> str:
+        return str(self).strip()
+
+    def __mod__(self, params) -> str:
+        return str(self) % params
+
+
+def _listed(values: Sequence[str], last: str = "or") -> str:
+    """``a, b or c``."""
+    values = list(values)
+    return values[0] if len(values) == 1 else f"{', '.join(values[:-1])} {last} {values[-1]}"
+
+
+#: Every choice list of the command line, by the option that takes it; each is the library's own.
+CHOICES = {
+    "--task": _LibraryChoices("mcdrop.heads", "TASKS"),
+    "--outputs": _LibraryChoices("mcdrop.heads", "OUTPUTS"),
+    "--heteroscedastic": _LibraryChoices("mcdrop.heads", "HETEROSCEDASTIC"),
+    "--stochastic": _LibraryChoices("mcdrop.acquisition", "STOCHASTIC_MODES"),
+}
+
+
+def _method_help() -> str:
+    from mcdrop import acquisition
+
+    aliases = {name: alias for alias, name in _METHOD_ALIASES.items()}
+
+    def named(methods):
+        return [f"{m} ({aliases[m]})" if m in aliases else m for m in methods]
+
+    return (f"acquisition method (default: bald): {', '.join(named(acquisition.CLASSIFICATION_METHODS))}; "
+            f"{_listed(named(acquisition.REGRESSION_METHODS))} for regression (the library's names, or the "
+            "spellings in parentheses)")
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -207,13 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("model", metavar="MODEL", nargs="+", help=_MODEL_HELP)
     select.add_argument("pool", metavar="POOL", help="the unlabeled pool as .npy, .npz or .csv")
     select.add_argument("-k", type=_positive_int("-k"), required=True, help="how many inputs to pick")
-    select.add_argument("--method", default="bald",
-                        help="acquisition method: bald (default), batchbald, entropy, variation_ratio, mean_std, "
-                             "margin, least_confidence, random; predictive_variance or epistemic_variance "
-                             "for regression")
-    select.add_argument("--stochastic", choices=("power", "softmax", "softrank"), default=None,
-                        help="sample the batch in proportion to the scores instead of taking the top k "
-                             "(stochastic batch acquisition; --method bald --stochastic power is PowerBALD)")
+    select.add_argument("--method", default="bald", help=_LibraryText(_method_help))
+    select.add_argument("--stochastic", choices=CHOICES["--stochastic"], metavar="MODE", default=None,
+                        help="sample the batch in proportion to the scores instead of taking the top k, MODE one "
+                             "of %(choices)s (stochastic batch acquisition; --method bald --stochastic power is "
+                             "PowerBALD)")
     select.add_argument("--beta", type=_number("--beta"), default=None,
                         help="inverse temperature for --stochastic, >= 0 (default: 1)")
     _add_sampling_options(select)
@@ -240,13 +315,13 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=None, metavar="B",
                    help="rows per batch (default: chosen under a memory budget)")
     p.add_argument("--key", default=None, help="which array of an .npz file to read (default: the only one, or x)")
-    p.add_argument("--task", choices=("classification", "regression"),
-                   help="state the task instead of detecting it from the model")
-    p.add_argument("--outputs", choices=("probs", "logits"),
-                   help="state whether a classifier outputs probabilities or logits")
-    p.add_argument("--heteroscedastic", metavar="PARAM",
-                   help="regression model with a Gaussian head, e.g. log_variance "
-                        "(outputs are mean and log-variance halves)")
+    p.add_argument("--task", choices=CHOICES["--task"], metavar="TASK",
+                   help="state the task (%(choices)s) instead of detecting it from the model")
+    p.add_argument("--outputs", choices=CHOICES["--outputs"], metavar="OUTPUTS",
+                   help="state whether a classifier outputs probabilities or logits (%(choices)s)")
+    p.add_argument("--heteroscedastic", choices=CHOICES["--heteroscedastic"], metavar="PARAM",
+                   help="regression model with a Gaussian head whose second half is PARAM, one of %(choices)s "
+                        "(log_variance: outputs are mean and log-variance halves)")
     p.add_argument("--unsafe", action="store_true",
                    help="allow models holding Python code (Lambda layers) and SavedModel graphs; "
                         "only for files you trust")
@@ -547,14 +622,23 @@ def _check_exists(path: str, name: str) -> None:
                            "No such file or folder.")
 
 
+#: Head options, the field of the prediction that records each, and why another task refuses it.
+_HEAD_OPTIONS = (("--outputs", "outputs", " (it describes class scores)"), ("--heteroscedastic", "heteroscedastic", ""))
+
+
 def _check_model_options(args) -> None:
-    """Contradictory head declarations, refused before anything is loaded."""
-    if args.outputs is not None and args.task == "regression":
-        raise CommandError("Invalid value for argument `--outputs`: expected no --outputs with --task "
-                           f"regression (it describes class scores), received {args.outputs!r}.")
-    if args.heteroscedastic is not None and args.task == "classification":
-        raise CommandError("Invalid value for argument `--heteroscedastic`: expected no --heteroscedastic "
-                           f"with --task classification, received {args.heteroscedastic!r}.")
+    """Contradictory head declarations, refused before anything is loaded. A head option belongs to the
+    task whose prediction records it (``outputs`` on a classification prediction, ``heteroscedastic`` on a
+    regression one)."""
+    if args.task is not None:  # argparse has read the library's TASKS for it, so its types are loaded
+        from mcdrop.predictive import PREDICTION_TYPES
+
+        fields = {field.name for field in dataclasses.fields(PREDICTION_TYPES[args.task])}
+        for flag, field, why in _HEAD_OPTIONS:
+            value = getattr(args, field)
+            if value is not None and field not in fields:
+                raise CommandError(f"Invalid value for argument `{flag}`: expected no {flag} with --task "
+                                   f"{args.task}{why}, received {value!r}.")
     if args.heteroscedastic is not None and args.outputs is not None:
         raise CommandError("Invalid value for argument `--heteroscedastic`: expected no --heteroscedastic "
                            f"with --outputs (a Gaussian head is a regression head), received "
@@ -661,9 +745,9 @@ def _provenance(pred) -> dict[str, Any]:
         meta["seed"] = np.array(pred.seed)
     if getattr(pred, "members", None) is not None:
         meta["members"] = np.array(pred.members)  # passes per ensemble member
-    if pred.task == "classification":
-        meta["outputs"] = np.array(getattr(pred, "outputs", "probs"))
-    else:
+    if hasattr(pred, "outputs"):  # a classification prediction records its head's outputs
+        meta["outputs"] = np.array(pred.outputs)
+    if hasattr(pred, "heteroscedastic"):  # a regression prediction, whether its head is Gaussian
         meta["heteroscedastic"] = np.array(bool(pred.heteroscedastic))
     return meta
 
@@ -742,42 +826,27 @@ def _cmd_predict(args) -> int:
 
 
 def _prediction_summary(pred) -> dict[str, Any]:
-    summary: dict[str, Any] = {"task": pred.task, "rows": len(pred), "num_samples": pred.num_samples}
-    if pred.task == "classification":
-        summary.update(
-            classes=pred.num_classes,
-            mean_confidence=float(np.mean(pred.confidence)),
-            mean_entropy=float(np.mean(pred.entropy)),
-            mean_mutual_information=float(np.mean(pred.mutual_information)),
-            max_standard_error=float(np.max(pred.standard_error)),  # NaN for T = 1: undefined
-        )
-    else:
-        summary.update(
-            targets=int(pred.mean.shape[-1]),
-            mean_std=float(np.mean(pred.std)),
-            mean_epistemic_variance=float(np.mean(pred.epistemic_variance)),
-            mean_aleatoric_variance=float(np.mean(pred.aleatoric_variance)),
-        )
-    return summary
+    return pred.summary()
 
 
 def _per_row(pred) -> dict[str, list]:
-    if pred.task == "classification":
-        return {"predicted_class": pred.predicted_class.tolist(), "confidence": pred.confidence.tolist(),
-                "entropy": pred.entropy.tolist(), "mutual_information": pred.mutual_information.tolist()}
-    return {"mean": pred.mean.tolist(), "std": pred.std.tolist(),
-            "epistemic_variance": pred.epistemic_variance.tolist(),
-            "aleatoric_variance": pred.aleatoric_variance.tolist()}
+    return {name: getattr(pred, name).tolist() for name in pred.row_statistics}
+
+
+#: Column headings of the per-row table, where shorter than the statistic's name.
+_ROW_HEADINGS = {"predicted_class": "class", "mutual_information": "mutual_info",
+                 "epistemic_variance": "epistemic_var", "aleatoric_variance": "aleatoric_var"}
 
 
 def _rows_table(pred) -> str:
-    if pred.task == "classification":
-        rows = [(i, int(c), float(p), float(h), float(mi)) for i, (c, p, h, mi) in enumerate(zip(
-            pred.predicted_class, pred.confidence, pred.entropy, pred.mutual_information))]
-        return format_table(["row", "class", "confidence", "entropy", "mutual_info"], rows)
-    rows = [(i, *(float(v) for v in (m[0], s[0], e[0], a[0]))) for i, (m, s, e, a) in enumerate(zip(
-        pred.mean, pred.std, pred.epistemic_variance, pred.aleatoric_variance))]
-    return format_table(["row", "mean", "std", "epistemic_var", "aleatoric_var"], rows)
+    """One line per row: the prediction's ``row_statistics`` (the first output of a multi-output model)."""
+    columns = []
+    for name in pred.row_statistics:
+        values = getattr(pred, name)
+        values = values[:, 0] if values.ndim == 2 else values
+        columns.append(values.tolist() if values.dtype.kind in "iub" else values.astype(float).tolist())
+    rows = [(i, *cells) for i, cells in enumerate(zip(*columns))]
+    return format_table(["row", *(_ROW_HEADINGS.get(n, n) for n in pred.row_statistics)], rows)
 
 
 def _report_provenance(args) -> dict[str, Any]:
@@ -883,7 +952,7 @@ def _evaluate_sections(args, pred) -> dict:
     options = {}
     if args.ood is not None:
         pred_ood = _load_prediction(args.ood, "--ood")
-        if pred_ood.task != pred.task:
+        if type(pred_ood) is not type(pred):
             raise CommandError(f"Invalid value for argument `--ood`: expected {pred.task} predictions like PREDS, "
                                f"received {pred_ood.task} predictions from {args.ood!r}.")
         options["ood"] = pred_ood
@@ -893,14 +962,14 @@ def _evaluate_sections(args, pred) -> dict:
         y_cal = io.load_array(labels_path, name="--calibration LABELS")
         if y_cal.ndim == 2 and y_cal.shape[1] == 1:
             y_cal = y_cal[:, 0]
-        if pred_cal.task != pred.task or pred_cal.mean.shape[1:] != pred.mean.shape[1:]:
+        if type(pred_cal) is not type(pred) or pred_cal.mean.shape[1:] != pred.mean.shape[1:]:
             raise CommandError(f"Invalid value for argument `--calibration PREDS`: expected {pred.task} predictions "
                                f"of the shape of PREDS' rows {pred.mean.shape[1:]}, received {pred_cal.task} "
                                f"predictions of {pred_cal.mean.shape[1:]} from {preds_path!r}.")
         if len(y_cal) != len(pred_cal):
             raise CommandError(f"Invalid value for argument `--calibration LABELS`: expected {len(pred_cal)} labels "
                                f"(one per row of --calibration PREDS), received {len(y_cal)}.")
-        if pred.task == "classification":
+        if hasattr(pred, "num_classes"):  # class labels, checked against the classes of PREDS
             y_cal = check_labels(y_cal, "--calibration LABELS", n_classes=pred.mean.shape[1])
         options["calibration"] = (pred_cal, y_cal)
     return options
@@ -981,21 +1050,17 @@ def _check_method(method: str) -> str:
     return method
 
 
-#: Methods that score a regression prediction; "random" takes either task, the rest need classes.
-_REGRESSION_METHODS = {"predictive_variance", "epistemic_variance"}
+def _check_method_task(method: str, task: str | None, source: str) -> None:
+    """A method for the other task's predictions (BALD for a regression model, or the reverse) is refused
+    before any pass; the library says which methods take which task (``acquisition.METHODS_BY_TASK``)."""
+    from mcdrop import acquisition
 
-
-def _check_method_task(method: str, task: str, source: str) -> None:
-    """A classification method for a regression model (or the reverse) is refused before any pass."""
-    if method == "random" or task is None:
+    if task is None:
         return
-    if task == "regression" and method not in _REGRESSION_METHODS:
-        raise CommandError(f"Invalid value for argument `--method`: expected predictive_variance, "
-                           f"epistemic_variance or random for a regression model ({source}), received "
-                           f"{method!r}, which scores class probabilities.")
-    if task == "classification" and method in _REGRESSION_METHODS:
-        raise CommandError(f"Invalid value for argument `--method`: expected a classification method (bald, "
-                           f"batchbald, entropy, ...) for a classifier ({source}), received {method!r}.")
+    allowed = acquisition.METHODS_BY_TASK[task]
+    if method not in allowed:
+        raise CommandError(f"Invalid value for argument `--method`: expected {_listed(allowed)} for a {task} "
+                           f"model ({source}), received {method!r}.")
 
 
 def _model_task(mc, pool: np.ndarray) -> str | None:

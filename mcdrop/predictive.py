@@ -46,6 +46,7 @@ __all__ = [
     "concatenate",
     "MASK_MODES",
     "EpistemicOnlyWarning",
+    "PREDICTION_TYPES",
 ]
 
 #: How the noise of a pass relates across inputs: one draw of the network shared by
@@ -533,6 +534,9 @@ class RegressionPrediction:
 
 
 Prediction = ClassificationPrediction | RegressionPrediction
+#: The prediction type of each task, by its name (the ``task`` the types carry): where a task named by a
+#: user or a file becomes a type, which then carries the behaviour.
+PREDICTION_TYPES = {cls.task: cls for cls in (ClassificationPrediction, RegressionPrediction)}
 
 
 def concatenate(predictions: Sequence[Prediction]) -> Prediction:

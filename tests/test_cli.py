@@ -405,7 +405,8 @@ EARLY_ERRORS = [
     (["evaluate", "{f}/probs.npy", "{f}/y.npy", "--out", "{locked}/report"],
      r"argument `--out`: expected a path in a folder this user can write"),
     (["select", "{f}/clf.keras", "{f}/x.npy", "-k", "2", "--method", "epistemic_variance", "--task",
-      "classification"], r"argument `--method`: expected a classification method .* \(--task classification\)"),
+      "classification"], r"argument `--method`: expected bald, .*least_confidence, random or batch_bald for a "
+                         r"classification model \(--task classification\), received 'epistemic_variance'"),
     (["select", "{f}/clf.keras", "{f}/x.npy", "-k", "2", "--method", "bald", "--task", "regression"],
      r"argument `--method`: expected predictive_variance, epistemic_variance or random for a regression"),
     (["predict", "{f}/clf.keras", "{f}/x.npy", "--task", "regression", "--outputs", "logits"],
@@ -474,7 +475,8 @@ def test_a_classification_method_for_a_regression_model_fails_before_the_pool_is
     rows.clear()
     status, out, err = run(capsys, "select", files / "clf.keras", files / "x.npy", "-k", "2", "--method",
                            "predictive_variance")
-    assert_one_line_error(status, out, err, r"expected a classification method .* \(the model\)")
+    assert_one_line_error(status, out, err, r"expected bald, .* or batch_bald for a classification model "
+                                            r"\(the model\)")
     assert rows == [1]
 
 
