@@ -239,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], help=help_text, description=help_text,
                               epilog=_EPILOGS[name], formatter_class=argparse.RawDescriptionHelpFormatter)
 
+    for add_command in (_add_demo, _add_predict, _add_evaluate, _add_select):
+        add_command(add)
+    return parser
+
+
+def _add_demo(add) -> None:
     demo = add("demo", "Train a small dropout CNN on scikit-learn's digits and show what MC dropout buys: "
                        "calibration, out-of-distribution detection and the next batch to label.")
     demo.add_argument("--out", default="demo-out", metavar="DIR",
@@ -248,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=_seed("--seed", MAX_DEMO_SEED), default=0, help="random seed (default: 0)")
     demo.set_defaults(func=_cmd_demo)
 
+
+def _add_predict(add) -> None:
     predict = add("predict", "Run T stochastic passes of a model over data and save the predictive statistics.")
     predict.add_argument("model", metavar="MODEL", nargs="+", help=_MODEL_HELP)
     predict.add_argument("data", metavar="DATA", help="inputs as .npy, .npz or .csv (one row per input)")
@@ -268,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "groups of rows it finished (same model, data, -T, --seed and options)")
     predict.set_defaults(func=_cmd_predict)
 
+
+def _add_evaluate(add) -> None:
     evaluate = add("evaluate", "Evaluate saved predictions against labels: calibration and uncertainty quality.")
     evaluate.add_argument("preds", metavar="PREDS", help="an .npz from `mcdrop predict`, or a probabilities array")
     evaluate.add_argument("labels", metavar="LABELS", help="true labels (N,) as .npy, .npz or .csv")
@@ -280,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=_cmd_evaluate)
     _add_header_option(evaluate, "LABELS")
 
+
+def _add_select(add) -> None:
     select = add("select", "Pick the next inputs to label from an unlabeled pool.")
     select.add_argument("model", metavar="MODEL", nargs="+", help=_MODEL_HELP)
     select.add_argument("pool", metavar="POOL", help="the unlabeled pool as .npy, .npz or .csv")
@@ -300,7 +312,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --ray and a Parquet POOL: the columns holding the model inputs, in order")
     select.add_argument("--out", metavar="FILE", help="write the picked indices to this .csv file")
     select.set_defaults(func=_cmd_select)
-    return parser
 
 
 _MODEL_HELP = ("a .keras file (also .h5, or a SavedModel folder); several MODEL files make an ensemble, "

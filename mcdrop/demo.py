@@ -165,104 +165,28 @@ def run(out=None, *, fast: bool = False, seed: int = 0, progress: bool = True,
 
 
 def _run(out, *, fast, seed, epochs, num_samples, k, bar):
-    import keras
-
     import mcdrop
-    from mcdrop import acquisition, metrics
-    from mcdrop.calibration import TemperatureScaling
-    from mcdrop.predictive import ClassificationPrediction
-
-    data = load_digits_split(seed)
-    keras.utils.set_random_seed(seed)
-    model = build_model()
-
-    class _Tick(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            bar.update(1)
-
-    model.fit(data["x_train"], data["y_train"], epochs=epochs, batch_size=32, verbose=0, shuffle=True,
-              callbacks=[_Tick()])
 
     def step(name):
         bar.set_description(name)
         bar.update(1)
 
-    # 1. predictions: the deterministic network is one pass with dropout off
+    data = load_digits_split(seed)
+    model = _train(data, seed=seed, epochs=epochs, bar=bar)
     bar.set_description("predict")
-    det = {part: ClassificationPrediction.from_samples(model.predict(data[f"x_{part}"], verbose=0)[None])
-           for part in ("test", "ood")}
     mc = mcdrop.MCDropout(model, num_samples=num_samples, seed=seed, verbose=0)
-    mc_pred = {part: mc.predict(data[f"x_{part}"], return_samples=part in ("val", "test", "pool"))
-               for part in ("val", "test", "ood", "pool")}
-    # a second shift, where the inputs change rather than the classes: the test digits inverted
-    inverted = 1.0 - data["x_test"]
-    det["inverted"] = ClassificationPrediction.from_samples(model.predict(inverted, verbose=0)[None])
-    mc_pred["inverted"] = mc.predict(inverted)
+    det, mc_pred = _predict(model, mc, data)
     step("calibrate")
-
-    # 2. calibration: the guide's recipe — one temperature dividing every pass's logits, fitted on the
-    # validation split's passes (bounded, with a log-normal prior that holds it near 1 when the split has
-    # too few errors to identify it). Whatever it warns is kept and said beside the table.
-    import warnings
-
-    from mcdrop.calibration import CalibrationWarning
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", CalibrationWarning)
-        scaler = TemperatureScaling().fit(mc_pred["val"], data["y_val"])
-    calibration_warnings = [str(w.message) for w in caught if issubclass(w.category, CalibrationWarning)]
-    predictions = {"deterministic": det["test"], "mc_dropout": mc_pred["test"],
-                   "mc_temperature": scaler.transform_prediction(mc_pred["test"])}
-    y_test = data["y_test"]
-    comparison = {
-        name: {
-            "accuracy": metrics.accuracy_score(y_test, pred),
-            "nll": metrics.negative_log_likelihood(y_test, pred),
-            "brier": metrics.brier_score(y_test, pred),
-            "ece": metrics.expected_calibration_error(y_test, pred),
-            "aurc": metrics.aurc(y_test, pred),
-        }
-        for name, pred in predictions.items()
-    }
+    scaler, calibration_warnings, predictions = _calibrate(mc_pred, det, data)
+    comparison = _comparison(predictions, data["y_test"])
     step("detect")
-
-    # 3. out-of-distribution: the held-out digits should be the uncertain ones
-    def detection(shift):
-        scores_in_out = {
-            "deterministic_entropy": (det["test"].entropy, det[shift].entropy),
-            "mc_entropy": (mc_pred["test"].entropy, mc_pred[shift].entropy),
-            "mc_mutual_information": (mc_pred["test"].mutual_information, mc_pred[shift].mutual_information),
-        }
-        return {
-            name: {"auroc": metrics.ood_auroc(u_in, u_out), "aupr": metrics.ood_aupr(u_in, u_out),
-                   "fpr_at_95_tpr": metrics.fpr_at_95_tpr(u_in, u_out)}
-            for name, (u_in, u_out) in scores_in_out.items()
-        }
-
-    ood = detection("ood")
-    ood_inverted = detection("inverted")
+    ood, ood_inverted = _detection(det, mc_pred, "ood"), _detection(det, mc_pred, "inverted")
     step("select")
-
-    # 4. the next batch to label
-    pool = mc_pred["pool"]
-    selection = {}
-    for method in _SELECTORS:
-        indices = acquisition.select(pool, k, method=method, seed=seed)
-        indices = np.asarray(indices, dtype=np.int64)
-        classes = data["y_pool"][indices]
-        selection[method] = {
-            "indices": indices.tolist(),
-            "classes": classes.tolist(),
-            "distinct_classes": int(np.unique(classes).size),
-            "bald_sum": float(np.sum(pool.mutual_information[indices])),
-            "joint_mutual_information": joint_mutual_information_estimate(pool.samples, indices, seed=seed),
-        }
-    selection_duplicates = _near_duplicate_selection(mc, data["x_pool"], pool, k, seed)
+    selection = _selection(mc_pred["pool"], data["y_pool"], k, seed)
+    selection_duplicates = _near_duplicate_selection(mc, data["x_pool"], mc_pred["pool"], k, seed)
     step("figures")
-
     figures = _figures(data, det, mc_pred, predictions, selection)
     step("write")
-
     results = {
         "config": {
             "seed": seed, "fast": bool(fast), "epochs": epochs, "num_samples": num_samples, "k": k,
@@ -279,17 +203,120 @@ def _run(out, *, fast, seed, epochs, num_samples, k, bar):
         "files": [],
     }
     if out is not None:
-        from mcdrop.io import save_json, save_text, staged_directory
-
-        files = ["report.html", "metrics.json", *figures]
-        results["files"] = files
-        with staged_directory(out) as stage:
-            for name, png in figures.items():
-                (stage / name).write_bytes(png)
-            save_text(stage / "report.html", _html(results, figures))
-            save_json(stage / "metrics.json", results)
+        _write(out, results, figures)
     step("done")
     return results
+
+
+def _train(data: dict, *, seed: int, epochs: int, bar):
+    """The digits CNN, trained on the training split (one tick of ``bar`` per epoch)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = build_model()
+
+    class _Tick(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            bar.update(1)
+
+    model.fit(data["x_train"], data["y_train"], epochs=epochs, batch_size=32, verbose=0, shuffle=True,
+              callbacks=[_Tick()])
+    return model
+
+
+def _predict(model, mc, data: dict) -> tuple[dict, dict]:
+    """Deterministic (one pass with dropout off) and MC predictions of the splits, and of a second shift
+    where the inputs change rather than the classes: the test digits inverted."""
+    from mcdrop.predictive import ClassificationPrediction
+
+    det = {part: ClassificationPrediction.from_samples(model.predict(data[f"x_{part}"], verbose=0)[None])
+           for part in ("test", "ood")}
+    mc_pred = {part: mc.predict(data[f"x_{part}"], return_samples=part in ("val", "test", "pool"))
+               for part in ("val", "test", "ood", "pool")}
+    inverted = 1.0 - data["x_test"]
+    det["inverted"] = ClassificationPrediction.from_samples(model.predict(inverted, verbose=0)[None])
+    mc_pred["inverted"] = mc.predict(inverted)
+    return det, mc_pred
+
+
+def _calibrate(mc_pred: dict, det: dict, data: dict):
+    """The guide's recipe — one temperature dividing every pass's logits, fitted on the validation split's
+    passes (bounded, with a log-normal prior that holds it near 1 when the split has too few errors to
+    identify it). Returns the scaler, what it warned (said beside the table), and the three test predictions
+    compared."""
+    import warnings
+
+    from mcdrop.calibration import CalibrationWarning, TemperatureScaling
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CalibrationWarning)
+        scaler = TemperatureScaling().fit(mc_pred["val"], data["y_val"])
+    calibration_warnings = [str(w.message) for w in caught if issubclass(w.category, CalibrationWarning)]
+    predictions = {"deterministic": det["test"], "mc_dropout": mc_pred["test"],
+                   "mc_temperature": scaler.transform_prediction(mc_pred["test"])}
+    return scaler, calibration_warnings, predictions
+
+
+def _comparison(predictions: dict, y_test: np.ndarray) -> dict:
+    from mcdrop import metrics
+
+    return {
+        name: {
+            "accuracy": metrics.accuracy_score(y_test, pred),
+            "nll": metrics.negative_log_likelihood(y_test, pred),
+            "brier": metrics.brier_score(y_test, pred),
+            "ece": metrics.expected_calibration_error(y_test, pred),
+            "aurc": metrics.aurc(y_test, pred),
+        }
+        for name, pred in predictions.items()
+    }
+
+
+def _detection(det: dict, mc_pred: dict, shift: str) -> dict:
+    """Out-of-distribution detection of ``shift`` against the test split: the shifted inputs should be the
+    uncertain ones."""
+    from mcdrop import metrics
+
+    scores_in_out = {
+        "deterministic_entropy": (det["test"].entropy, det[shift].entropy),
+        "mc_entropy": (mc_pred["test"].entropy, mc_pred[shift].entropy),
+        "mc_mutual_information": (mc_pred["test"].mutual_information, mc_pred[shift].mutual_information),
+    }
+    return {
+        name: {"auroc": metrics.ood_auroc(u_in, u_out), "aupr": metrics.ood_aupr(u_in, u_out),
+               "fpr_at_95_tpr": metrics.fpr_at_95_tpr(u_in, u_out)}
+        for name, (u_in, u_out) in scores_in_out.items()
+    }
+
+
+def _selection(pool, y_pool: np.ndarray, k: int, seed: int) -> dict:
+    """The next batch to label from the pool, by each of the demo's methods."""
+    from mcdrop import acquisition
+
+    selection = {}
+    for method in _SELECTORS:
+        indices = np.asarray(acquisition.select(pool, k, method=method, seed=seed), dtype=np.int64)
+        classes = y_pool[indices]
+        selection[method] = {
+            "indices": indices.tolist(),
+            "classes": classes.tolist(),
+            "distinct_classes": int(np.unique(classes).size),
+            "bald_sum": float(np.sum(pool.mutual_information[indices])),
+            "joint_mutual_information": joint_mutual_information_estimate(pool.samples, indices, seed=seed),
+        }
+    return selection
+
+
+def _write(out, results: dict, figures: dict) -> None:
+    """report.html, metrics.json and the figures into ``out``, all or nothing."""
+    from mcdrop.io import save_json, save_text, staged_directory
+
+    results["files"] = ["report.html", "metrics.json", *figures]
+    with staged_directory(out) as stage:
+        for name, png in figures.items():
+            (stage / name).write_bytes(png)
+        save_text(stage / "report.html", _html(results, figures))
+        save_json(stage / "metrics.json", results)
 
 
 #: In the near-duplicate pool, the pool's most uncertain images (by BALD) each appear this many times more.
@@ -547,8 +574,11 @@ def format_results(results: dict[str, Any]) -> str:
     return "\n\n".join(blocks)
 
 
-#: Which way is better for a column of the demo's tables (+1 higher, -1 lower); others are not compared.
-_BETTER = {"accuracy": 1, "NLL": -1, "Brier": -1, "ECE": -1, "AURC": -1, "AUROC": 1, "AUPR": 1, "FPR@95%TPR": -1}
+#: The metric behind a column of the demo's tables: its ``direction`` says which way is better (columns
+#: without one are not compared).
+_COLUMN_METRICS = {"accuracy": "accuracy_score", "NLL": "negative_log_likelihood", "Brier": "brier_score",
+                   "ECE": "expected_calibration_error", "AURC": "aurc", "AUROC": "ood_auroc", "AUPR": "ood_aupr",
+                   "FPR@95%TPR": "fpr_at_95_tpr"}
 
 _FIGURE_TEXT = {
     "reliability.png": ("Reliability", "Accuracy against confidence per bin, under each the share of rows per "
@@ -566,13 +596,14 @@ _FIGURE_TEXT = {
 def _html(results: dict[str, Any], figures: dict[str, bytes]) -> str:
     from mcdrop import _html as page
     from mcdrop._text import format_value
+    from mcdrop.metrics import DIRECTIONS
 
     sections = []
     for title, headers, rows, note in _tables(results):
         cells = [[html.escape(format_value(v)) for v in row] for row in rows]
         best = [[False] * (len(headers) - 1) for _ in rows]
         for c, header in enumerate(headers[1:]):
-            direction = _BETTER.get(header)
+            direction = DIRECTIONS.get(_COLUMN_METRICS.get(header))
             values = [row[c + 1] for row in rows]
             if direction and len(rows) > 1 and all(isinstance(v, float) for v in values):
                 top = max(values) if direction > 0 else min(values)

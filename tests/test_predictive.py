@@ -129,3 +129,54 @@ def test_errors_name_argument_and_value():
         concatenate([reg, ClassificationPrediction.from_samples(PASSES)])
     with pytest.raises(ValueError, match=r"argument `variances`: expected non-negative variances"):
         RegressionPrediction.from_samples(np.zeros((2, 3)), -np.ones((2, 3)))
+
+
+# --------------------------------------------------------------------------- behaviour on the types (issue 13 item 6)
+
+
+def test_uncertainty_reads_each_measure_and_defaults_to_the_first():
+    from scipy.stats import entropy as scipy_entropy
+
+    p = np.array([[[0.7, 0.3], [0.2, 0.8]], [[0.45, 0.55], [0.9, 0.1]], [[0.6, 0.4], [0.3, 0.7]]])  # (3, 2, 2)
+    clf = ClassificationPrediction.from_samples(p)
+    total = scipy_entropy(p.mean(axis=0), axis=1)
+    expected = scipy_entropy(p, axis=2).mean(axis=0)
+    np.testing.assert_allclose(clf.uncertainty(), total, rtol=1e-12)
+    np.testing.assert_allclose(clf.uncertainty("mutual_information"), total - expected, rtol=1e-12)
+    np.testing.assert_allclose(clf.uncertainty("expected_entropy"), expected, rtol=1e-12)
+    np.testing.assert_allclose(clf.uncertainty("variation_ratio"), [1 - 2 / 3, 1 - 2 / 3])  # votes 0,1,0 and 1,0,1
+    samples = np.array([[[1.0, 0.0]], [[3.0, 4.0]]])  # (T=2, N=1, D=2)
+    reg = RegressionPrediction.from_samples(samples, np.full_like(samples, 0.5))
+    np.testing.assert_allclose(reg.uncertainty(), [(1.0 + 0.5 + 4.0 + 0.5) / 2])  # mean over D of the total
+    np.testing.assert_allclose(reg.uncertainty("epistemic_variance"), [(1.0 + 4.0) / 2])
+    np.testing.assert_allclose(reg.uncertainty("std"), [(np.sqrt(1.5) + np.sqrt(4.5)) / 2])
+    assert clf.uncertainty_measures[0] == "entropy" and reg.uncertainty_measures[0] == "variance"
+
+
+@pytest.mark.parametrize("prediction, bad", [
+    (ClassificationPrediction.from_samples(np.full((2, 1, 2), 0.5)), "variance"),
+    (RegressionPrediction.from_samples(np.zeros((2, 1))), "entropy"),
+])
+def test_uncertainty_refuses_the_other_tasks_measure(prediction, bad):
+    with pytest.raises(ValueError, match=rf"argument `measure`: expected one of .*received '{bad}'"):
+        prediction.uncertainty(bad)
+
+
+def test_summary_holds_the_headline_numbers():
+    p = np.array([[[0.7, 0.3], [0.2, 0.8]], [[0.5, 0.5], [0.4, 0.6]]])
+    s = ClassificationPrediction.from_samples(p).summary()
+    assert s["task"] == "classification" and (s["rows"], s["num_samples"], s["classes"]) == (2, 2, 2)
+    assert s["mean_confidence"] == pytest.approx((0.6 + 0.7) / 2)
+    assert s["max_standard_error"] == pytest.approx(0.1)  # std 0.1 over 2 passes: sqrt(0.01 / (2 - 1))
+    r = RegressionPrediction.from_samples(np.array([[1.0, 4.0], [3.0, 4.0]])).summary()
+    assert r == {"task": "regression", "rows": 2, "num_samples": 2, "targets": 1, "mean_std": 0.5,
+                 "mean_epistemic_variance": 0.5, "mean_aleatoric_variance": 0.0}
+    assert all(type(v) in (str, int, float) for v in (*s.values(), *r.values()))
+
+
+def test_prediction_types_by_task():
+    from mcdrop.heads import TASKS
+    from mcdrop.predictive import PREDICTION_TYPES
+
+    assert PREDICTION_TYPES == {"classification": ClassificationPrediction, "regression": RegressionPrediction}
+    assert tuple(PREDICTION_TYPES) == TASKS
