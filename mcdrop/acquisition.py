@@ -599,6 +599,37 @@ def _conditional_entropy(weights: np.ndarray, posterior: np.ndarray, probs: np.n
     return out
 
 
+def _condition(weights: np.ndarray, posterior: np.ndarray, p_new: np.ndarray, exact: bool, budget: int,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, bool]:
+    r"""BatchBALD's configurations conditioned on one more label, :math:`R_{t,(m,y)} \propto R_{t,m}\,
+    p_t(y \mid x_\text{pick})`: enumerated exactly while the :math:`M \cdot C` extensions fit in ``budget``,
+    else ``budget`` configurations drawn from the exact joint (on the switch) or extended by ancestral
+    sampling. Returns the new weights (M',), posterior (T, M') and whether they are still exact.
+
+    ``weights`` (M,), ``posterior`` (T, M) over passes per configuration, ``p_new`` (T, C) the picked
+    point's per-pass probabilities."""
+    t, c = p_new.shape
+    predictive = posterior.T @ p_new  # (M, C): p(y_pick | configuration m)
+    if exact and weights.size * c <= budget:
+        joint = (weights[:, None] * predictive).ravel()
+        keep = joint > 0
+        extended = (posterior[:, :, None] * p_new[:, None, :]).reshape(t, -1)[:, keep]
+        return joint[keep] / joint[keep].sum(), extended / predictive.ravel()[keep], True
+    if exact:  # switch to sampling: draw M configurations from the exact joint
+        joint = (weights[:, None] * predictive).ravel()
+        draws = rng.choice(joint.size, size=budget, p=joint / joint.sum())
+        parent, label = np.divmod(draws, c)
+    else:  # ancestral sampling: extend each configuration by one label
+        cdf = np.cumsum(predictive, axis=1)
+        u = rng.random(predictive.shape[0]) * cdf[:, -1]
+        # the class whose cdf interval [cdf_{y-1}, cdf_y) holds u: never a zero-probability one
+        label = np.minimum((cdf <= u[:, None]).sum(axis=1), c - 1)
+        parent = np.arange(predictive.shape[0])
+    posterior = posterior[:, parent] * p_new[:, label]
+    posterior /= posterior.sum(axis=0, keepdims=True)
+    return np.full(budget, 1.0 / budget), posterior, False
+
+
 def batch_bald(samples, k: int, *, num_configurations: int = 4096, max_memory: int = 2**28,
                seed=None, verbose="auto") -> np.ndarray:
     r"""Greedy BatchBALD (Kirsch, van Amersfoort & Gal, 2019): ``k`` points whose labels are
@@ -708,30 +739,7 @@ def batch_bald(samples, k: int, *, num_configurations: int = 4096, max_memory: i
         bar.update()
         if step == k - 1:
             break
-        # condition the configurations on the new label: R_{t,(m,y)} ∝ R_{t,m} p_t(y | x_pick)
-        p_new = probs[:, pick, :]  # (T, C)
-        predictive = posterior.T @ p_new  # (M, C): p(y_pick | configuration m)
-        if exact and weights.size * c <= budget:
-            joint = (weights[:, None] * predictive).ravel()
-            keep = joint > 0
-            extended = (posterior[:, :, None] * p_new[:, None, :]).reshape(t, -1)[:, keep]
-            weights = joint[keep] / joint[keep].sum()
-            posterior = extended / predictive.ravel()[keep]
-            continue
-        if exact:  # switch to sampling: draw M configurations from the exact joint
-            exact = False
-            joint = (weights[:, None] * predictive).ravel()
-            draws = rng.choice(joint.size, size=budget, p=joint / joint.sum())
-            parent, label = np.divmod(draws, c)
-        else:  # ancestral sampling: extend each configuration by one label
-            cdf = np.cumsum(predictive, axis=1)
-            u = rng.random(predictive.shape[0]) * cdf[:, -1]
-            # the class whose cdf interval [cdf_{y-1}, cdf_y) holds u: never a zero-probability one
-            label = np.minimum((cdf <= u[:, None]).sum(axis=1), c - 1)
-            parent = np.arange(predictive.shape[0])
-        posterior = posterior[:, parent] * p_new[:, label]
-        posterior /= posterior.sum(axis=0, keepdims=True)
-        weights = np.full(budget, 1.0 / budget)
+        weights, posterior, exact = _condition(weights, posterior, probs[:, pick, :], exact, budget, rng)
     bar.close()
     return np.asarray(chosen, dtype=np.int64)
 

@@ -163,25 +163,29 @@ class ReliabilityDisplay:
         ax.legend(handles=[h for h in handles if h is not None], loc="upper left", fontsize="x-small")
         self.ax_, self.hist_ax_, self.figure_ = ax, hist_ax, ax.figure
         if hist_ax is not None:
-            total = max(self.count.sum(), 1)
-            fraction = self.count / total
-            hist_ax.bar(left, fraction, width=width, align="edge", color="gray", edgecolor="black",
-                        linewidth=0.6)
-            mean_conf = np.sum(conf * self.count) / total
-            mean_acc = np.sum(acc * self.count) / total
-            hist_ax.axvline(mean_acc, color=_MAIN_COLOR, linestyle="-", label=f"Accuracy {mean_acc:.3f}")
-            hist_ax.axvline(mean_conf, color=_ERROR_COLOR, linestyle="--", label=f"Mean conf. {mean_conf:.3f}")
-            if fraction.max() >= 0.5:
-                # one bar holding most rows would flatten the others to nothing on a linear axis
-                hist_ax.set_yscale("log")
-                hist_ax.set_ylim(0.5 / total, 1.5)
-                hist_ax.set_ylabel("Fraction of rows\n(log scale)")
-            else:
-                hist_ax.set_ylabel("Fraction of rows")
-            hist_ax.set_xlabel("Confidence")
-            hist_ax.legend(loc="upper left", fontsize="x-small")
+            self._histogram(hist_ax, acc, conf)
             ax.set_xlabel("")
         return self
+
+    def _histogram(self, hist_ax, acc: np.ndarray, conf: np.ndarray) -> None:
+        """The share of rows per bin under the diagram, with the mean accuracy and confidence marked."""
+        left, width = self.edges[:-1], np.diff(self.edges)
+        total = max(self.count.sum(), 1)
+        fraction = self.count / total
+        hist_ax.bar(left, fraction, width=width, align="edge", color="gray", edgecolor="black", linewidth=0.6)
+        mean_conf = np.sum(conf * self.count) / total
+        mean_acc = np.sum(acc * self.count) / total
+        hist_ax.axvline(mean_acc, color=_MAIN_COLOR, linestyle="-", label=f"Accuracy {mean_acc:.3f}")
+        hist_ax.axvline(mean_conf, color=_ERROR_COLOR, linestyle="--", label=f"Mean conf. {mean_conf:.3f}")
+        if fraction.max() >= 0.5:
+            # one bar holding most rows would flatten the others to nothing on a linear axis
+            hist_ax.set_yscale("log")
+            hist_ax.set_ylim(0.5 / total, 1.5)
+            hist_ax.set_ylabel("Fraction of rows\n(log scale)")
+        else:
+            hist_ax.set_ylabel("Fraction of rows")
+        hist_ax.set_xlabel("Confidence")
+        hist_ax.legend(loc="upper left", fontsize="x-small")
 
 
 class RiskCoverageDisplay:
