@@ -284,3 +284,18 @@ def test_bad_datasets(make, match):
 
 def test_top_level_name():
     assert mcdrop.MCDropoutMetrics is MCDropoutMetrics and "callbacks" in dir(mcdrop)
+
+
+def test_metric_lists_are_rows_of_the_report_for_each_task():
+    """The callback logs rows of mcdrop.evaluate's table, per task (keyed by the prediction types' names)."""
+    from mcdrop import callbacks, report
+    from mcdrop.heads import TASKS
+    from mcdrop.predictive import RegressionPrediction
+
+    assert set(callbacks.DEFAULT_METRICS) == set(callbacks._TASK_METRICS) == set(TASKS)
+    rows = {"classification": report.evaluate(np.array([[0.9, 0.1], [0.2, 0.8]]), [0, 1]).metric_names,
+            "regression": report.evaluate(RegressionPrediction.from_samples(np.array([[1.0, 2.0], [2.0, 3.0]])),
+                                          [1.5, 2.5]).metric_names}
+    for task in TASKS:
+        assert set(callbacks._TASK_METRICS[task]) <= set(rows[task]), task
+        assert set(callbacks.DEFAULT_METRICS[task]) <= set(callbacks._TASK_METRICS[task]), task
