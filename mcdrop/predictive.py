@@ -147,6 +147,9 @@ class ClassificationPrediction:
         "entropy", "mutual_information", "expected_entropy", "variation_ratio")
     #: The per-row statistics a one-line-per-row view shows (``mcdrop predict``'s table).
     row_statistics: ClassVar[tuple[str, ...]] = ("predicted_class", "confidence", "entropy", "mutual_information")
+    #: Whether the per-pass outputs are kept when ``return_samples`` is not given: not for a classifier
+    #: (its statistics are complete without them).
+    keeps_samples_by_default: ClassVar[bool] = False
 
     sample_member = property(lambda self: _sample_member(self.members),
                              doc="(T,) int: the ensemble member each sample came from (None for one model).")
@@ -255,6 +258,10 @@ class ClassificationPrediction:
             samples=None if self.samples is None else self.samples[:, index],
         )
 
+    def without_samples(self) -> "ClassificationPrediction":
+        """The same prediction without its per-pass outputs (``samples`` None)."""
+        return self if self.samples is None else dataclasses.replace(self, samples=None)
+
     def to_dict(self) -> dict[str, np.ndarray]:
         """Per-row arrays, keyed by name (for saving)."""
         out = {
@@ -320,6 +327,9 @@ class RegressionPrediction:
     uncertainty_measures: ClassVar[tuple[str, ...]] = ("variance", "epistemic_variance", "aleatoric_variance", "std")
     #: The per-row statistics a one-line-per-row view shows (``mcdrop predict``'s table).
     row_statistics: ClassVar[tuple[str, ...]] = ("mean", "std", "epistemic_variance", "aleatoric_variance")
+    #: Whether the per-pass outputs are kept when ``return_samples`` is not given: yes for regression,
+    #: whose predictive mixture (intervals, CDF, CRPS) needs them.
+    keeps_samples_by_default: ClassVar[bool] = True
 
     sample_member = property(lambda self: _sample_member(self.members),
                              doc="(T,) int: the ensemble member each sample came from (None for one model).")
@@ -508,6 +518,13 @@ class RegressionPrediction:
             samples=_take(self.samples, (slice(None), index)),
             sample_variances=_take(self.sample_variances, (slice(None), index)),
         )
+
+    def without_samples(self) -> "RegressionPrediction":
+        """The same prediction without its per-pass outputs (``samples`` and ``sample_variances`` None): the
+        moment-matched Gaussian then stands in for the mixture."""
+        if self.samples is None and self.sample_variances is None:
+            return self
+        return dataclasses.replace(self, samples=None, sample_variances=None)
 
     def to_dict(self) -> dict[str, np.ndarray]:
         """Per-row arrays keyed by name (for saving), and ``includes_aleatoric`` as a 0-d bool array."""

@@ -180,3 +180,18 @@ def test_prediction_types_by_task():
 
     assert PREDICTION_TYPES == {"classification": ClassificationPrediction, "regression": RegressionPrediction}
     assert tuple(PREDICTION_TYPES) == TASKS
+
+
+def test_without_samples_and_the_default_for_keeping_them():
+    clf = ClassificationPrediction.from_samples(np.array([[[0.9, 0.1]], [[0.2, 0.8]]]))
+    bare = clf.without_samples()
+    assert bare.samples is None and clf.samples is not None
+    np.testing.assert_allclose(bare.mean, [[0.55, 0.45]], rtol=1e-12)
+    assert bare.mutual_information == pytest.approx(clf.mutual_information)
+    assert bare.without_samples() is bare
+    reg = RegressionPrediction.from_samples(np.array([[1.0], [3.0]]), np.array([[1.0], [1.0]]))
+    plain = reg.without_samples()
+    assert plain.samples is None and plain.sample_variances is None and not plain.has_mixture
+    assert plain.variance[0, 0] == pytest.approx(2.0)  # epistemic 1 + aleatoric 1, kept without the passes
+    assert (ClassificationPrediction.keeps_samples_by_default, RegressionPrediction.keeps_samples_by_default) \
+        == (False, True)
