@@ -480,3 +480,14 @@ def test_every_accessor_says_what_it_stands_for():
         value = getattr(compat, name)
         if callable(value) and not isinstance(value, type) or name in ("GraphNode", "KerasCompatibilityError"):
             assert (value.__doc__ or "").strip(), f"{name} has no docstring"
+
+
+def test_the_engine_docs_show_the_real_message(monkeypatch):
+    """docs/engine.md quotes the error for a Keras 3.16.0 without DropoutRNNCell: it is what check() says."""
+    block = re.search(r"```text\n(KerasCompatibilityError: .*?)```", (ROOT / "docs" / "engine.md").read_text(), re.S)
+    monkeypatch.setattr(keras, "__version__", "3.16.0")
+    monkeypatch.setattr(compat, "DropoutRNNCell", None)
+    monkeypatch.setattr(compat, "_CHECKED", False)
+    with pytest.raises(compat.KerasCompatibilityError) as raised:
+        compat.check()
+    assert " ".join(block.group(1).split()) == f"KerasCompatibilityError: {raised.value}"
