@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import inspect
 import logging
+import random
 from typing import Any, Callable, Iterator, NamedTuple
 
 import keras
 import tensorflow as tf
 
 __all__ = [
-    "KerasCompatibilityError", "SUPPORTED_KERAS", "check",
+    "KerasCompatibilityError", "SUPPORTED_KERAS", "check", "check_model",
     # layers
     "flatten_layers", "call_takes_training", "accepts_training", "seed_generators", "shadow",
     "shadow_seed_generator", "is_spatial_dropout", "spatial_noise_shape", "ATTENTION_SCORES",
@@ -39,7 +40,7 @@ __all__ = [
     "keras_history", "keras_history_layer", "node_inputs",
     # TensorFlow
     "fold_in", "distribute_values_from_function", "local_results", "saved_model_endpoint",
-    "hide_retracing_reports",
+    "hide_retracing_reports", "RETRACING_MESSAGE",
 ]
 
 #: The Keras versions mcdrop supports: the ``keras`` requirement of ``pyproject.toml`` (a test keeps the
@@ -351,9 +352,16 @@ def check(model=None) -> None:
     """
     global _CHECKED
     if not _CHECKED:
-        with tf.init_scope():  # the probes make a few small Keras objects: eagerly, even inside a tf.function
-            for piece, what, probe in _CLASS_PIECES:
-                _probe(piece, what, probe)
+        # The probes make a few small Keras objects, named, eagerly even inside a tf.function. Keras seeds a
+        # new layer's initializers from Python's `random`: its state is put back, so building an engine
+        # does not change the weights of the next model the user builds.
+        state = random.getstate()
+        try:
+            with tf.init_scope():
+                for piece, what, probe in _CLASS_PIECES:
+                    _probe(piece, what, probe)
+        finally:
+            random.setstate(state)
         _CHECKED = True
     if model is not None:
         check_model(model)
@@ -394,19 +402,13 @@ def _has_method(cls, name: str, *params: str) -> bool:
 
 
 def _mask_counts() -> bool:
-    # explicit names and seeds: no layer-name counter advanced, no global random state used
     lstm = keras.layers.LSTMCell(1, recurrent_dropout=0.5, seed=0, name="mcdrop_compat_lstm")
     gru = keras.layers.GRUCell(1, recurrent_dropout=0.5, seed=0, name="mcdrop_compat_gru")
     return dropout_mask_count(lstm) == 4 and dropout_mask_count(gru) == 3
 
 
-def _dropout() -> keras.layers.Layer:
-    # explicit name and seed: no layer-name counter advanced, no global random state used
-    return keras.layers.Dropout(0.5, seed=0, name="mcdrop_compat_dropout")
-
-
 def _training_arg() -> bool:
-    return (call_takes_training(_dropout()) is True
+    return (call_takes_training(keras.layers.BatchNormalization(name="mcdrop_compat_batchnorm")) is True
             and call_takes_training(keras.layers.Flatten(name="mcdrop_compat_flatten")) is False)
 
 
@@ -416,8 +418,9 @@ def _context_args() -> bool:
 
 
 def _own_seed_generators() -> bool:
-    layer = _dropout()
-    return [id(g) for g in layer._seed_generators] == [id(layer.seed_generator)]
+    layer = keras.layers.Layer(name="mcdrop_compat_layer")
+    layer.generator = keras.random.SeedGenerator(seed=0, name="mcdrop_compat_seed")  # tracked by Keras
+    return [id(g) for g in layer._seed_generators] == [id(layer.generator)]
 
 
 def _seed_generator_shadowing() -> bool:

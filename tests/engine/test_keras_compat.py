@@ -491,3 +491,22 @@ def test_the_engine_docs_show_the_real_message(monkeypatch):
     with pytest.raises(compat.KerasCompatibilityError) as raised:
         compat.check()
     assert " ".join(block.group(1).split()) == f"KerasCompatibilityError: {raised.value}"
+
+
+def test_the_check_leaves_python_random_and_layer_names_alone(monkeypatch):
+    """Keras seeds a new layer's initializers from Python's `random`: had the probes consumed it, the next
+    model a user builds after their first engine would start from other weights."""
+    import random
+
+    monkeypatch.setattr(compat, "_CHECKED", False)
+    before_name = L.Dense(1).name
+    state = random.getstate()
+    compat.check()
+    assert random.getstate() == state
+    after_name = L.Dense(1).name
+
+    def number(name):  # dense, dense_1, dense_2, ...
+        found = re.search(r"_(\d+)$", name)
+        return int(found.group(1)) if found else 0
+
+    assert number(after_name) == number(before_name) + 1  # the probes' layers are named: no counter moved
