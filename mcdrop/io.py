@@ -192,11 +192,13 @@ def _load_keras(path: Path, *, unsafe: bool, name: str):
 def _load_saved_model(path: Path, *, name: str):
     import keras
 
+    from mcdrop.engine._keras_compat import saved_model_endpoint
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
-            specs = _saved_model_input_specs(layer.call_endpoint_fn)
+            specs = _saved_model_input_specs(saved_model_endpoint(layer))
             if len(specs) != 1:
                 raise ValueError(f"the serving signature takes {len(specs)} inputs; one is supported")
             (spec,) = specs

@@ -6,6 +6,7 @@
 ``sampler``   the compiled, cached sampling step and the memory-budget chunk plan
 ``inputs``    input checks and row chunking
 ``mc_dropout`` the public :class:`MCDropout`
+``_keras_compat`` every private Keras/TF name the engine relies on, behind named accessors, self-checked
 """
 
 from mcdrop.engine.mc_dropout import MCDropout

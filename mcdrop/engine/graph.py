@@ -18,24 +18,20 @@ import keras
 import tensorflow as tf
 from keras import tree
 
+from mcdrop.engine import _keras_compat as compat
+
 __all__ = ["run_model", "functional_of"]
 
 
 def functional_of(model):
     """The Functional graph behind ``model``, or None (subclassed / unbuilt Sequential)."""
-    if isinstance(model, keras.Sequential):
-        return getattr(model, "_functional", None)
-    if hasattr(model, "_nodes_by_depth") and getattr(model, "_inputs_struct", None) is not None:
-        return model
-    return None
+    return compat.functional_graph(model)
 
 
 def _tile(ctx, value):
-    tiled = ctx.tile(value)
-    mask = keras.backend.get_keras_mask(value) if hasattr(keras.backend, "get_keras_mask") else None
-    if mask is not None:
-        keras.backend.set_keras_mask(tiled, ctx.tile(mask))
-    return tiled
+    # A Keras mask (Embedding(mask_zero=True), Masking) is a tensor of the graph in Keras 3, passed to the
+    # next layer as its `mask` argument and tiled like any other input there: nothing rides on the value.
+    return ctx.tile(value)
 
 
 def _contains_stochastic(op, stochastic_ids, memo) -> bool:
@@ -44,15 +40,14 @@ def _contains_stochastic(op, stochastic_ids, memo) -> bool:
         if key in stochastic_ids:
             memo[key] = True
         elif isinstance(op, keras.layers.Layer):
-            memo[key] = any(id(sub) in stochastic_ids
-                            for sub in op._flatten_layers(include_self=False, recursive=True))
+            memo[key] = any(id(sub) in stochastic_ids for sub in compat.flatten_layers(op, include_self=False))
         else:
             memo[key] = False
     return memo[key]
 
 
 def _call_op(op, args, kwargs):
-    if "training" in getattr(op, "_call_context_args", ()) or getattr(op, "_call_has_training_arg", False):
+    if compat.accepts_training(op):
         kwargs = {**kwargs, "training": False}
     return op(*args, **kwargs)
 
@@ -68,40 +63,38 @@ class _Runner:
         values, stoch = {}, {}
         for ref, value, flag in zip(functional.inputs, flat_inputs, flags):
             values[id(ref)], stoch[id(ref)] = value, flag
-        depths = sorted(functional._nodes_by_depth, reverse=True)
-        for depth in depths:
-            for node in functional._nodes_by_depth[depth]:
-                op = node.operation
-                if not op or node.is_input:
-                    continue
-                if any(id(t) not in values for t in node.input_tensors):
-                    continue
-                in_flags = [stoch[id(t)] for t in node.input_tensors]
-                noisy_op = _contains_stochastic(op, self.stochastic_ids, self.memo)
-                nested = functional_of(op) if isinstance(op, keras.Model) else None
-                if nested is not None and noisy_op:
-                    args, _ = node.arguments.fill_in(values)
-                    inner_inputs = tree.flatten(args[0] if len(args) == 1 else list(args))
-                    inner_flags = [self._flag_of(v, node, stoch, values) for v in inner_inputs]
-                    outs, out_flags = self.run(nested, inner_inputs, inner_flags)
-                else:
-                    make_stochastic = noisy_op or any(in_flags)
-                    local = dict(values)
-                    if make_stochastic:
-                        for t, flag in zip(node.input_tensors, in_flags):
-                            if not flag:
-                                local[id(t)] = _tile(self.ctx, values[id(t)])
-                    args, kwargs = node.arguments.fill_in(local)
-                    outs = tree.flatten(_call_op(op, args, kwargs))
-                    out_flags = [make_stochastic] * len(outs)
-                for ref, value, flag in zip(node.outputs, outs, out_flags):
-                    values[id(ref)], stoch[id(ref)] = value, flag
+        for node in compat.graph_nodes(functional):
+            op = node.operation
+            if not op or node.is_input:
+                continue
+            if any(id(t) not in values for t in node.inputs):
+                continue
+            in_flags = [stoch[id(t)] for t in node.inputs]
+            noisy_op = _contains_stochastic(op, self.stochastic_ids, self.memo)
+            nested = functional_of(op) if isinstance(op, keras.Model) else None
+            if nested is not None and noisy_op:
+                args, _ = node.fill_in(values)
+                inner_inputs = tree.flatten(args[0] if len(args) == 1 else list(args))
+                inner_flags = [self._flag_of(v, node, stoch, values) for v in inner_inputs]
+                outs, out_flags = self.run(nested, inner_inputs, inner_flags)
+            else:
+                make_stochastic = noisy_op or any(in_flags)
+                local = dict(values)
+                if make_stochastic:
+                    for t, flag in zip(node.inputs, in_flags):
+                        if not flag:
+                            local[id(t)] = _tile(self.ctx, values[id(t)])
+                args, kwargs = node.fill_in(local)
+                outs = tree.flatten(_call_op(op, args, kwargs))
+                out_flags = [make_stochastic] * len(outs)
+            for ref, value, flag in zip(node.outputs, outs, out_flags):
+                values[id(ref)], stoch[id(ref)] = value, flag
         outputs = [values[id(ref)] for ref in functional.outputs]
         return outputs, [stoch[id(ref)] for ref in functional.outputs]
 
     @staticmethod
     def _flag_of(value, node, stoch, values):
-        for t in node.input_tensors:
+        for t in node.inputs:
             if values.get(id(t)) is value:
                 return stoch[id(t)]
         return False

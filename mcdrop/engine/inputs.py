@@ -17,6 +17,7 @@ import tensorflow as tf
 from keras import tree
 
 from mcdrop._validation import describe, invalid
+from mcdrop.engine import _keras_compat as compat
 
 __all__ = ["InputSpec", "input_spec", "as_flat", "iter_blocks", "is_streaming", "num_rows", "pad"]
 
@@ -41,7 +42,7 @@ def input_spec(model) -> InputSpec | None:
         inputs = None
     if not inputs:
         return None
-    structure = getattr(model, "_inputs_struct", None)
+    structure = compat.inputs_structure(model)
     if isinstance(model, keras.Sequential) or structure is None:
         structure = inputs[0] if len(inputs) == 1 else list(inputs)
     keys = None

@@ -9,12 +9,12 @@ pass chunk does not retrace. ``run_eagerly`` runs the same Python step without
 
 from __future__ import annotations
 
-import logging
 import math
 
 import numpy as np
 import tensorflow as tf
 
+from mcdrop.engine import _keras_compat
 from mcdrop.engine.graph import functional_of, run_model
 from mcdrop.engine.noise import PassContext
 from mcdrop.engine.view import StochasticView, patched
@@ -22,18 +22,11 @@ from mcdrop.engine.view import StochasticView, patched
 __all__ = ["CompiledSampler", "plan_chunks", "widest_activation", "CPU_ROW_PASSES", "MIN_ROWS"]
 
 
-class _OurTracesAreNotRetracing(logging.Filter):
-    """TensorFlow counts traces per code object: every MCDropout (one per model, as in an active-learning
-    loop that trains a new model each round) traces the same `step` code once, which TF reports as
-    "excessive retracing". Each of our functions traces once per input signature (the tests check),
-    so those reports about our step are dropped; any other function's are kept."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not ("triggered tf.function retracing" in message and "CompiledSampler" in message)
-
-
-tf.get_logger().addFilter(_OurTracesAreNotRetracing())
+# TensorFlow counts traces per code object: every MCDropout (one per model, as in an active-learning loop that
+# trains a new model each round) traces the same `step` code once, which TF reports as "excessive retracing".
+# Each of our functions traces once per input signature (the tests check), so those reports about our step
+# are dropped; any other function's are kept.
+_keras_compat.hide_retracing_reports("CompiledSampler")
 
 #: Bytes of live activations budgeted per (row × pass × activation unit): the widest activation,
 #: its input and a temporary, in float32.
@@ -48,7 +41,7 @@ def widest_activation(model) -> int:
 
     functional = functional_of(model)
     if functional is not None:
-        return width(t for nodes in functional._nodes_by_depth.values() for node in nodes for t in node.outputs)
+        return width(t for node in _keras_compat.graph_nodes(functional) for t in node.outputs)
     known = list(getattr(model, "inputs", None) or []) + list(getattr(model, "outputs", None) or [])
     return max(width(known) * 8, 1024)
 
@@ -180,10 +173,10 @@ class CompiledSampler:
             i = ctx.replica_id_in_sync_group
             return [tf.convert_to_tensor(a) for a in flats[i]], tf.constant(offsets[i], tf.int64)
 
-        per_replica = self.strategy.experimental_distribute_values_from_function(value_fn)
+        per_replica = _keras_compat.distribute_values_from_function(self.strategy, value_fn)
         result = self.strategy.run(lambda inputs: fn(inputs[0], passes, seed, inputs[1]), args=(per_replica,))
         out = []
         for per_output in result:
-            local = self.strategy.experimental_local_results(per_output)
+            local = _keras_compat.local_results(self.strategy, per_output)
             out.append(np.stack([np.asarray(v) for v in local[:used]]))
         return out

@@ -20,13 +20,8 @@ from typing import Iterator
 import keras
 
 from mcdrop._validation import invalid
-
-from keras.src.layers.regularization.spatial_dropout import BaseSpatialDropout
-
-try:  # the mixin Keras' dropout-capable RNN cells share
-    from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
-except ImportError:  # pragma: no cover - very old or very new Keras
-    DropoutRNNCell = ()
+from mcdrop.engine import _keras_compat as compat
+from mcdrop.engine._keras_compat import DropoutRNNCell  # noqa: F401  (read by engine/rates.py)
 
 __all__ = ["StochasticView", "build_view", "patched", "output_activations"]
 
@@ -83,7 +78,7 @@ def _label(layer) -> str:
 
 def _all_layers(model) -> list:
     # Keras' own traversal: depth-first, deterministic, each layer once.
-    return list(model._flatten_layers(include_self=True, recursive=True))
+    return compat.flatten_layers(model, include_self=True)
 
 
 def _is_leaf(layer, gaussian_noise: bool, rates=None) -> bool:
@@ -100,7 +95,7 @@ def _rnn_cells(rnn, rates=None) -> list:
         return []
     cells = list(getattr(cell, "cells", [cell]))
     rates = rates or {}
-    return [c for c in cells if isinstance(c, DropoutRNNCell)
+    return [c for c in cells if compat.is_dropout_rnn_cell(c)
             and max(rates.get(id(c), (getattr(c, "dropout", 0), getattr(c, "recurrent_dropout", 0)))) > 0]
 
 
@@ -114,6 +109,7 @@ def build_view(model, *, gaussian_noise: bool = False, stochastic_layers=(), rat
     """
     if not isinstance(model, keras.Model):
         raise invalid("model", "a keras.Model (Keras 3)", model, error=TypeError)
+    compat.check(model)  # every engine is built here: a Keras without what mcdrop relies on fails now, loudly
     layers = _all_layers(model)
     custom = _custom_layers(layers, stochastic_layers)
     custom_ids = {id(layer) for layer in custom}
@@ -145,7 +141,7 @@ def build_view(model, *, gaussian_noise: bool = False, stochastic_layers=(), rat
 
 
 def _takes_training(layer) -> bool:
-    return bool(getattr(layer, "_call_has_training_arg", False))
+    return compat.call_takes_training(layer)
 
 
 def _undriven(layer) -> bool:
@@ -161,7 +157,7 @@ def _undriven(layer) -> bool:
         return False
     if type(layer).__module__.split(".")[0] == "keras":
         return False
-    return not any(_takes_training(sub) for sub in layer._flatten_layers(include_self=False, recursive=True))
+    return not any(_takes_training(sub) for sub in compat.flatten_layers(layer, include_self=False))
 
 
 def _custom_layers(layers, requested) -> list:
@@ -196,16 +192,15 @@ def _custom_layers(layers, requested) -> list:
 
 
 def _seed_generators(layer) -> list:
-    own = list(getattr(layer, "_seed_generators", None) or [])
-    return own or [v for v in vars(layer).values() if isinstance(v, keras.random.SeedGenerator)]
+    return compat.seed_generators(layer)
 
 
 def _noise_shape(layer, x):
     """Non-batch noise shape of a dropout-family layer applied to ``x`` (None: the input's own)."""
     import tensorflow as tf
 
-    if isinstance(layer, BaseSpatialDropout):
-        shape = layer._get_noise_shape(x)  # (batch, 1, ..., channels): one draw per feature map
+    if compat.is_spatial_dropout(layer):
+        shape = compat.spatial_noise_shape(layer, x)  # (batch, 1, ..., channels): one draw per feature map
     else:
         shape = getattr(layer, "noise_shape", None)
         if shape is None:
@@ -232,7 +227,7 @@ def _leaf_call(layer, ctx, rate=None):
 def _attention_scores(layer, ctx):
     """``Attention``/``AdditiveAttention._apply_scores`` with our dropout on the attention weights: Keras'
     own masking and softmax (run with training=False), then keyed dropout, then the weighted sum."""
-    bound = type(layer)._apply_scores.__get__(layer)
+    bound = compat.attention_apply_scores(layer)
 
     def apply_scores(scores, value, scores_mask=None, training=False):
         _, weights = bound(scores, value, scores_mask=scores_mask, training=False)
@@ -257,24 +252,15 @@ def _custom_call(layer, ctx):
             counter = iter(range(1 << 30))
 
             def next_seed(ordered=True):
-                import tensorflow as tf
+                return compat.fold_in(key, next(counter))
 
-                return tf.random.experimental.stateless_fold_in(key, next(counter))
-
-            undo = []
-            for generator in generators:
-                had, previous = "next" in vars(generator), vars(generator).get("next")
-                object.__setattr__(generator, "next", next_seed)
-                undo.append((generator, had, previous))
+            undo = [compat.shadow_seed_generator(generator, next_seed) for generator in generators]
             try:
                 batched = keras.tree.map_structure(lambda t: t[None], row)
                 return keras.tree.map_structure(lambda t: t[0], bound(batched, *args, **kwargs))
             finally:
-                for generator, had, previous in undo:
-                    if had:
-                        object.__setattr__(generator, "next", previous)
-                    else:
-                        object.__delattr__(generator, "next")
+                for restore in reversed(undo):
+                    restore()
 
         return ctx.per_row(one_row, inputs)
 
@@ -295,7 +281,7 @@ def _cell_patches(cell, ctx, rates=None) -> dict:
     """Mask getters for one RNN call: each drawn once per call of the RNN (fixed over time steps)."""
     dropout, recurrent = rates if rates is not None else (cell.dropout, cell.recurrent_dropout)
     cache = {}
-    count = getattr(cell, "dropout_mask_count", None)
+    count = compat.dropout_mask_count(cell)
 
     def getter(kind, rate, trained):
         def get(step_input):
@@ -310,12 +296,12 @@ def _cell_patches(cell, ctx, rates=None) -> dict:
     def reset(kind):
         return lambda: cache.pop(kind, None)
 
-    return {
-        "get_dropout_mask": getter("input", float(dropout), float(cell.dropout)),
-        "get_recurrent_dropout_mask": getter("recurrent", float(recurrent), float(cell.recurrent_dropout)),
-        "reset_dropout_mask": reset("input"),
-        "reset_recurrent_dropout_mask": reset("recurrent"),
-    }
+    return compat.cell_mask_methods(
+        get_input=getter("input", float(dropout), float(cell.dropout)),
+        get_recurrent=getter("recurrent", float(recurrent), float(cell.recurrent_dropout)),
+        reset_input=reset("input"),
+        reset_recurrent=reset("recurrent"),
+    )
 
 
 @contextlib.contextmanager
@@ -324,15 +310,13 @@ def patched(view: StochasticView, ctx) -> Iterator[set]:
     set that collects the ids of the stochastic layers that ran (a layer the model's ``call`` skips, as
     under ``if training:``, never draws its noise).
 
-    Instance attributes are set with ``object.__setattr__`` (bypassing Keras' attribute
-    tracking) and deleted afterwards, whatever happens, leaving the model as it was.
+    Instance attributes are set past Keras' attribute tracking (:func:`~mcdrop.engine._keras_compat.shadow`)
+    and removed afterwards, whatever happens, leaving the model as it was.
     """
     undo = []
     ran = set()  # ids of the stochastic layers whose noise was drawn while tracing
 
     def shadow(obj, name, fn, record=False):
-        had = name in vars(obj)
-        previous = vars(obj).get(name)
         if record:
             inner = fn
 
@@ -340,8 +324,7 @@ def patched(view: StochasticView, ctx) -> Iterator[set]:
                 ran.add(id(obj))
                 return inner(*args, **kwargs)
 
-        object.__setattr__(obj, name, fn)
-        undo.append((obj, name, had, previous))
+        undo.append(compat.shadow(obj, name, fn))
 
     try:
         for layer in view.leaves:
@@ -349,7 +332,7 @@ def patched(view: StochasticView, ctx) -> Iterator[set]:
         for rnn in view.rnns:
             shadow(rnn, "call", _training_call(rnn), record=True)
         for layer in view.attentions:
-            shadow(layer, "_apply_scores", _attention_scores(layer, ctx), record=True)
+            shadow(layer, compat.ATTENTION_SCORES, _attention_scores(layer, ctx), record=True)
         for layer in view.custom:
             shadow(layer, "call", _custom_call(layer, ctx), record=True)
         for cell in view.cells:
@@ -357,11 +340,8 @@ def patched(view: StochasticView, ctx) -> Iterator[set]:
                 shadow(cell, name, fn)
         yield ran
     finally:
-        for obj, name, had, previous in reversed(undo):
-            if had:
-                object.__setattr__(obj, name, previous)
-            else:
-                object.__delattr__(obj, name)
+        for restore in reversed(undo):
+            restore()
 
 
 def output_activations(model) -> list[str | None]:
@@ -382,7 +362,7 @@ def output_activations(model) -> list[str | None]:
 
 
 def _activation_of(tensor, depth: int = 0) -> str | None:
-    history = getattr(tensor, "_keras_history", None)
+    history = compat.keras_history(tensor)
     if history is None or depth > 20:
         return None
     op = history[0]
@@ -396,8 +376,8 @@ def _activation_of(tensor, depth: int = 0) -> str | None:
         index = history[2] if len(history) > 2 else 0
         return _activation_of(inner[min(index, len(inner) - 1)], depth + 1)
     if isinstance(op, (*_LEAF_FAMILIES, keras.layers.GaussianNoise, keras.layers.Identity)):
-        node = op._inbound_nodes[history[1]]
-        return _activation_of(node.input_tensors[0], depth + 1) if node.input_tensors else None
+        inputs = compat.node_inputs(op, history[1])
+        return _activation_of(inputs[0], depth + 1) if inputs else None
     activation = getattr(op, "activation", None)
     if activation is None:
         return None
