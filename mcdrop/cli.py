@@ -654,20 +654,6 @@ def _is_tfsm(model) -> bool:
     return any(type(layer).__name__ == "TFSMLayer" for layer in getattr(model, "layers", ()))
 
 
-def _provenance(pred) -> dict[str, Any]:
-    meta = {"task": np.array(pred.task), "num_samples": np.array(pred.num_samples),
-            "mask": np.array(getattr(pred, "mask", "consistent"))}
-    if getattr(pred, "seed", None) is not None:
-        meta["seed"] = np.array(pred.seed)
-    if getattr(pred, "members", None) is not None:
-        meta["members"] = np.array(pred.members)  # passes per ensemble member
-    if pred.task == "classification":
-        meta["outputs"] = np.array(getattr(pred, "outputs", "probs"))
-    else:
-        meta["heteroscedastic"] = np.array(bool(pred.heteroscedastic))
-    return meta
-
-
 # --------------------------------------------------------------------------- commands
 
 
@@ -722,11 +708,9 @@ def _cmd_predict(args) -> int:
             allow_nonfinite_inputs=args.allow_nonfinite_inputs, verbose=_show_progress(args))
     else:
         pred = mc.predict(x, return_samples=return_samples)
-    arrays = {**pred.to_dict(), **_provenance(pred)}
-    arrays["model"] = np.array(", ".join(map(str, args.model)))  # shown in `mcdrop evaluate`'s provenance
     if out is not None:
-        _status(args, f"writing {out}")
-        io.save_npz(out, arrays)
+        _status(args, f"writing {out}")  # the model is shown in `mcdrop evaluate`'s provenance
+        io.save_prediction(out, pred, model=", ".join(map(str, args.model)))
     summary = _prediction_summary(pred)
     if out is not None:
         summary["out"] = str(out)
@@ -826,52 +810,27 @@ def _cmd_evaluate(args) -> int:
 
 
 def _load_prediction(path: str, name: str = "PREDS"):
-    """A prediction from an .npz of `mcdrop predict`, or from an array of probabilities."""
+    """A prediction from an .npz of `mcdrop predict` (any version), or from an array of probabilities."""
     from mcdrop import io
     from mcdrop._validation import check_probs
-    from mcdrop.predictive import ClassificationPrediction, RegressionPrediction
+    from mcdrop.predictive import ClassificationPrediction
 
     arrays = io.load_arrays(path, name=name)
-    if "mean" not in arrays:
-        if len(arrays) != 1:
-            raise CommandError(f"Invalid value for argument `{name}`: expected an .npz written by `mcdrop predict` "
-                               f"or one probabilities array, received {path!r} holding "
-                               f"{', '.join(sorted(arrays))}.")
-        (probs,) = arrays.values()
-        if probs.ndim == 2:
-            probs = probs[None]
-        if probs.ndim != 3:
-            raise CommandError(f"Invalid value for argument `{name}`: expected probabilities of shape (N, C) or "
-                               f"(T, N, C), received an array of shape {probs.shape}.")
-        probs = check_probs(probs, name, ndim=3)
-        return ClassificationPrediction.from_samples(probs, keep_samples=False)
-
-    def meta(key, default=None):
-        return arrays[key].item() if key in arrays else default
-
-    task = meta("task", "classification" if "votes" in arrays else "regression")
-    num_samples = int(meta("num_samples", 0))
-    common = dict(mask=str(meta("mask", "consistent")), seed=meta("seed"))
-    if task == "classification":
-        if "samples" in arrays:
-            return ClassificationPrediction.from_samples(arrays["samples"], **common)
-        missing = [k for k in ("variance", "expected_entropy", "votes", "num_samples") if k not in arrays]
-        if missing:
-            raise CommandError(f"Invalid value for argument `{name}`: expected the arrays `mcdrop predict` "
-                               f"writes, received {path!r} without {', '.join(missing)}.")
-        return ClassificationPrediction(mean=arrays["mean"], variance=arrays["variance"],
-                                        expected_entropy=arrays["expected_entropy"], votes=arrays["votes"],
-                                        num_samples=num_samples, outputs=str(meta("outputs", "probs")),
-                                        **common)
-    missing = [k for k in ("epistemic_variance", "aleatoric_variance", "num_samples") if k not in arrays]
-    if missing:
-        raise CommandError(f"Invalid value for argument `{name}`: expected the arrays `mcdrop predict` writes, "
-                           f"received {path!r} without {', '.join(missing)}.")
-    return RegressionPrediction(mean=arrays["mean"], epistemic_variance=arrays["epistemic_variance"],
-                                aleatoric_variance=arrays["aleatoric_variance"], num_samples=num_samples,
-                                heteroscedastic=bool(meta("heteroscedastic", False)),
-                                samples=arrays.get("samples"), sample_variances=arrays.get("sample_variances"),
-                                **common)
+    if "mean" in arrays:
+        try:
+            return io.prediction_from_npz(arrays, name=name, source=path)
+        except io.InputError as exc:
+            raise CommandError(str(exc)) from None
+    if len(arrays) != 1:
+        raise CommandError(f"Invalid value for argument `{name}`: expected an .npz written by `mcdrop predict` "
+                           f"or one probabilities array, received {path!r} holding {', '.join(sorted(arrays))}.")
+    (probs,) = arrays.values()
+    if probs.ndim == 2:
+        probs = probs[None]
+    if probs.ndim != 3:
+        raise CommandError(f"Invalid value for argument `{name}`: expected probabilities of shape (N, C) or "
+                           f"(T, N, C), received an array of shape {probs.shape}.")
+    return ClassificationPrediction.from_samples(check_probs(probs, name, ndim=3), keep_samples=False)
 
 
 def _evaluate_sections(args, pred) -> dict:

@@ -75,7 +75,7 @@ def test_streaming_to_disk_keeps_memory_independent_of_pool_size(tmp_path):
 def test_full_disk_raises_clearly_and_leaves_written_rows_readable(tmp_path, monkeypatch):
     mc = mcdrop.MCDropout(mlp(), num_samples=4, seed=0, verbose=0, batch_size=50)
     ref = mc.predict(X)
-    original = store._Appender.append
+    original = mcdrop.io.NpyAppender.append
     calls = {"n": 0}
 
     def append(self, block):
@@ -84,7 +84,7 @@ def test_full_disk_raises_clearly_and_leaves_written_rows_readable(tmp_path, mon
             raise OSError(errno.ENOSPC, "No space left on device")
         return original(self, block)
 
-    monkeypatch.setattr(store._Appender, "append", append)
+    monkeypatch.setattr(mcdrop.io.NpyAppender, "append", append)
     with pytest.raises(store.StoreFullError, match=r"disk is full .* the 100 row\(s\) written before stay readable"):
         mc.predict(X, out=tmp_path / "full")
     partial = store.load(tmp_path / "full")
@@ -142,20 +142,14 @@ def test_unfinished_job_is_refused_and_its_written_rows_are_readable(tmp_path):
 def test_full_disk_while_writing_rows_in_place_is_a_store_full_error(tmp_path, monkeypatch):
     store.create(tmp_path, _pred(5), 10)
 
-    class Full:
-        def __init__(self, *args, **kwargs):
-            pass
+    def full(fd):  # a full disk shows when the written pages are flushed
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-        def __enter__(self):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def __exit__(self, *exc):
-            return False
-
-    monkeypatch.setattr(store, "open", Full, raising=False)
+    monkeypatch.setattr(mcdrop.io.os, "fsync", full)
     with pytest.raises(store.StoreFullError, match=r"disk is full.*load_written"):
         store.write_rows(tmp_path, _pred(5), 0)
     with pytest.raises(store.StoreFullError, match=r"disk is full"):
         store.mark_done(tmp_path, 0, 0, 5)
     monkeypatch.undo()
     assert store.done_groups(tmp_path) == {}  # nothing recorded: the group runs again on resume
+    assert not [p for p in (tmp_path / "done").iterdir()]  # nor a temporary file left behind
