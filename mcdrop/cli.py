@@ -484,52 +484,26 @@ def _status(args, text: str) -> None:
         args.status(text)
 
 
-def _check_writable(folder: Path, path: str) -> None:
-    """Fail before any work when ``folder`` cannot take a new file (permissions, read-only file system)."""
-    import tempfile
-
-    try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".mcdrop-probe-", suffix=".tmp")
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise CommandError(f"Invalid value for argument `--out`: expected a path in a folder this user can "
-                           f"write, received {path!r}. {reason}: {folder}.") from None
-    os.close(fd)
-    os.unlink(probe)
-
-
 def _check_out_file(path: str | None, suffix: str) -> Path | None:
     """Fail before any work when an output file cannot be written where asked."""
+    from mcdrop import io
+
     if path is None:
         return None
-    out = Path(path)
-    if out.suffix.lower() != suffix:
-        raise CommandError(f"Invalid value for argument `--out`: expected a {suffix} file, received {path!r}.")
-    if out.is_dir():
-        raise CommandError(f"Invalid value for argument `--out`: expected a file path, received {path!r}, "
-                           "which is a folder.")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise CommandError(f"Invalid value for argument `--out`: expected a path in an existing folder, "
-                           f"received {path!r}.")
-    _check_writable(parent, path)
+    out = io.check_out_file(path, suffix=suffix)
+    io.check_writable(out.parent if str(out.parent) else Path("."), path)
     return out
 
 
 def _check_out_dir(path: str | None) -> Path | None:
+    from mcdrop import io
+
     if path is None:
         return None
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise CommandError(f"Invalid value for argument `--out`: expected a folder, received {path!r}, "
-                           "which is a file.")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise CommandError(f"Invalid value for argument `--out`: expected a folder whose parent exists, "
-                           f"received {path!r}.")
-    _check_writable(parent, path)  # the files are staged beside the folder, then moved in
+    out = io.check_out_folder(path)
+    io.check_writable(out.parent if str(out.parent) else Path("."), path)  # files are staged beside it
     if out.is_dir():
-        _check_writable(out, path)
+        io.check_writable(out, path)
     return out
 
 

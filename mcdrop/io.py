@@ -64,6 +64,9 @@ __all__ = [
     "load_array",
     "load_arrays",
     "atomic_write",
+    "check_out_file",
+    "check_out_folder",
+    "check_writable",
     "staged_directory",
     "remove_leftovers",
     "save_npz",
@@ -451,6 +454,47 @@ def _path_error(exc: OSError, path: Path) -> OSError:
     return error
 
 
+def _parent(path: Path) -> Path:
+    return path.parent if str(path.parent) else Path(".")
+
+
+def check_out_file(path, *, suffix: str | None = None, name: str = "out") -> Path:
+    """The checks of an output file that need no writing: ``suffix`` (e.g. ``".npz"``) when given, not a
+    folder, in an existing folder. Cheap, so a command can refuse a bad path before any work; the
+    writers (:func:`atomic_write`) check the same. Returns the path; raises :class:`InputError`."""
+    path = Path(path)
+    if suffix is not None and path.suffix.lower() != suffix:
+        raise _error(name, f"a {suffix} file", path)
+    if path.is_dir():
+        raise _error(name, "a file path", path, "It is a folder.")
+    if not _parent(path).is_dir():
+        raise _error(name, "a path in an existing folder", path, f"No such folder: {_parent(path)}.")
+    return path
+
+
+def check_out_folder(path, *, name: str = "out") -> Path:
+    """The checks of an output folder that need no writing: not a file, its parent exists (the folder is
+    created). :func:`staged_directory` checks the same. Returns the path; raises :class:`InputError`."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise _error(name, "a folder", path, "A file of that name exists.")
+    if not _parent(path).is_dir():
+        raise _error(name, "a folder whose parent exists", path, f"No such folder: {_parent(path)}.")
+    return path
+
+
+def check_writable(folder, path, *, name: str = "out") -> None:
+    """Fail before any work when ``folder`` cannot take a new file (permissions, a read-only file
+    system): :class:`InputError` naming ``name`` and the output ``path`` asked for."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".mcdrop-probe-", suffix=_TMP_SUFFIX)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise _error(name, "a path in a folder this user can write", path, f"{reason}: {folder}.") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "wb", **open_kwargs) -> Iterator[Any]:
     """Write ``path`` all or nothing.
@@ -469,12 +513,8 @@ def atomic_write(path, mode: str = "wb", **open_kwargs) -> Iterator[Any]:
     >>> sorted(os.listdir(folder))
     ['a.txt']
     """
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise _error("out", "a path in an existing folder", path, f"No such folder: {folder}.")
-    if path.is_dir():
-        raise _error("out", "a file path", path, "It is a folder.")
+    path = check_out_file(path)
+    folder = _parent(path)
     remove_leftovers(folder)
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}{_TMP_TAG}", suffix=_TMP_SUFFIX)
@@ -517,12 +557,8 @@ def staged_directory(path) -> Iterator[Path]:
     :func:`os.replace` (replacing a file of the same name). If the block raises,
     the staging folder is deleted and ``path`` is left as it was.
     """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise _error("out", "a folder", path, "A file of that name exists.")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise _error("out", "a folder whose parent exists", path, f"No such folder: {parent}.")
+    path = check_out_folder(path)
+    parent = _parent(path)
     remove_leftovers(parent)
     try:
         stage = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}{_TMP_TAG}", suffix=_TMP_SUFFIX))
@@ -709,7 +745,7 @@ class NpyAppender:
     def __init__(self, path, dtype, row_shape: tuple):
         self.path, self.dtype, self.row_shape, self.rows = Path(path), np.dtype(dtype), tuple(row_shape), 0
         self.file = open(self.path, "wb")
-        self.file.write(_npy_header(self.dtype, (0, *self.row_shape)))
+        self.commit()  # a valid .npy of no rows from the start
 
     def append(self, block: np.ndarray) -> None:
         """Add rows (not yet declared by the header: see :meth:`commit`)."""

@@ -153,3 +153,18 @@ def test_full_disk_while_writing_rows_in_place_is_a_store_full_error(tmp_path, m
     monkeypatch.undo()
     assert store.done_groups(tmp_path) == {}  # nothing recorded: the group runs again on resume
     assert not [p for p in (tmp_path / "done").iterdir()]  # nor a temporary file left behind
+
+
+def test_overwrite_replaces_only_a_store(tmp_path):
+    """One check for the writer and the Ray job: a folder of other files is never written into."""
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"argument `out`: expected a new or empty folder"):
+        store.PredictionWriter(tmp_path)
+    with pytest.raises(FileExistsError, match=r"argument `out`: expected a folder holding a prediction store "
+                                              r"\(overwrite=True replaces only those\)"):
+        store.PredictionWriter(tmp_path, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    writer = store.PredictionWriter(tmp_path / "s")
+    writer.append(_pred(3))
+    writer.close()
+    store.PredictionWriter(tmp_path / "s", overwrite=True)  # a store is replaced when asked
