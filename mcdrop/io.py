@@ -738,8 +738,10 @@ class NpyAppender:
     """A ``.npy`` file that grows along its first axis, written with plain appends (never through a
     memory map, where a full disk kills the process with SIGBUS instead of raising).
 
-    After :meth:`commit` the file is a valid ``.npy`` of every row appended so far, on the disk: the
-    rows are flushed (``fsync``) before the header that declares them is rewritten and flushed.
+    After :meth:`commit` the file is a valid ``.npy`` of every row appended so far. The rows reach the
+    disk (``fsync``) before the header that declares them is rewritten, so whatever a crash or a power
+    loss leaves, the header on the disk never declares a row that is not there; it may declare fewer
+    (the last header reaches the disk with the next commit's rows, or at :meth:`close`).
     """
 
     def __init__(self, path, dtype, row_shape: tuple):
@@ -757,17 +759,25 @@ class NpyAppender:
         self.rows += block.shape[0]
 
     def commit(self) -> None:
-        """Flush the rows to the disk, then make the header declare them (flushed too)."""
+        """Flush the rows to the disk, then make the header declare them."""
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.seek(0)
         self.file.write(_npy_header(self.dtype, (self.rows, *self.row_shape)))
         self.file.flush()
-        os.fsync(self.file.fileno())
         self.file.seek(0, os.SEEK_END)
 
-    def close(self) -> None:
-        self.file.close()
+    def close(self, *, sync: bool = True) -> None:
+        """Flush the last header to the disk (unless ``sync=False``, after a failure) and close the file."""
+        if self.file.closed:
+            return
+        try:
+            if sync:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+        finally:
+            with contextlib.suppress(OSError):  # a full disk may refuse the buffered header: it is optional
+                self.file.close()
 
 
 def create_npy(path, dtype, shape: tuple) -> None:

@@ -87,7 +87,7 @@ class PredictionWriter:
             self._append(prediction)
         except OSError as err:
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                self._close_files()
+                self._close_files(sync=False)
                 raise StoreFullError(
                     err.errno, f"The disk is full while writing predictions to {self.path}; the "
                     f"{self.rows} row(s) written before stay readable with mcdrop.store.load") from err
@@ -99,9 +99,10 @@ class PredictionWriter:
             self._meta = {**metadata, "fields": sorted(arrays), "rows": 0}
             for name, value in arrays.items():
                 self._files[name] = io.NpyAppender(self.path / f"{name}.npy", value.dtype, value.shape[1:])
-        elif sorted(arrays) != self._meta["fields"] or prediction.task != self._meta["task"]:
-            raise invalid("prediction", f"a {self._meta['task']} prediction with fields {self._meta['fields']}",
-                          prediction)
+        elif sorted(arrays) != self._meta["fields"] or any(self._meta[k] != v for k, v in metadata.items()):
+            raise invalid("prediction", f"a {self._meta['task']} prediction with the arrays {self._meta['fields']} "
+                          "and the metadata of the blocks before", prediction,
+                          detail=f"They had {({k: self._meta[k] for k in metadata})}.")
         for name, value in arrays.items():
             self._files[name].append(value)
         for appender in self._files.values():
@@ -113,9 +114,9 @@ class PredictionWriter:
     def rows(self) -> int:
         return min((a.rows for a in self._files.values()), default=0)
 
-    def _close_files(self) -> None:
+    def _close_files(self, *, sync: bool = True) -> None:
         for appender in self._files.values():
-            appender.close()
+            appender.close(sync=sync)
 
     def close(self):
         """Finish the store and open it (memory-mapped)."""

@@ -168,3 +168,18 @@ def test_overwrite_replaces_only_a_store(tmp_path):
     writer.append(_pred(3))
     writer.close()
     store.PredictionWriter(tmp_path / "s", overwrite=True)  # a store is replaced when asked
+
+
+def test_a_block_of_another_prediction_is_refused():
+    """Every block's metadata must match the first's: a store holds one prediction."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        writer = store.PredictionWriter(folder)
+        writer.append(_pred(3))
+        with pytest.raises(ValueError, match=r"argument `prediction`: expected a classification prediction with "
+                                             r"the arrays .* and the metadata of the blocks before.*'seed': 0"):
+            writer.append(mcdrop.ClassificationPrediction.from_samples(
+                np.full((4, 2, 3), 1 / 3), keep_samples=True, seed=5))
+        writer.append(_pred(2, start=3))
+        assert len(writer.close()) == 5
