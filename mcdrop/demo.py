@@ -25,7 +25,6 @@ epochs with few passes for the tests.
 from __future__ import annotations
 
 import html
-from pathlib import Path
 from typing import Any
 
 import numpy as np
