@@ -491,7 +491,7 @@ def _check_out_file(path: str | None, suffix: str) -> Path | None:
     if path is None:
         return None
     out = io.check_out_file(path, suffix=suffix)
-    io.check_writable(out.parent if str(out.parent) else Path("."), path)
+    io.check_writable(out.parent, path)
     return out
 
 
@@ -501,7 +501,7 @@ def _check_out_dir(path: str | None) -> Path | None:
     if path is None:
         return None
     out = io.check_out_folder(path)
-    io.check_writable(out.parent if str(out.parent) else Path("."), path)  # files are staged beside it
+    io.check_writable(out.parent, path)  # the files are staged beside it
     if out.is_dir():
         io.check_writable(out, path)
     return out
