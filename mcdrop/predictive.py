@@ -292,7 +292,9 @@ class ClassificationPrediction(_Codec):
         )
 
     def to_dict(self) -> dict[str, np.ndarray]:
-        """Per-row arrays, keyed by name (for saving)."""
+        """Per-row statistics, derived ones included, keyed by name: a table for other tools (pandas, the
+        ``.npz`` of ``mcdrop predict``, Parquet rows). To save and read back a prediction, use
+        :meth:`to_arrays` and :func:`from_arrays`."""
         out = {
             "mean": self.mean, "variance": self.variance, "entropy": self.entropy,
             "expected_entropy": self.expected_entropy, "mutual_information": self.mutual_information,
@@ -527,7 +529,9 @@ class RegressionPrediction(_Codec):
         )
 
     def to_dict(self) -> dict[str, np.ndarray]:
-        """Per-row arrays keyed by name (for saving), and ``includes_aleatoric`` as a 0-d bool array."""
+        """Per-row statistics, derived ones included, keyed by name, and ``includes_aleatoric`` as a 0-d bool
+        array: a table for other tools. To save and read back a prediction, use :meth:`to_arrays` and
+        :func:`from_arrays`."""
         out = {
             "mean": self.mean, "variance": self.variance, "std": self.std,
             "epistemic_variance": self.epistemic_variance, "aleatoric_variance": self.aleatoric_variance,
