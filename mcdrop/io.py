@@ -738,16 +738,16 @@ class NpyAppender:
     """A ``.npy`` file that grows along its first axis, written with plain appends (never through a
     memory map, where a full disk kills the process with SIGBUS instead of raising).
 
-    After :meth:`commit` the file is a valid ``.npy`` of every row appended so far. The rows reach the
-    disk (``fsync``) before the header that declares them is rewritten, so whatever a crash or a power
-    loss leaves, the header on the disk never declares a row that is not there; it may declare fewer
-    (the last header reaches the disk with the next commit's rows, or at :meth:`close`).
+    After :meth:`commit` the file is a valid ``.npy`` of every row appended so far (for any reader, and
+    after the writing process dies); :meth:`sync` puts the rows on the disk (``fsync``), which a record
+    that must survive a power loss (the store's ``meta.json``) waits for.
     """
 
     def __init__(self, path, dtype, row_shape: tuple):
         self.path, self.dtype, self.row_shape, self.rows = Path(path), np.dtype(dtype), tuple(row_shape), 0
         self.file = open(self.path, "wb")
         self.commit()  # a valid .npy of no rows from the start
+        self.sync()
 
     def append(self, block: np.ndarray) -> None:
         """Add rows (not yet declared by the header: see :meth:`commit`)."""
@@ -759,13 +759,17 @@ class NpyAppender:
         self.rows += block.shape[0]
 
     def commit(self) -> None:
-        """Flush the rows to the disk, then make the header declare them."""
+        """Make the header declare every row appended so far."""
         self.file.flush()
-        os.fsync(self.file.fileno())
         self.file.seek(0)
         self.file.write(_npy_header(self.dtype, (self.rows, *self.row_shape)))
         self.file.flush()
         self.file.seek(0, os.SEEK_END)
+
+    def sync(self) -> None:
+        """Put the file's rows and header on the disk (``fsync``)."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
 
     def close(self, *, sync: bool = True) -> None:
         """Flush the last header to the disk (unless ``sync=False``, after a failure) and close the file."""

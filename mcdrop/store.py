@@ -12,10 +12,12 @@ statistics can be appended to files as they come. A store is a folder::
 The store is the prediction's codec on disk: ``prediction.to_arrays(rows_first=True)`` gives the files
 and ``meta.json``, :func:`mcdrop.predictive.from_arrays` reads them back and checks every field. Files
 are written through :mod:`mcdrop.io`: the arrays with plain appends (:class:`mcdrop.io.NpyAppender`,
-never through a memory map, where a full disk kills the process with SIGBUS instead of raising), and
-after every block each file's rows are flushed to the disk before its header is rewritten to declare
-them, then ``meta.json`` is replaced atomically: at any moment, even after a failure, every file is a
-valid ``.npy`` of the rows that were completely written. :func:`load` opens a store with memory maps.
+never through a memory map, where a full disk kills the process with SIGBUS instead of raising), each
+file's header rewritten after every block to the rows appended so far, so that every file is a valid
+``.npy`` at any moment. At most every second (``PredictionWriter.SYNC_SECONDS``), after a full disk,
+and at the end, the rows are flushed to the disk (``fsync``) and only then recorded in ``meta.json``,
+replaced atomically: :func:`load` opens (memory-mapped) the rows ``meta.json`` records, so neither a
+crash nor a power loss ever hands it a row that was not completely written.
 
 A Ray job (:func:`mcdrop.distributed.stream_pool`) writes the same layout from many processes at
 once: the driver creates every file at its final shape (:func:`create`, sparse until written),
@@ -34,8 +36,10 @@ were written completely.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -74,12 +78,17 @@ class PredictionWriter:
     overwrite : bool, default False
     """
 
+    #: At most this often (seconds) the rows appended are flushed to the disk and recorded in ``meta.json``
+    #: (and at :meth:`close`): durability without an ``fsync`` per block.
+    SYNC_SECONDS = 1.0
+
     def __init__(self, path, *, overwrite: bool = False):
         self.path = Path(path)
         _check_new_folder(self.path, overwrite)
         self.path.mkdir(parents=True, exist_ok=True)
         self._files: dict[str, io.NpyAppender] = {}
         self._meta = None
+        self._synced = time.monotonic()
 
     def append(self, prediction) -> None:
         """Write one block's prediction (rows after those already written)."""
@@ -87,6 +96,8 @@ class PredictionWriter:
             self._append(prediction)
         except OSError as err:
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                with contextlib.suppress(OSError):  # record the rows appended whole, if the disk still lets us
+                    self._sync()
                 self._close_files(sync=False)
                 raise StoreFullError(
                     err.errno, f"The disk is full while writing predictions to {self.path}; the "
@@ -107,8 +118,17 @@ class PredictionWriter:
             self._files[name].append(value)
         for appender in self._files.values():
             appender.commit()
+        if self._meta["rows"] == 0 or time.monotonic() - self._synced >= self.SYNC_SECONDS:
+            self._sync()
+
+    def _sync(self) -> None:
+        """Flush every file's rows to the disk, then record them in ``meta.json`` (atomically): the rows
+        :func:`load` reads, so a crash or a power loss never leaves it a row that is not there."""
+        for appender in self._files.values():
+            appender.sync()
         self._meta["rows"] = self.rows
         io.save_json(self.path / _META, self._meta)
+        self._synced = time.monotonic()
 
     @property
     def rows(self) -> int:
@@ -120,9 +140,11 @@ class PredictionWriter:
 
     def close(self):
         """Finish the store and open it (memory-mapped)."""
-        self._close_files()
         if self._meta is None:
+            self._close_files()
             raise invalid("prediction", "at least one block written before close", None)
+        self._sync()
+        self._close_files()
         return load(self.path)
 
 
@@ -173,7 +195,8 @@ def _open(path: Path, meta: dict, mmap: bool):
         if not file.is_file():
             raise invalid("path", f"a prediction store with the {name}.npy its meta.json lists", str(path),
                           error=FileNotFoundError)
-        arrays[name] = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
+        # the rows meta.json records: a file may hold more, appended after the last record
+        arrays[name] = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)[:meta.get("rows")]
     return from_arrays(arrays, meta, rows_first=True, name="path", source=path)
 
 

@@ -183,3 +183,21 @@ def test_a_block_of_another_prediction_is_refused():
                 np.full((4, 2, 3), 1 / 3), keep_samples=True, seed=5))
         writer.append(_pred(2, start=3))
         assert len(writer.close()) == 5
+
+
+def test_load_reads_the_rows_meta_json_records(tmp_path, monkeypatch):
+    """Rows appended after the last record (a process killed before its next sync) are not read: meta.json
+    records rows only once they are on the disk, and load reads exactly those."""
+    monkeypatch.setattr(store.PredictionWriter, "SYNC_SECONDS", float("inf"))
+    parts = [_pred(4, 0), _pred(3, 1), _pred(5, 2)]
+    writer = store.PredictionWriter(tmp_path / "s")
+    for part in parts:
+        writer.append(part)
+    assert json.loads((tmp_path / "s" / "meta.json").read_text())["rows"] == 4  # recorded at the first block
+    assert np.load(tmp_path / "s" / "mean.npy").shape == (12, 3)  # every file is a valid .npy of all rows
+    early = store.load(tmp_path / "s", mmap=False)  # what a reader sees if the writer dies now
+    np.testing.assert_array_equal(early.mean, parts[0].mean)
+    np.testing.assert_array_equal(early.samples, parts[0].samples)
+    whole = writer.close()
+    np.testing.assert_array_equal(whole.mean, mcdrop.predictive.concatenate(parts).mean)
+    assert json.loads((tmp_path / "s" / "meta.json").read_text())["rows"] == 12
