@@ -12,10 +12,13 @@ import base64
 import dataclasses
 import datetime
 import html
+import io
+import math
+import numbers
 from importlib import metadata
 from typing import Any, Iterable, Sequence
 
-__all__ = ["Section", "page", "table", "figure", "versions", "escape"]
+__all__ = ["Section", "page", "table", "best_cells", "figure", "png", "versions", "escape"]
 
 escape = html.escape
 
@@ -122,6 +125,32 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, best: Sequen
             for c, v in enumerate(row[1:])]
         lines.append("<tr>" + "".join(cells) + "</tr>")
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(lines)}</tbody></table></div>'
+
+
+def best_cells(rows: Sequence[Sequence[Any]], directions: Sequence[int | None]) -> list[list[bool]]:
+    """``best`` for :func:`table` from the raw values: ``best[r][c]`` marks the best number of value column ``c``
+    (``rows[r][c + 1]``), the highest where ``directions[c]`` is 1 and the lowest where it is -1. A column whose
+    direction is 0 or None, or that holds fewer than two numbers, is not marked; None and NaN never are."""
+    marks = [[False] * (len(row) - 1) for row in rows]
+    for c, direction in enumerate(directions):
+        numbers_ = [(r, row[c + 1]) for r, row in enumerate(rows) if _is_number(row[c + 1])]
+        if not direction or len(numbers_) < 2:
+            continue
+        top = (max if direction > 0 else min)(v for _, v in numbers_)
+        for r, v in numbers_:
+            marks[r][c] = v == top
+    return marks
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def png(fig, *, dpi: int = 100) -> bytes:
+    """A matplotlib figure as PNG bytes, cropped to its content, for :func:`figure`."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    return buffer.getvalue()
 
 
 def figure(png: bytes, alt: str, caption: str = "") -> str:

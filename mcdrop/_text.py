@@ -35,8 +35,8 @@ def format_value(value: Any, digits: int = 4) -> str:
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, title: str | None = None,
-                 digits: int = 4) -> str:
-    """Render ``rows`` under ``headers``: first column left-aligned, the others right-aligned."""
+                 digits: int = 4, left: int = 1) -> str:
+    """Render ``rows`` under ``headers``: the first ``left`` columns left-aligned, the others right-aligned."""
     cells = [[format_value(v, digits) for v in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in cells:
@@ -44,7 +44,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, title
             widths[i] = max(widths[i], len(cell))
 
     def line(values: Sequence[str]) -> str:
-        parts = [values[0].ljust(widths[0])] + [v.rjust(w) for v, w in zip(values[1:], widths[1:])]
+        parts = [v.ljust(w) if i < left else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths))]
         return "  ".join(parts).rstrip()
 
     out = []

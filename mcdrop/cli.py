@@ -570,52 +570,26 @@ def _status(args, text: str) -> None:
         args.status(text)
 
 
-def _check_writable(folder: Path, path: str) -> None:
-    """Fail before any work when ``folder`` cannot take a new file (permissions, read-only file system)."""
-    import tempfile
-
-    try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".mcdrop-probe-", suffix=".tmp")
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        raise CommandError(f"Invalid value for argument `--out`: expected a path in a folder this user can "
-                           f"write, received {path!r}. {reason}: {folder}.") from None
-    os.close(fd)
-    os.unlink(probe)
-
-
 def _check_out_file(path: str | None, suffix: str) -> Path | None:
     """Fail before any work when an output file cannot be written where asked."""
+    from mcdrop import io
+
     if path is None:
         return None
-    out = Path(path)
-    if out.suffix.lower() != suffix:
-        raise CommandError(f"Invalid value for argument `--out`: expected a {suffix} file, received {path!r}.")
-    if out.is_dir():
-        raise CommandError(f"Invalid value for argument `--out`: expected a file path, received {path!r}, "
-                           "which is a folder.")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise CommandError(f"Invalid value for argument `--out`: expected a path in an existing folder, "
-                           f"received {path!r}.")
-    _check_writable(parent, path)
+    out = io.check_out_file(path, suffix=suffix)
+    io.check_writable(out.parent, path)
     return out
 
 
 def _check_out_dir(path: str | None) -> Path | None:
+    from mcdrop import io
+
     if path is None:
         return None
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise CommandError(f"Invalid value for argument `--out`: expected a folder, received {path!r}, "
-                           "which is a file.")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise CommandError(f"Invalid value for argument `--out`: expected a folder whose parent exists, "
-                           f"received {path!r}.")
-    _check_writable(parent, path)  # the files are staged beside the folder, then moved in
+    out = io.check_out_folder(path)
+    io.check_writable(out.parent, path)  # the files are staged beside it
     if out.is_dir():
-        _check_writable(out, path)
+        io.check_writable(out, path)
     return out
 
 
@@ -749,20 +723,6 @@ def _is_tfsm(model) -> bool:
     return any(type(layer).__name__ == "TFSMLayer" for layer in getattr(model, "layers", ()))
 
 
-def _provenance(pred) -> dict[str, Any]:
-    meta = {"task": np.array(pred.task), "num_samples": np.array(pred.num_samples),
-            "mask": np.array(getattr(pred, "mask", "consistent"))}
-    if getattr(pred, "seed", None) is not None:
-        meta["seed"] = np.array(pred.seed)
-    if getattr(pred, "members", None) is not None:
-        meta["members"] = np.array(pred.members)  # passes per ensemble member
-    if hasattr(pred, "outputs"):  # a classification prediction records its head's outputs
-        meta["outputs"] = np.array(pred.outputs)
-    if hasattr(pred, "heteroscedastic"):  # a regression prediction, whether its head is Gaussian
-        meta["heteroscedastic"] = np.array(bool(pred.heteroscedastic))
-    return meta
-
-
 # --------------------------------------------------------------------------- commands
 
 
@@ -817,11 +777,9 @@ def _cmd_predict(args) -> int:
             allow_nonfinite_inputs=args.allow_nonfinite_inputs, verbose=_show_progress(args))
     else:
         pred = mc.predict(x, return_samples=return_samples)
-    arrays = {**pred.to_dict(), **_provenance(pred)}
-    arrays["model"] = np.array(", ".join(map(str, args.model)))  # shown in `mcdrop evaluate`'s provenance
     if out is not None:
-        _status(args, f"writing {out}")
-        io.save_npz(out, arrays)
+        _status(args, f"writing {out}")  # the model is shown in `mcdrop evaluate`'s provenance
+        io.save_prediction(out, pred, model=", ".join(map(str, args.model)))
     summary = _prediction_summary(pred)
     if out is not None:
         summary["out"] = str(out)
@@ -906,52 +864,27 @@ def _cmd_evaluate(args) -> int:
 
 
 def _load_prediction(path: str, name: str = "PREDS"):
-    """A prediction from an .npz of `mcdrop predict`, or from an array of probabilities."""
+    """A prediction from an .npz of `mcdrop predict` (any version), or from an array of probabilities."""
     from mcdrop import io
     from mcdrop._validation import check_probs
-    from mcdrop.predictive import ClassificationPrediction, RegressionPrediction
+    from mcdrop.predictive import ClassificationPrediction
 
     arrays = io.load_arrays(path, name=name)
-    if "mean" not in arrays:
-        if len(arrays) != 1:
-            raise CommandError(f"Invalid value for argument `{name}`: expected an .npz written by `mcdrop predict` "
-                               f"or one probabilities array, received {path!r} holding "
-                               f"{', '.join(sorted(arrays))}.")
-        (probs,) = arrays.values()
-        if probs.ndim == 2:
-            probs = probs[None]
-        if probs.ndim != 3:
-            raise CommandError(f"Invalid value for argument `{name}`: expected probabilities of shape (N, C) or "
-                               f"(T, N, C), received an array of shape {probs.shape}.")
-        probs = check_probs(probs, name, ndim=3)
-        return ClassificationPrediction.from_samples(probs, keep_samples=False)
-
-    def meta(key, default=None):
-        return arrays[key].item() if key in arrays else default
-
-    task = meta("task", "classification" if "votes" in arrays else "regression")
-    num_samples = int(meta("num_samples", 0))
-    common = dict(mask=str(meta("mask", "consistent")), seed=meta("seed"))
-    if task == "classification":
-        if "samples" in arrays:
-            return ClassificationPrediction.from_samples(arrays["samples"], **common)
-        missing = [k for k in ("variance", "expected_entropy", "votes", "num_samples") if k not in arrays]
-        if missing:
-            raise CommandError(f"Invalid value for argument `{name}`: expected the arrays `mcdrop predict` "
-                               f"writes, received {path!r} without {', '.join(missing)}.")
-        return ClassificationPrediction(mean=arrays["mean"], variance=arrays["variance"],
-                                        expected_entropy=arrays["expected_entropy"], votes=arrays["votes"],
-                                        num_samples=num_samples, outputs=str(meta("outputs", "probs")),
-                                        **common)
-    missing = [k for k in ("epistemic_variance", "aleatoric_variance", "num_samples") if k not in arrays]
-    if missing:
-        raise CommandError(f"Invalid value for argument `{name}`: expected the arrays `mcdrop predict` writes, "
-                           f"received {path!r} without {', '.join(missing)}.")
-    return RegressionPrediction(mean=arrays["mean"], epistemic_variance=arrays["epistemic_variance"],
-                                aleatoric_variance=arrays["aleatoric_variance"], num_samples=num_samples,
-                                heteroscedastic=bool(meta("heteroscedastic", False)),
-                                samples=arrays.get("samples"), sample_variances=arrays.get("sample_variances"),
-                                **common)
+    if "mean" in arrays:
+        try:
+            return io.prediction_from_npz(arrays, name=name, source=path)
+        except io.InputError as exc:
+            raise CommandError(str(exc)) from None
+    if len(arrays) != 1:
+        raise CommandError(f"Invalid value for argument `{name}`: expected an .npz written by `mcdrop predict` "
+                           f"or one probabilities array, received {path!r} holding {', '.join(sorted(arrays))}.")
+    (probs,) = arrays.values()
+    if probs.ndim == 2:
+        probs = probs[None]
+    if probs.ndim != 3:
+        raise CommandError(f"Invalid value for argument `{name}`: expected probabilities of shape (N, C) or "
+                           f"(T, N, C), received an array of shape {probs.shape}.")
+    return ClassificationPrediction.from_samples(check_probs(probs, name, ndim=3), keep_samples=False)
 
 
 def _evaluate_sections(args, pred) -> dict:

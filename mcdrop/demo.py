@@ -25,8 +25,6 @@ epochs with few passes for the tests.
 from __future__ import annotations
 
 import html
-import io as _bytes_io
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -146,13 +144,9 @@ def run(out=None, *, fast: bool = False, seed: int = 0, progress: bool = True,
                             minimum=2)
     k = check_int(k if k is not None else (5 if fast else 10), "k", minimum=1, maximum=POOL_SIZE)
     if out is not None:  # fail before a minute of training, not after
-        out = Path(out)
-        from mcdrop.io import _error
+        from mcdrop.io import check_out_folder
 
-        if out.exists() and not out.is_dir():
-            raise _error("out", "a folder", out, "A file of that name exists.")
-        if not (out.parent if str(out.parent) else Path(".")).is_dir():
-            raise _error("out", "a folder whose parent exists", out, f"No such folder: {out.parent}.")
+        out = check_out_folder(out)
 
     from tqdm.auto import tqdm
 
@@ -309,12 +303,12 @@ def _selection(pool, y_pool: np.ndarray, k: int, seed: int) -> dict:
 
 def _write(out, results: dict, figures: dict) -> None:
     """report.html, metrics.json and the figures into ``out``, all or nothing."""
-    from mcdrop.io import save_json, save_text, staged_directory
+    from mcdrop.io import save_bytes, save_json, save_text, staged_directory
 
     results["files"] = ["report.html", "metrics.json", *figures]
     with staged_directory(out) as stage:
         for name, png in figures.items():
-            (stage / name).write_bytes(png)
+            save_bytes(stage / name, png)
         save_text(stage / "report.html", _html(results, figures))
         save_json(stage / "metrics.json", results)
 
@@ -395,9 +389,9 @@ def joint_mutual_information_estimate(samples, indices, *, num_draws: int = 1000
 
 
 def _png(fig) -> bytes:
-    buffer = _bytes_io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return buffer.getvalue()
+    from mcdrop._html import png
+
+    return png(fig, dpi=110)
 
 
 def _subplots(rows: int, cols: int, **kwargs):
@@ -601,14 +595,7 @@ def _html(results: dict[str, Any], figures: dict[str, bytes]) -> str:
     sections = []
     for title, headers, rows, note in _tables(results):
         cells = [[html.escape(format_value(v)) for v in row] for row in rows]
-        best = [[False] * (len(headers) - 1) for _ in rows]
-        for c, header in enumerate(headers[1:]):
-            direction = DIRECTIONS.get(_COLUMN_METRICS.get(header))
-            values = [row[c + 1] for row in rows]
-            if direction and len(rows) > 1 and all(isinstance(v, float) for v in values):
-                top = max(values) if direction > 0 else min(values)
-                for r, v in enumerate(values):
-                    best[r][c] = v == top
+        best = page.best_cells(rows, [DIRECTIONS.get(_COLUMN_METRICS.get(header)) for header in headers[1:]])
         sections.append(page.Section(title, note, page.table([html.escape(h) for h in headers], cells, best=best)))
     for name, png in figures.items():
         heading, intro = _FIGURE_TEXT.get(name, (name, ""))

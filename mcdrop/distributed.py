@@ -61,6 +61,7 @@ from pathlib import Path
 import numpy as np
 
 from mcdrop._validation import check_int, invalid
+from mcdrop.predictive import ClassificationPrediction
 
 __all__ = ["score_pool", "predict_pool", "stream_pool", "PoolResult", "SELECTABLE", "top_k"]
 
@@ -70,12 +71,10 @@ _GROUP = "_mcdrop_group"  # index of a group of consecutive engine blocks
 _X = "_mcdrop_x"          # the model inputs _mcdrop_x0, _mcdrop_x1, ... (Ray Dataset input)
 _PAYLOAD = "_mcdrop_payload"  # a group's selections (an .npz's bytes), from a streaming task
 _PARQUET = "rows"         # the Parquet dataset's folder inside a job folder
-_HEAD = "_mcdrop_head"    # how the output was read (see _HEAD_CODES)
-_ROWS_SECOND = ("samples", "sample_variances")  # (T, N, ...) in a prediction, (N, T, ...) in Ray
-#: (task, outputs or heteroscedastic) <-> one small integer per row, so the driver can rebuild the
-#: prediction type the engine chose (it may be decided from the outputs of subclassed models).
-_HEAD_CODES = {("classification", "probs"): 0, ("classification", "logits"): 1,
-               ("regression", False): 2, ("regression", True): 3}
+#: Output i's codec metadata (``to_arrays``), JSON in the first row of each group and empty after, so
+#: the driver rebuilds the prediction type the engine chose (it may be decided from the outputs of
+#: subclassed models) at the cost of one pointer per row; output i's arrays are ``"i:<name>"``.
+_META = "_mcdrop_meta"
 #: Rows per group when the caller does not say: large enough that a group amortises a Ray
 #: task, small enough that a retried group costs little and W workers share the pool evenly.
 _GROUP_ROWS_CAP = 8192
@@ -237,10 +236,34 @@ def _read_parquet(source, start, stop):
 # --------------------------------------------------------------------------- the worker side
 
 
-def _head_code(prediction) -> int:
-    if prediction.task == "classification":
-        return _HEAD_CODES[("classification", prediction.outputs)]
-    return _HEAD_CODES[("regression", bool(prediction.heteroscedastic))]
+def _columns_of(predictions, rows) -> dict[str, np.ndarray]:
+    """The Ray columns of one group's predictions (one per model output): the codec's arrays rows
+    first, and its metadata once (see ``_META``)."""
+    out = {_ROW: rows}
+    for i, pred in enumerate(predictions):
+        arrays, metadata = pred.to_arrays(rows_first=True)
+        out.update({f"{i}:{name}": value for name, value in arrays.items()})
+        meta = np.full(len(rows), b"", dtype=object)
+        meta[0] = json.dumps(metadata, sort_keys=True).encode()
+        out[f"{_META}{i}"] = meta
+    return out
+
+
+def _predictions_of(columns, order, plan) -> list:
+    """The predictions of the columns :func:`_columns_of` made (rows taken in ``order``), through the codec."""
+    from mcdrop.predictive import from_arrays
+
+    outputs = []
+    for i in range(sum(name.startswith(_META) for name in columns)):
+        texts = {bytes(t) for t in columns[f"{_META}{i}"] if len(t)}
+        metadata = [json.loads(t) for t in texts]
+        if len(texts) != 1 or any(metadata[0].get(k) != plan[k] for k in ("num_samples", "mask", "seed")):
+            raise RuntimeError("mcdrop.distributed: workers read the model's output differently "
+                               f"({sorted(t.decode() for t in texts)}); state task= and outputs= explicitly.")
+        prefix = f"{i}:"
+        arrays = {name[len(prefix):]: array[order] for name, array in columns.items() if name.startswith(prefix)}
+        outputs.append(from_arrays(arrays, metadata[0], rows_first=True, name="columns"))
+    return outputs
 
 
 def _as_list(prediction):
@@ -249,14 +272,11 @@ def _as_list(prediction):
 
 
 def _keeps_samples(prediction, return_samples) -> bool:
-    return return_samples if return_samples is not None else prediction.task == "regression"
+    return return_samples if return_samples is not None else prediction.keeps_samples_by_default
 
 
 def _without_unasked_samples(prediction, return_samples):
-    if prediction.samples is None or _keeps_samples(prediction, return_samples):
-        return prediction
-    extra = {"sample_variances": None} if prediction.task == "regression" else {}
-    return dataclasses.replace(prediction, samples=None, **extra)
+    return prediction if _keeps_samples(prediction, return_samples) else prediction.without_samples()
 
 
 class _Scorer:
@@ -336,14 +356,7 @@ class _Scorer:
         if self.stream is not None:
             return _write_group(self.stream, group, int(rows[0]), int(rows[-1]) + 1, _as_list(prediction),
                                 predictions)
-        out = {_ROW: rows}
-        for i, pred in enumerate(predictions):
-            out[f"{_HEAD}{i}"] = np.full(len(rows), _head_code(pred), dtype=np.int8)
-            for field in dataclasses.fields(pred):
-                value = getattr(pred, field.name)
-                if isinstance(value, np.ndarray):
-                    out[f"{i}:{field.name}"] = np.moveaxis(value, 1, 0) if field.name in _ROWS_SECOND else value
-        return out
+        return _columns_of(predictions, rows)
 
 
 # --------------------------------------------------------------------------- selection
@@ -433,24 +446,27 @@ def _arrow_column(array):
 
 
 def _write_parquet_part(out, group, start, predictions, names):
-    """One Parquet file per group (atomic rename): ``row`` and every statistic as a column."""
+    """One Parquet file per group, written through :func:`mcdrop.io.atomic_write`: ``row`` and every
+    per-row statistic (``to_dict()`` and the codec's arrays, rows first) as a column; each output's
+    codec metadata in the schema's metadata (``mcdrop.prediction``, ``mcdrop.prediction.<output>``)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    columns = {"row": pa.array(np.arange(start, start + len(predictions[0]), dtype=np.int64))}
+    from mcdrop import io as mcio
+
+    n = len(predictions[0])
+    columns, schema_meta = {"row": pa.array(np.arange(start, start + n, dtype=np.int64))}, {}
     for i, pred in enumerate(predictions):
         prefix = f"{names[i]}." if names else ""
-        for name, value in pred.to_dict().items():
-            if np.ndim(value) == 0:  # a flag of the whole prediction (includes_aleatoric), not a per-row value
-                continue
-            rows_first = np.moveaxis(value, 1, 0) if name in _ROWS_SECOND else value
-            columns[prefix + name] = _arrow_column(rows_first)
+        arrays, metadata = pred.to_arrays(rows_first=True)
+        for name, value in {**pred.to_dict(), **arrays}.items():
+            if np.ndim(value) and len(value) == n and name != "sample_member":  # per row only
+                columns[prefix + name] = _arrow_column(value)
+        schema_meta["mcdrop.prediction" + (f".{names[i]}" if names else "")] = json.dumps(metadata)
     folder = out / _PARQUET
-    target = folder / f"part-{group:08d}.parquet"
-    tmp = folder / f".part-{group:08d}.{os.getpid()}.tmp"
     folder.mkdir(exist_ok=True)
-    pq.write_table(pa.table(columns), tmp)
-    os.replace(tmp, target)
+    with mcio.atomic_write(folder / f"part-{group:08d}.parquet") as handle:
+        pq.write_table(pa.table(columns).replace_schema_metadata(schema_meta), handle)
 
 
 # --------------------------------------------------------------------------- the driver side
@@ -590,8 +606,6 @@ def _run(ray, plan, groups):
 def _assemble(columns, num_rows, rows_expected, plan):
     """Scatter the columns into pool order after checking every expected row came exactly once;
     one prediction per model output (a list, in the engine's output order)."""
-    from mcdrop.predictive import ClassificationPrediction, RegressionPrediction
-
     rows = columns.pop(_ROW, np.zeros(0, np.int64)).astype(np.int64)
     counts = np.bincount(rows, minlength=num_rows) if len(rows) else np.zeros(num_rows, np.int64)
     expected = np.zeros(num_rows, np.int64)
@@ -606,24 +620,7 @@ def _assemble(columns, num_rows, rows_expected, plan):
     position[rows_expected] = np.arange(len(rows_expected))
     order = np.empty(len(rows), np.int64)
     order[position[rows]] = np.arange(len(rows))  # result row i of the output comes from order[i]
-    outputs = []
-    for i in range(sum(name.startswith(_HEAD) for name in columns)):
-        codes = np.unique(columns[f"{_HEAD}{i}"])
-        if len(codes) != 1:
-            raise RuntimeError("mcdrop.distributed: workers read the model's output differently "
-                               f"(codes {codes.tolist()}); state task= and outputs= explicitly.")
-        (task, how), = [k for k, v in _HEAD_CODES.items() if v == codes[0]]
-        values = {}
-        for name, array in columns.items():
-            if name.startswith(f"{i}:"):
-                field, array = name[len(f"{i}:"):], array[order]
-                values[field] = np.moveaxis(array, 0, 1) if field in _ROWS_SECOND else array
-        meta = {"num_samples": plan["num_samples"], "mask": plan["mask"], "seed": plan["seed"]}
-        if task == "classification":
-            outputs.append(ClassificationPrediction(**values, **meta, outputs=how))
-        else:
-            outputs.append(RegressionPrediction(**values, **meta, heteroscedastic=how))
-    return outputs
+    return _predictions_of(columns, order, plan)
 
 
 def score_pool(model_path, data, *, num_samples: int = 50, seed: int | None = 0, num_workers: int | None = None,
@@ -632,7 +629,7 @@ def score_pool(model_path, data, *, num_samples: int = 50, seed: int | None = 0,
                out=None, overwrite: bool = False, resume: bool = False, columns=None, unsafe: bool = False,
                address: str | None = None,
                num_cpus: float = 1, num_gpus: float = 0, max_restarts: int = -1, verbose: bool = False,
-               _on_group=None, **engine_options) -> dict:
+               **engine_options) -> dict:
     """Score a pool with Monte Carlo dropout on a Ray cluster, in the pool's row order.
 
     The result equals ``MCDropout(load_model(model_path), num_samples, seed=seed,
@@ -731,8 +728,7 @@ def score_pool(model_path, data, *, num_samples: int = 50, seed: int | None = 0,
                               candidates=candidates, return_samples=return_samples, out=out,
                               overwrite=overwrite, resume=resume, columns=columns, unsafe=unsafe, address=address,
                               num_cpus=num_cpus,
-                              num_gpus=num_gpus, max_restarts=max_restarts, verbose=verbose,
-                              _on_group=_on_group, **engine_options)
+                              num_gpus=num_gpus, max_restarts=max_restarts, verbose=verbose, **engine_options)
     if isinstance(prediction, (list, dict)):
         raise invalid("model_path", "a model with one output (use predict_pool or stream_pool for several)",
                       str(model_path))
@@ -829,16 +825,16 @@ def _store_full_error(err):
     return store.StoreFullError(errno.ENOSPC, re.sub(r"^\[Errno \d+\]\s*", "", message))
 
 
-def _prepare(model_path, data, *, num_samples=50, seed=0, num_workers=None, batch_size=None,
-             blocks_per_task=None, columns=None, key=None, return_samples=None, unsafe=False, address=None,
-             num_cpus=1, num_gpus=0, max_restarts=-1, verbose=False, _on_group=None, _group_rows=None,
-             **engine_options):
-    """Check the arguments, load the model on the driver, resolve the data and plan the groups:
-    (ray, engine, plan, context)."""
-    ray = _ray()
-    from mcdrop.engine.mc_dropout import MCDropout
-    from mcdrop.io import load_model
+#: Test-only fault injection, kept out of every signature: ``on_group(group)`` runs in a worker before
+#: it scores a group, ``on_write(group)`` after it wrote a group's rows and before it records the group
+#: as done. Tests set them on the driver (monkeypatch); the driver sends them to the workers with the
+#: scorer's options. None in normal use.
+_TEST_HOOKS: dict = {"on_group": None, "on_write": None}
 
+
+def _check_options(engine_options, *, num_samples, seed, num_workers, blocks_per_task, max_restarts,
+                   num_cpus, num_gpus):
+    """The checked (num_samples, seed, num_workers, blocks_per_task, max_restarts); a seed drawn for None."""
     unknown = sorted(set(engine_options) - set(_ENGINE_OPTIONS))
     if unknown:
         raise invalid("engine_options", f"keywords among {list(_ENGINE_OPTIONS)}", unknown[0], error=TypeError)
@@ -854,13 +850,50 @@ def _prepare(model_path, data, *, num_samples=50, seed=0, num_workers=None, batc
     for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < 0:
             raise invalid(name, "a number >= 0", value)
+    return num_samples, seed, num_workers, blocks_per_task, max_restarts
 
+
+def _workers(ray, num_workers, num_cpus, num_gpus) -> int:
+    """The actors to start (default: the cluster's CPUs / ``num_cpus``), with a warning when the cluster
+    cannot hold them all now."""
+    if num_workers is None:
+        cpus = ray.cluster_resources().get("CPU", 1)
+        num_workers = max(1, int(cpus // num_cpus) if num_cpus else int(cpus))
+    short = _short_of_resources(ray.cluster_resources(), num_workers, num_cpus, num_gpus)
+    if short:
+        warnings.warn(short, ResourceWarning, stacklevel=5)
+    return num_workers
+
+
+def _worker_source(ray, kind, value):
+    """How the workers read their rows: a .npy path to memory-map, an input in the object store, a
+    Parquet source, or None (a Ray Dataset's rows come with the batches)."""
+    if kind == "npy":
+        return ("npy", value[0])
+    if kind == "array":
+        structure, flat = _flat_inputs(value)
+        return ("ref", [ray.put(_pack(structure, [np.ascontiguousarray(v) for v in flat]))])
+    return ("parquet", value) if kind == "parquet" else None
+
+
+def _prepare(model_path, data, *, num_samples=50, seed=0, num_workers=None, batch_size=None,
+             blocks_per_task=None, columns=None, key=None, return_samples=None, unsafe=False, address=None,
+             num_cpus=1, num_gpus=0, max_restarts=-1, verbose=False, group_rows=None, **engine_options):
+    """Check the arguments, load the model on the driver, resolve the data and plan the groups:
+    (ray, engine, plan, context). ``group_rows``: a resumed job's group size."""
+    ray = _ray()
+    from mcdrop.engine import inputs
+    from mcdrop.engine.mc_dropout import MCDropout
+    from mcdrop.io import load_model
+
+    num_samples, seed, num_workers, blocks_per_task, max_restarts = _check_options(
+        engine_options, num_samples=num_samples, seed=seed, num_workers=num_workers,
+        blocks_per_task=blocks_per_task, max_restarts=max_restarts, num_cpus=num_cpus, num_gpus=num_gpus)
     # The driver loads the model too: a bad file fails here, before any Ray work, and the plan
     # (rows per block) comes from the same engine code the single-process run uses.
     model = load_model(model_path, unsafe=unsafe, name="model_path")
     engine = MCDropout(model, num_samples, seed, batch_size=batch_size, verbose=0, **engine_options)
     kind, value, num_rows, structure = _resolve_data(data, ray, columns, key)
-
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, log_to_driver=bool(verbose))
     if kind == "dataset":
@@ -868,27 +901,11 @@ def _prepare(model_path, data, *, num_samples=50, seed=0, num_workers=None, batc
         if num_rows == 0:
             raise invalid("data", "a dataset with at least one row", "an empty ray.data.Dataset")
     first = _first_rows(kind, value, structure)
-    from mcdrop.engine import inputs
-
     inputs.as_flat(first, engine._spec, "data")  # the model takes it, or a clear error
     block, _ = engine.plan(num_rows)
-    if num_workers is None:
-        cpus = ray.cluster_resources().get("CPU", 1)
-        num_workers = max(1, int(cpus // num_cpus) if num_cpus else int(cpus))
-    short = _short_of_resources(ray.cluster_resources(), num_workers, num_cpus, num_gpus)
-    if short:
-        warnings.warn(short, ResourceWarning, stacklevel=4)
-    group_rows = _group_rows or _group_rows_for(num_rows, block, num_workers, blocks_per_task)
+    num_workers = _workers(ray, num_workers, num_cpus, num_gpus)
+    group_rows = group_rows or _group_rows_for(num_rows, block, num_workers, blocks_per_task)
     num_groups = -(-num_rows // group_rows)
-    if kind == "npy":
-        source = ("npy", value[0])
-    elif kind == "array":
-        structure_, flat = _flat_inputs(value)
-        source = ("ref", [ray.put(_pack(structure_, [np.ascontiguousarray(v) for v in flat]))])
-    elif kind == "parquet":
-        source = ("parquet", value)
-    else:
-        source = None
     plan = {
         "kind": "dataset" if kind == "dataset" else "groups", "value": value, "num_rows": num_rows,
         "num_groups": num_groups, "workers": min(num_workers, num_groups), "num_cpus": num_cpus,
@@ -896,8 +913,8 @@ def _prepare(model_path, data, *, num_samples=50, seed=0, num_workers=None, batc
         "mask": engine.mask, "seed": seed, "first": first, "source_kind": kind,
         "scorer": dict(model_path=str(model_path), unsafe=unsafe, num_samples=num_samples, seed=seed,
                        batch_size=block, group_rows=group_rows, num_rows=num_rows,
-                       engine_options=dict(engine_options), source=source, return_samples=return_samples,
-                       on_group=_on_group, structure=structure),
+                       engine_options=dict(engine_options), source=_worker_source(ray, kind, value),
+                       return_samples=return_samples, on_group=_TEST_HOOKS["on_group"], structure=structure),
     }
     return ray, engine, plan, _RayContext(model_path, verbose)
 
@@ -920,7 +937,7 @@ def _candidates(ray, plan, prediction, m, block):
     per group, with samples kept (the same blocks, offsets and masks, so the same bits)."""
     from mcdrop.acquisition import top_k as _top_k
 
-    if prediction.task != "classification":
+    if not isinstance(prediction, ClassificationPrediction):
         raise invalid("candidates", "None for a regression model (BatchBALD needs class probabilities)", m)
     m = min(m, len(prediction))
     index = _top_k(prediction.mutual_information, m)
@@ -1026,7 +1043,7 @@ def stream_pool(model_path, data, out=None, *, select: dict | None = None, candi
                 batch_size: int | None = None, blocks_per_task: int | None = None, columns=None,
                 key: str | None = None, return_samples: bool | None = None, unsafe: bool = False,
                 address: str | None = None, num_cpus: float = 1, num_gpus: float = 0, max_restarts: int = -1,
-                verbose: bool = False, _on_group=None, _on_write=None, **engine_options) -> PoolResult:
+                verbose: bool = False, **engine_options) -> PoolResult:
     """Score a pool of any size on a Ray cluster: the workers write, the driver keeps O(k).
 
     Each Ray task scores a group of consecutive engine blocks (the same blocks, offsets and masks
@@ -1096,8 +1113,51 @@ num_cpus, num_gpus, max_restarts, verbose, **engine_options
     >>> job = stream_pool("model.keras", "pool/", "results/", select={"bald": 100}, columns="x")  # doctest: +SKIP
     >>> job.top["bald"][:3], mcdrop.store.load("results/").mean.shape  # doctest: +SKIP
     """
-    from mcdrop import acquisition, store
+    from mcdrop import store
 
+    select, candidates = _check_selection(select, candidates, parquet, out, resume)
+    out = None if out is None else Path(out)
+    recorded = store._job(out) if out is not None and resume and out.is_dir() else None
+    if out is not None and recorded is None:
+        store._check_new_folder(out, overwrite, what="a prediction store or job")
+    if recorded is not None and seed is None:
+        seed = recorded.get("seed")  # a resumed job keeps the seed it drew
+    group_rows = recorded.get("group_rows") if recorded is not None and blocks_per_task is None else None
+    ray, engine, plan, context = _prepare(model_path, data, num_samples=num_samples, seed=seed,
+                                          num_workers=num_workers, batch_size=batch_size,
+                                          blocks_per_task=blocks_per_task, columns=columns, key=key,
+                                          return_samples=return_samples, unsafe=unsafe, address=address,
+                                          num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
+                                          verbose=verbose, group_rows=group_rows, **engine_options)
+    for name, k in select.items():
+        if k > plan["num_rows"]:
+            raise invalid(f"select[{name!r}]", f"an integer <= {plan['num_rows']} (the pool size)", k)
+    probe, names, index = _probe(engine, plan, select, candidates, output, return_samples)
+    fingerprint = _fingerprint(model_path, plan, return_samples=return_samples, parquet=parquet, select=select,
+                               candidates=candidates, output=index)
+    job = _Job(out, recorded, names, plan)
+    job.open(fingerprint, probe, [_without_unasked_samples(p, return_samples) for p in _as_list(probe)],
+             overwrite=overwrite, model_path=model_path)
+    todo = [g for g in range(plan["num_groups"]) if g not in job.done]
+    merged = _Merged(select, candidates)
+    plan["scorer"] = dict(plan["scorer"], stream={
+        "out": None if out is None else str(out), "select": select, "candidates": candidates, "output": index,
+        "names": names, "parquet": parquet, "on_write": _TEST_HOOKS["on_write"]})
+    plan["workers"] = max(1, min(plan["workers"], len(todo)))
+    job.run(ray, plan, context, todo, merged)
+    job.finish(merged)
+    best = merged.best
+    cand = best.get("candidates")
+    return PoolResult(
+        out=out, num_rows=plan["num_rows"], top={n: best[n]["rows"].astype(np.int64) for n in select},
+        top_scores={n: best[n]["scores"] for n in select},
+        candidates=None if cand is None else cand["rows"].astype(np.int64),
+        candidate_samples=None if cand is None else cand["samples"],
+        groups_run=len(todo), groups_skipped=len(job.done))
+
+
+def _check_selection(select, candidates, parquet, out, resume):
+    """The checked ``select`` (a new dict) and ``candidates`` of :func:`stream_pool`."""
     select = dict(select or {})
     for name, k in select.items():
         if name not in SELECTABLE:
@@ -1111,35 +1171,16 @@ num_cpus, num_gpus, max_restarts, verbose, **engine_options
         raise invalid("out", "a job folder (resume and parquet need one)", None)
     if out is None and not (select or candidates):
         raise invalid("out", "a job folder, or select=/candidates= (otherwise the job keeps nothing)", None)
-    recorded = None
-    if out is not None:
-        out = Path(out)
-        recorded = store._job(out) if resume and out.is_dir() else None
-        taken = out.exists() and (not out.is_dir() or any(out.iterdir()))
-        if taken and recorded is None:
-            if not overwrite:
-                raise invalid("out", "a new or empty folder (pass overwrite=True to replace it)", str(out),
-                              error=FileExistsError)
-            if not out.is_dir() or not ((out / "job.json").is_file() or (out / "meta.json").is_file()):
-                raise invalid("out", "a folder holding a prediction store or job (overwrite=True replaces only "
-                                     "those)", str(out), error=FileExistsError)
-    if recorded is not None and seed is None:
-        seed = recorded.get("seed")  # a resumed job keeps the seed it drew
-    group_rows = recorded.get("group_rows") if recorded is not None and blocks_per_task is None else None
-    ray, engine, plan, context = _prepare(model_path, data, num_samples=num_samples, seed=seed,
-                                          num_workers=num_workers, batch_size=batch_size,
-                                          blocks_per_task=blocks_per_task, columns=columns, key=key,
-                                          return_samples=return_samples, unsafe=unsafe, address=address,
-                                          num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=max_restarts,
-                                          verbose=verbose, _on_group=_on_group, _group_rows=group_rows,
-                                          **engine_options)
-    num_rows, scorer = plan["num_rows"], plan["scorer"]
-    for name, k in select.items():
-        if k > num_rows:
-            raise invalid(f"select[{name!r}]", f"an integer <= {num_rows} (the pool size)", k)
+    return select, candidates
 
-    # one probe row on the driver: the outputs' types and shapes (to create the files) and that
-    # every asked score applies to the model
+
+def _probe(engine, plan, select, candidates, output, return_samples):
+    """One row on the driver: the outputs' types and shapes (to create the files), their names, and the
+    index of the output the selections score, checked to take every asked score.
+
+    Returns (probe, names or None for one output, index)."""
+    from mcdrop import acquisition
+
     probe = engine.predict(plan["first"], return_samples=True if candidates else return_samples)
     probes = _as_list(probe)
     names = None
@@ -1148,98 +1189,118 @@ num_cpus, num_gpus, max_restarts, verbose, **engine_options
         if len(set(names)) != len(names):
             names = [str(i) for i in range(len(probes))]
     index = 0
-    if select or candidates:
-        if output is not None:
-            keys = names or ["0"]
-            if str(output) in keys:
-                index = keys.index(str(output))
-            elif isinstance(output, int) and not isinstance(output, bool) and 0 <= output < len(probes):
-                index = output
-            else:
-                raise invalid("output", f"one of the model's outputs {keys}", output)
-        elif len(probes) > 1:
-            raise invalid("output", f"the output to select by, one of {names}", None)
-        for name in select:
-            try:
-                acquisition.SCORES[name](probes[index])
-            except (TypeError, ValueError):
-                raise invalid("select", f"scores for a {probes[index].task} model", name) from None
-        if candidates and probes[index].task != "classification":
-            raise invalid("candidates", "None for a regression model (BatchBALD needs class probabilities)",
-                          candidates)
-    kept = [_without_unasked_samples(p, return_samples) for p in probes]
-    fingerprint = {
-        "model_sha256": _sha256(model_path), "data": _source_id(plan["source_kind"], plan["value"], num_rows),
-        "num_rows": num_rows, "num_samples": plan["num_samples"], "seed": plan["seed"],
+    if not (select or candidates):
+        return probe, names, index
+    if output is not None:
+        keys = names or ["0"]
+        if str(output) in keys:
+            index = keys.index(str(output))
+        elif isinstance(output, int) and not isinstance(output, bool) and 0 <= output < len(probes):
+            index = output
+        else:
+            raise invalid("output", f"one of the model's outputs {keys}", output)
+    elif len(probes) > 1:
+        raise invalid("output", f"the output to select by, one of {names}", None)
+    for name in select:
+        try:
+            acquisition.SCORES[name](probes[index])
+        except (TypeError, ValueError):
+            raise invalid("select", f"scores for a {probes[index].task} model", name) from None
+    if candidates and not isinstance(probes[index], ClassificationPrediction):
+        raise invalid("candidates", "None for a regression model (BatchBALD needs class probabilities)", candidates)
+    return probe, names, index
+
+
+def _fingerprint(model_path, plan, **options) -> dict:
+    """What a resumed job must find again: the model's bytes, the pool, the layout and every option."""
+    scorer = plan["scorer"]
+    return {
+        "model_sha256": _sha256(model_path), "data": _source_id(plan["source_kind"], plan["value"], plan["num_rows"]),
+        "num_rows": plan["num_rows"], "num_samples": plan["num_samples"], "seed": plan["seed"],
         "batch_size": scorer["batch_size"], "group_rows": scorer["group_rows"],
         "engine_options": json.dumps(scorer["engine_options"], sort_keys=True, default=repr),
-        "return_samples": return_samples, "parquet": parquet, "select": select, "candidates": candidates,
-        "output": index,
+        "return_samples": options["return_samples"], "parquet": options["parquet"], "select": options["select"],
+        "candidates": options["candidates"], "output": options["output"],
     }
-    done, created = {}, False
-    if out is not None:
-        if recorded is not None:
-            _check_resume(recorded, fingerprint)
-            done = store.done_groups(out)
+
+
+class _Job:
+    """A streaming job's folder on the driver: started or resumed, run, checked and finished."""
+
+    def __init__(self, out, recorded, names, plan):
+        self.out, self.recorded, self.names, self.plan = out, recorded, names, plan
+        self.done, self.created = {}, False
+        self.folders = [] if out is None else ([out / n for n in names] if names else [out])
+
+    def open(self, fingerprint, probe, kept, *, overwrite, model_path):
+        """Check a resumed job against ``fingerprint``, or start one; create every store not created yet."""
+        from mcdrop import io as mcio
+        from mcdrop import store
+
+        out = self.out
+        if out is None:
+            return
+        if self.recorded is not None:
+            _check_resume(self.recorded, fingerprint)
+            self.done = store.done_groups(out)
         else:
             if out.exists() and overwrite:
                 shutil.rmtree(out)
-            created = not out.exists()
+            self.created = not out.exists()
             out.mkdir(parents=True, exist_ok=True)
-            layout = None if names is None else {
-                "names": names, "structure": "dict" if isinstance(probe, dict) else "list"}
-            store._replace_text(out / store._JOB, json.dumps(
-                {**fingerprint, "outputs": layout, "model_path": str(model_path), "complete": False}, indent=1))
-        folders = [out / n for n in names] if names else [out]
-        for folder, pred in zip(folders, kept):
-            if not (folder / "meta.json").is_file():
-                store.create(folder, pred, num_rows)
-    for group, (start, stop) in done.items():
-        if group >= plan["num_groups"] or (start, stop) != (group * scorer["group_rows"],
-                                                            min((group + 1) * scorer["group_rows"], num_rows)):
-            raise RuntimeError(f"mcdrop.distributed: the job in {out} records group {group} as rows "
-                               f"{start}:{stop}, which is not this job's layout; refusing to resume it.")
-    todo = [g for g in range(plan["num_groups"]) if g not in done]
-    merged = _Merged(select, candidates)
-    plan["scorer"] = dict(scorer, stream={"out": None if out is None else str(out), "select": select,
-                                          "candidates": candidates, "output": index, "names": names,
-                                          "parquet": parquet, "on_write": _on_write})
-    plan["workers"] = max(1, min(plan["workers"], len(todo)))
-    seen = []
-    try:
-        if todo:
-            with context:
-                stream = _scored(ray, plan, None if len(todo) == plan["num_groups"] else todo)
-                for batch in stream.iter_batches(batch_size=None, batch_format="numpy"):
-                    for group, payload in zip(batch[_GROUP], batch[_PAYLOAD]):
-                        seen.append(int(group))
-                        with np.load(io.BytesIO(payload), allow_pickle=False) as chosen:
-                            merged.add({k: chosen[k] for k in chosen.files})
-    except BaseException:
-        if out is not None and recorded is None and created and not store.done_groups(out):
-            shutil.rmtree(out, ignore_errors=True)  # a new job that wrote no group leaves nothing behind
-        raise
-    if sorted(seen) != todo:
-        raise RuntimeError(f"mcdrop.distributed: the Ray job finished {len(seen)} groups for {len(todo)} "
-                           f"({len(set(todo) - set(seen))} missing, {len(seen) - len(set(seen))} repeated); "
-                           "refusing a result that does not hold every row exactly once.")
-    if out is not None:
-        for group in done:  # the selections of the groups an earlier run finished
+            layout = None if self.names is None else {
+                "names": self.names, "structure": "dict" if isinstance(probe, dict) else "list"}
+            mcio.save_json(out / store._JOB, {**fingerprint, "outputs": layout, "model_path": str(model_path),
+                                            "complete": False})
+        for folder, pred in zip(self.folders, kept):
+            if not (folder / store._META).is_file():
+                store.create(folder, pred, self.plan["num_rows"])
+        group_rows = self.plan["scorer"]["group_rows"]
+        for group, (start, stop) in self.done.items():
+            if group >= self.plan["num_groups"] or (start, stop) != (
+                    group * group_rows, min((group + 1) * group_rows, self.plan["num_rows"])):
+                raise RuntimeError(f"mcdrop.distributed: the job in {out} records group {group} as rows "
+                                   f"{start}:{stop}, which is not this job's layout; refusing to resume it.")
+
+    def run(self, ray, plan, context, todo, merged):
+        """Score the groups ``todo``, merging their selections; a new job that wrote no group leaves nothing."""
+        from mcdrop import store
+
+        seen = []
+        try:
+            if todo:
+                with context:
+                    stream = _scored(ray, plan, None if len(todo) == plan["num_groups"] else todo)
+                    for batch in stream.iter_batches(batch_size=None, batch_format="numpy"):
+                        for group, payload in zip(batch[_GROUP], batch[_PAYLOAD]):
+                            seen.append(int(group))
+                            with np.load(io.BytesIO(payload), allow_pickle=False) as chosen:
+                                merged.add({k: chosen[k] for k in chosen.files})
+        except BaseException:
+            if self.out is not None and self.created and not store.done_groups(self.out):
+                shutil.rmtree(self.out, ignore_errors=True)
+            raise
+        if sorted(seen) != todo:
+            raise RuntimeError(f"mcdrop.distributed: the Ray job finished {len(seen)} groups for {len(todo)} "
+                               f"({len(set(todo) - set(seen))} missing, {len(seen) - len(set(seen))} repeated); "
+                               "refusing a result that does not hold every row exactly once.")
+
+    def finish(self, merged):
+        """Merge the selections of the groups an earlier run finished, check every group is recorded,
+        and mark the stores and the job finished."""
+        from mcdrop import io as mcio
+        from mcdrop import store
+
+        out = self.out
+        if out is None:
+            return
+        for group in self.done:
             merged.add(store.read_done(out, group))
-        if set(store.done_groups(out)) != set(range(plan["num_groups"])):
+        if set(store.done_groups(out)) != set(range(self.plan["num_groups"])):
             raise RuntimeError(f"mcdrop.distributed: not every group of the job in {out} is recorded as done.")
-        for folder in folders:
+        for folder in self.folders:
             store.finish(folder)
-        job = store._job(out)
-        store._replace_text(out / store._JOB, json.dumps(dict(job, complete=True), indent=1))
-    best = merged.best
-    cand = best.get("candidates")
-    return PoolResult(
-        out=out, num_rows=num_rows, top={n: best[n]["rows"].astype(np.int64) for n in select},
-        top_scores={n: best[n]["scores"] for n in select},
-        candidates=None if cand is None else cand["rows"].astype(np.int64),
-        candidate_samples=None if cand is None else cand["samples"],
-        groups_run=len(todo), groups_skipped=len(done))
+        mcio.save_json(out / store._JOB, dict(store._job(out), complete=True))
 
 
 def top_k(stats, k: int, *, by: str = "mutual_information") -> np.ndarray:

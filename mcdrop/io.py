@@ -21,6 +21,18 @@ Writing
     * :func:`staged_directory` does the same for a set of files written into one
       output folder: they are written to a hidden staging folder beside it and moved
       in, each with :func:`os.replace`, only when all of them were written.
+    * :func:`save_npz`, :func:`save_json`, :func:`save_text`, :func:`save_bytes`,
+      :func:`save_csv` and :func:`save_prediction` write through :func:`atomic_write`
+      (flushed to the disk with ``fsync`` before the rename).
+    * :class:`NpyAppender`, :func:`create_npy` and :func:`write_npy_rows` write ``.npy``
+      files that grow, or are filled in place, block by block (:mod:`mcdrop.store`):
+      every byte is flushed to the disk before the header that declares it.
+
+Predictions
+    :func:`save_prediction` / :func:`load_prediction` write and read the ``.npz`` of
+    ``mcdrop predict``: the prediction's codec arrays and metadata
+    (:meth:`~mcdrop.ClassificationPrediction.to_arrays`), its per-row statistics
+    (``to_dict()``) and any provenance, in one archive any numpy reads.
 
 Every failure raises :class:`InputError` (a ``ValueError``) whose message names the
 argument and the value received, in the package's one message shape.
@@ -29,6 +41,7 @@ argument and the value received, in the package's one message shape.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -51,6 +64,9 @@ __all__ = [
     "load_array",
     "load_arrays",
     "atomic_write",
+    "check_out_file",
+    "check_out_folder",
+    "check_writable",
     "staged_directory",
     "remove_leftovers",
     "save_npz",
@@ -58,6 +74,13 @@ __all__ = [
     "to_json",
     "save_text",
     "save_csv",
+    "save_bytes",
+    "save_prediction",
+    "load_prediction",
+    "prediction_from_npz",
+    "NpyAppender",
+    "create_npy",
+    "write_npy_rows",
 ]
 
 #: File suffixes :func:`load_model` reads (a SavedModel is a folder, named freely).
@@ -433,6 +456,47 @@ def _path_error(exc: OSError, path: Path) -> OSError:
     return error
 
 
+def _parent(path: Path) -> Path:
+    return path.parent if str(path.parent) else Path(".")
+
+
+def check_out_file(path, *, suffix: str | None = None, name: str = "out") -> Path:
+    """The checks of an output file that need no writing: ``suffix`` (e.g. ``".npz"``) when given, not a
+    folder, in an existing folder. Cheap, so a command can refuse a bad path before any work; the
+    writers (:func:`atomic_write`) check the same. Returns the path; raises :class:`InputError`."""
+    path = Path(path)
+    if suffix is not None and path.suffix.lower() != suffix:
+        raise _error(name, f"a {suffix} file", path)
+    if path.is_dir():
+        raise _error(name, "a file path", path, "It is a folder.")
+    if not _parent(path).is_dir():
+        raise _error(name, "a path in an existing folder", path, f"No such folder: {_parent(path)}.")
+    return path
+
+
+def check_out_folder(path, *, name: str = "out") -> Path:
+    """The checks of an output folder that need no writing: not a file, its parent exists (the folder is
+    created). :func:`staged_directory` checks the same. Returns the path; raises :class:`InputError`."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise _error(name, "a folder", path, "A file of that name exists.")
+    if not _parent(path).is_dir():
+        raise _error(name, "a folder whose parent exists", path, f"No such folder: {_parent(path)}.")
+    return path
+
+
+def check_writable(folder, path, *, name: str = "out") -> None:
+    """Fail before any work when ``folder`` cannot take a new file (permissions, a read-only file
+    system): :class:`InputError` naming ``name`` and the output ``path`` asked for."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".mcdrop-probe-", suffix=_TMP_SUFFIX)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise _error(name, "a path in a folder this user can write", path, f"{reason}: {folder}.") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "wb", **open_kwargs) -> Iterator[Any]:
     """Write ``path`` all or nothing.
@@ -451,12 +515,8 @@ def atomic_write(path, mode: str = "wb", **open_kwargs) -> Iterator[Any]:
     >>> sorted(os.listdir(folder))
     ['a.txt']
     """
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise _error("out", "a path in an existing folder", path, f"No such folder: {folder}.")
-    if path.is_dir():
-        raise _error("out", "a file path", path, "It is a folder.")
+    path = check_out_file(path)
+    folder = _parent(path)
     remove_leftovers(folder)
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}{_TMP_TAG}", suffix=_TMP_SUFFIX)
@@ -499,12 +559,8 @@ def staged_directory(path) -> Iterator[Path]:
     :func:`os.replace` (replacing a file of the same name). If the block raises,
     the staging folder is deleted and ``path`` is left as it was.
     """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise _error("out", "a folder", path, "A file of that name exists.")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise _error("out", "a folder whose parent exists", path, f"No such folder: {parent}.")
+    path = check_out_folder(path)
+    parent = _parent(path)
     remove_leftovers(parent)
     try:
         stage = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}{_TMP_TAG}", suffix=_TMP_SUFFIX))
@@ -578,6 +634,12 @@ def save_text(path, text: str) -> None:
         handle.write(text)
 
 
+def save_bytes(path, data: bytes) -> None:
+    """Save bytes (an image, an archive) atomically."""
+    with atomic_write(path, "wb") as handle:
+        handle.write(data)
+
+
 def save_csv(path, columns: Mapping[str, Any]) -> None:
     """Save equal-length columns as a CSV with a header line, atomically."""
     names = list(columns)
@@ -606,3 +668,141 @@ def _json_default(value: Any):
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+def save_prediction(path, prediction, **provenance) -> None:
+    """Save a prediction as the ``.npz`` of ``mcdrop predict``, atomically.
+
+    The archive holds the codec's arrays and its metadata as 0-d arrays (``members`` as a 1-d array),
+    the per-row statistics of ``prediction.to_dict()`` for other tools, and ``provenance`` (strings or
+    numbers, e.g. ``model="model.keras"``). :func:`load_prediction` reads it back.
+    """
+    arrays, metadata = prediction.to_arrays()
+    flat = {**prediction.to_dict(), **arrays}
+    flat.update({k: np.asarray(v) for k, v in metadata.items() if v is not None})
+    flat.update({k: np.asarray(v) for k, v in provenance.items()})
+    save_npz(path, flat)
+
+
+def load_prediction(path, *, name: str = "path"):
+    """The prediction in an ``.npz`` that :func:`save_prediction` (or ``mcdrop predict``, of any
+    version) wrote, every field checked (:func:`mcdrop.predictive.from_arrays`); nothing is unpickled.
+
+    Raises
+    ------
+    InputError
+        The file is missing or unreadable, or is not a complete prediction; the message names
+        ``name``, the file and the field at fault.
+    """
+    return prediction_from_npz(load_arrays(path, name=name), name=name, source=path)
+
+
+def prediction_from_npz(arrays: Mapping[str, np.ndarray], *, name: str = "path", source=None):
+    """The prediction in the arrays of a :func:`save_prediction` ``.npz`` already read
+    (:func:`load_arrays`); see :func:`load_prediction`."""
+    from mcdrop import predictive
+
+    arrays, metadata = dict(arrays), {}
+    for key in predictive.METADATA_KEYS:
+        if key in arrays:
+            value = arrays.pop(key)
+            metadata[key] = value if key == "members" or value.ndim else value.item()
+    if "task" not in metadata and "mean" in arrays:  # files written before the task was recorded
+        metadata["task"] = "classification" if "votes" in arrays else "regression"
+    try:
+        return predictive.from_arrays(arrays, metadata, name=name, source=None if source is None else str(source))
+    except ValueError as err:
+        raise InputError(str(err)) from None
+
+
+# --------------------------------------------------------------------------- .npy files written in place
+
+#: Every header of a ``.npy`` written in place has this length, so it can be rewritten as rows are added.
+NPY_HEADER_BYTES = 256
+
+
+def _npy_header(dtype: np.dtype, shape: tuple) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
+    raw = buffer.getvalue()
+    # pad the header's dict with spaces (the format allows them) to a fixed length
+    magic_and_len = 10
+    text = raw[magic_and_len:].rstrip(b"\n").rstrip()
+    body = text + b" " * (NPY_HEADER_BYTES - magic_and_len - len(text) - 1) + b"\n"
+    return raw[:8] + len(body).to_bytes(2, "little") + body
+
+
+class NpyAppender:
+    """A ``.npy`` file that grows along its first axis, written with plain appends (never through a
+    memory map, where a full disk kills the process with SIGBUS instead of raising).
+
+    After :meth:`commit` the file is a valid ``.npy`` of every row appended so far (for any reader, and
+    after the writing process dies); :meth:`sync` puts the rows on the disk (``fsync``), which a record
+    that must survive a power loss (the store's ``meta.json``) waits for.
+    """
+
+    def __init__(self, path, dtype, row_shape: tuple):
+        self.path, self.dtype, self.row_shape, self.rows = Path(path), np.dtype(dtype), tuple(row_shape), 0
+        self.file = open(self.path, "wb")
+        self.commit()  # a valid .npy of no rows from the start
+        self.sync()
+
+    def append(self, block: np.ndarray) -> None:
+        """Add rows (not yet declared by the header: see :meth:`commit`)."""
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        if block.shape[1:] != self.row_shape:
+            raise invalid("prediction", f"rows of shape {self.row_shape}", block)
+        self.file.seek(0, os.SEEK_END)
+        self.file.write(block.tobytes())
+        self.rows += block.shape[0]
+
+    def commit(self) -> None:
+        """Make the header declare every row appended so far."""
+        self.file.flush()
+        self.file.seek(0)
+        self.file.write(_npy_header(self.dtype, (self.rows, *self.row_shape)))
+        self.file.flush()
+        self.file.seek(0, os.SEEK_END)
+
+    def sync(self) -> None:
+        """Put the file's rows and header on the disk (``fsync``)."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self, *, sync: bool = True) -> None:
+        """Flush the last header to the disk (unless ``sync=False``, after a failure) and close the file."""
+        if self.file.closed:
+            return
+        try:
+            if sync:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+        finally:
+            with contextlib.suppress(OSError):  # a full disk may refuse the buffered header: it is optional
+                self.file.close()
+
+
+def create_npy(path, dtype, shape: tuple) -> None:
+    """Create a ``.npy`` of ``shape`` at its final size without writing its data (sparse where the file
+    system allows), for :func:`write_npy_rows` to fill in any order."""
+    dtype = np.dtype(dtype)
+    with open(path, "wb") as file:
+        file.write(_npy_header(dtype, tuple(shape)))
+        file.truncate(NPY_HEADER_BYTES + int(np.prod(shape)) * dtype.itemsize)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def write_npy_rows(path, rows: np.ndarray, start: int) -> None:
+    """Write ``rows`` in place at rows ``start, start + 1, ...`` of a file :func:`create_npy` made, and
+    flush them to the disk."""
+    rows = np.ascontiguousarray(rows)
+    with open(path, "r+b") as file:
+        file.seek(NPY_HEADER_BYTES + start * (rows.nbytes // max(len(rows), 1)))
+        file.write(rows.tobytes())
+        file.flush()
+        os.fsync(file.fileno())

@@ -47,6 +47,8 @@ __all__ = [
     "MASK_MODES",
     "EpistemicOnlyWarning",
     "PREDICTION_TYPES",
+    "from_arrays",
+    "FORMAT_VERSION",
 ]
 
 #: How the noise of a pass relates across inputs: one draw of the network shared by
@@ -100,8 +102,77 @@ def _one_line(prediction, **extra) -> str:
     return f"{type(prediction).__name__}({', '.join(f'{k}={v}' for k, v in fields.items())})"
 
 
+# --------------------------------------------------------------------------- the codec
+
+#: The version of the arrays-plus-metadata format of :meth:`~ClassificationPrediction.to_arrays`, written as
+#: ``metadata["format"]``. Metadata without it is version 1: what the store and ``mcdrop predict`` wrote
+#: before the version was recorded (the same fields).
+FORMAT_VERSION = 1
+
+#: Per task, each array field and how its shape follows ``mean``'s: ``"mean"`` the same shape, ``"row"``
+#: ``mean``'s without its last axis, ``"passes"`` (T, *mean.shape) (optional: kept samples only).
+_ARRAYS = {
+    "classification": {"mean": "mean", "variance": "mean", "expected_entropy": "row", "votes": "mean",
+                       "samples": "passes"},
+    "regression": {"mean": "mean", "epistemic_variance": "mean", "aleatoric_variance": "mean",
+                   "samples": "passes", "sample_variances": "passes"},
+}
+#: Per task, each metadata field and its default when absent (None where it is required).
+_METADATA = {
+    "classification": {"num_samples": None, "mask": "consistent", "seed": None, "outputs": "probs",
+                       "members": None},
+    "regression": {"num_samples": None, "heteroscedastic": False, "mask": "consistent", "seed": None,
+                   "includes_aleatoric": None, "members": None},
+}
+#: Every metadata key a prediction's metadata may hold, for formats that keep it beside the arrays.
+METADATA_KEYS = ("format", "task", *dict.fromkeys(k for spec in _METADATA.values() for k in spec))
+
+
+class _Codec:
+    """The one codec of the prediction types: arrays plus metadata, both directions."""
+
+    def to_arrays(self, *, rows_first: bool = False) -> tuple[dict[str, np.ndarray], dict]:
+        """The prediction as arrays plus metadata: what every file format of mcdrop stores.
+
+        Parameters
+        ----------
+        rows_first : bool, default False
+            Give the per-pass arrays (``samples``, ``sample_variances``) as (N, T, ...) instead of
+            (T, N, ...), for formats that store or send rows in blocks.
+
+        Returns
+        -------
+        arrays : dict of str to ndarray
+            The prediction's array fields (``mean`` ...; the per-pass ones only when kept), not copied.
+        metadata : dict
+            Plain JSON-ready values: ``format`` (:data:`FORMAT_VERSION`), ``task``, ``num_samples``,
+            ``mask``, ``seed``, ``members`` (a list) and the type's own (``outputs``; ``heteroscedastic``,
+            ``includes_aleatoric``). :func:`from_arrays` rebuilds the prediction from both.
+        """
+        arrays, metadata = {}, {"format": FORMAT_VERSION, "task": self.task}
+        for name, kind in _ARRAYS[self.task].items():
+            value = getattr(self, name)
+            if value is not None:
+                arrays[name] = np.moveaxis(value, 0, 1) if rows_first and kind == "passes" else value
+        for name in _METADATA[self.task]:
+            value = getattr(self, name)
+            metadata[name] = [int(m) for m in value] if name == "members" and value is not None else (
+                value.item() if isinstance(value, np.generic) else value)
+        return arrays, metadata
+
+    @classmethod
+    def from_arrays(cls, arrays, metadata, *, rows_first: bool = False, name: str = "arrays",
+                    source=None):
+        """The prediction :meth:`to_arrays` gave, after checking every field (see :func:`from_arrays`)."""
+        prediction = from_arrays(arrays, metadata, rows_first=rows_first, name=name, source=source)
+        if not isinstance(prediction, cls):
+            raise invalid(name, f"a {cls.task} prediction", str(source) if source is not None else metadata,
+                          detail=f"It holds a {prediction.task} prediction.")
+        return prediction
+
+
 @dataclass(frozen=True, eq=False, repr=False)
-class ClassificationPrediction:
+class ClassificationPrediction(_Codec):
     """Predictive statistics of a classifier over T Monte Carlo passes.
 
     Attributes
@@ -263,7 +334,9 @@ class ClassificationPrediction:
         return self if self.samples is None else dataclasses.replace(self, samples=None)
 
     def to_dict(self) -> dict[str, np.ndarray]:
-        """Per-row arrays, keyed by name (for saving)."""
+        """Per-row statistics, derived ones included, keyed by name: a table for other tools (pandas, the
+        ``.npz`` of ``mcdrop predict``, Parquet rows). To save and read back a prediction, use
+        :meth:`to_arrays` and :func:`from_arrays`."""
         out = {
             "mean": self.mean, "variance": self.variance, "entropy": self.entropy,
             "expected_entropy": self.expected_entropy, "mutual_information": self.mutual_information,
@@ -278,7 +351,7 @@ class ClassificationPrediction:
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class RegressionPrediction:
+class RegressionPrediction(_Codec):
     """Predictive statistics of a regression model over T Monte Carlo passes.
 
     Attributes
@@ -527,7 +600,9 @@ class RegressionPrediction:
         return dataclasses.replace(self, samples=None, sample_variances=None)
 
     def to_dict(self) -> dict[str, np.ndarray]:
-        """Per-row arrays keyed by name (for saving), and ``includes_aleatoric`` as a 0-d bool array."""
+        """Per-row statistics, derived ones included, keyed by name, and ``includes_aleatoric`` as a 0-d bool
+        array: a table for other tools. To save and read back a prediction, use :meth:`to_arrays` and
+        :func:`from_arrays`."""
         out = {
             "mean": self.mean, "variance": self.variance, "std": self.std,
             "epistemic_variance": self.epistemic_variance, "aleatoric_variance": self.aleatoric_variance,
@@ -554,6 +629,128 @@ Prediction = ClassificationPrediction | RegressionPrediction
 #: The prediction type of each task, by its name (the ``task`` the types carry): where a task named by a
 #: user or a file becomes a type, which then carries the behaviour.
 PREDICTION_TYPES = {cls.task: cls for cls in (ClassificationPrediction, RegressionPrediction)}
+
+
+def from_arrays(arrays, metadata, *, rows_first: bool = False, name: str = "arrays", source=None) -> Prediction:
+    """Rebuild a prediction from :meth:`~ClassificationPrediction.to_arrays`' arrays and metadata.
+
+    Every field is checked, because the arrays often come from a file: the task and format version are
+    known, every required array and metadata field is present, the arrays are numeric and their shapes
+    agree with ``mean``'s and with ``num_samples`` (and ``members``). Unknown keys are ignored (files keep
+    provenance and derived statistics beside the prediction). Arrays are not copied (memory maps stay
+    memory maps).
+
+    Parameters
+    ----------
+    arrays : mapping of str to ndarray
+    metadata : mapping
+        Without ``format``, version 1; without ``task``, the error says so.
+    rows_first : bool, default False
+        The per-pass arrays are stored (N, T, ...), as :meth:`to_arrays` gives them with ``rows_first``.
+    name : str, default "arrays"
+        The argument (or command-line) name that errors name.
+    source : str or path, optional
+        Where the arrays came from (a file or folder), shown in errors as the value received.
+
+    Raises
+    ------
+    ValueError
+        Naming ``name``, the source and the field at fault.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> pred = ClassificationPrediction.from_samples(np.array([[[0.9, 0.1]], [[0.1, 0.9]]]), seed=3)
+    >>> arrays, metadata = pred.to_arrays()
+    >>> back = from_arrays(arrays, metadata)
+    >>> back.seed, float(back.mutual_information[0]) == float(pred.mutual_information[0])
+    (3, True)
+    """
+    received = str(source) if source is not None else "arrays of shapes " + ", ".join(
+        f"{k} {getattr(v, 'shape', '?')}" for k, v in arrays.items())
+
+    def bad(expected, detail):
+        return invalid(name, expected, received, detail=detail)
+
+    version = metadata.get("format", 1)
+    if isinstance(version, bool) or not isinstance(version, (int, np.integer)) or not 1 <= version <= FORMAT_VERSION:
+        raise bad(f"a prediction of format version 1 to {FORMAT_VERSION}",
+                  f"Its format version is {version!r}; a newer mcdrop wrote it: upgrade mcdrop to read it.")
+    task = metadata.get("task")
+    if task not in PREDICTION_TYPES:
+        raise bad("a prediction of task 'classification' or 'regression'", f"Its `task` is {task!r}.")
+    values = {key: _metadata_value(key, metadata.get(key, default), task, bad)
+              for key, default in _METADATA[task].items()}
+    values.update(_checked_arrays(arrays, task, values, rows_first, bad))
+    return PREDICTION_TYPES[task](**values)
+
+
+def _metadata_value(key, value, task, bad):
+    """One metadata field, checked and as the prediction holds it."""
+    what = f"a {task} prediction whose `{key}` is "
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if key == "num_samples":
+        if value is None:
+            raise bad(f"a {task} prediction with its metadata `num_samples`", "It has no `num_samples`.")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise bad(what + "an integer >= 1", f"Its `num_samples` is {value!r}.")
+    elif key == "seed" and value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise bad(what + "an integer or None", f"Its `seed` is {value!r}.")
+    elif key in ("mask", "outputs"):
+        choices = MASK_MODES if key == "mask" else ("probs", "logits")
+        if value not in choices:
+            raise bad(what + f"one of {list(choices)}", f"Its `{key}` is {value!r}.")
+    elif key in ("heteroscedastic", "includes_aleatoric") and not (
+            isinstance(value, bool) or (value is None and key == "includes_aleatoric")):
+        raise bad(what + "True or False", f"Its `{key}` is {value!r}.")
+    elif key == "members" and value is not None:
+        members = list(np.ravel(value)) if isinstance(value, np.ndarray) else value
+        if (not isinstance(members, (list, tuple)) or not members
+                or any(isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 1 for m in members)):
+            raise bad(what + "a list of integers >= 1 (passes per ensemble member)", f"Its `members` is {value!r}.")
+        value = tuple(int(m) for m in members)
+    return value
+
+
+def _checked_arrays(arrays, task, meta, rows_first, bad) -> dict:
+    """The task's arrays, checked against ``mean``'s shape, ``num_samples`` and ``members``."""
+    spec = _ARRAYS[task]
+    required = [k for k, kind in spec.items() if kind != "passes"]
+    missing = [k for k in required if k not in arrays]
+    if missing:
+        raise bad(f"a {task} prediction with the arrays {', '.join(required)}",
+                  f"It has no `{'`, `'.join(missing)}`.")
+    mean = arrays["mean"]
+    if getattr(mean, "ndim", 0) < 2:
+        raise bad(f"a {task} prediction whose `mean` has shape (N, ...)",
+                  f"Its `mean` has shape {getattr(mean, 'shape', None)}.")
+    t = meta["num_samples"]
+    shapes = {"mean": mean.shape, "row": mean.shape[:-1],
+              "passes": (mean.shape[0], t, *mean.shape[1:]) if rows_first else (t, *mean.shape)}
+    out = {}
+    for key, kind in spec.items():
+        if key not in arrays:
+            continue
+        value = arrays[key]
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in "biuf":
+            raise bad(f"a {task} prediction whose `{key}` is a numeric array",
+                      f"Its `{key}` is {getattr(value, 'dtype', type(value).__name__)}.")
+        if value.shape != shapes[kind]:
+            detail = f"Its `{key}` has shape {value.shape}" + (" (passes, not num_samples)" if kind == "passes"
+                                                                 else "") + "."
+            raise bad(f"a {task} prediction whose `{key}` has shape {shapes[kind]} (`mean` {mean.shape}, "
+                      f"num_samples {t})", detail)
+        out[key] = np.moveaxis(value, 1, 0) if rows_first and kind == "passes" else value
+    if "sample_variances" in out and not meta["heteroscedastic"]:
+        raise bad("a regression prediction with `sample_variances` only for a Gaussian head",
+                  "Its `heteroscedastic` is False.")
+    if meta["members"] is not None and sum(meta["members"]) != t:
+        raise bad(f"a {task} prediction whose `members` sum to num_samples {t}",
+                  f"Its `members` are {list(meta['members'])}.")
+    return out
 
 
 def concatenate(predictions: Sequence[Prediction]) -> Prediction:

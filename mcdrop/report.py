@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import io
 import json
 import math
 import os
@@ -281,7 +280,7 @@ class EvaluationReport:
         return Section("Metrics", intro, table(headers, rows, best=best))
 
     def _figure_sections(self) -> list:
-        from mcdrop._html import Section, figure, figures
+        from mcdrop._html import Section, figure, figures, png
 
         intros = {
             "Risk–coverage": ("Keep only the most confident rows: the error rate (risk) among the kept share "
@@ -303,9 +302,7 @@ class EvaluationReport:
         groups: dict[str, list[str]] = {}
         for title, fig in self.figures().items():
             group = title.split(":")[0]
-            buffer = io.BytesIO()
-            fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-            groups.setdefault(group, []).append(figure(buffer.getvalue(), title, "" if title == group else title))
+            groups.setdefault(group, []).append(figure(png(fig), title, "" if title == group else title))
         return [Section(group, intros.get(group, ""), figures(items)) for group, items in groups.items()]
 
     def _configuration_section(self):
@@ -324,7 +321,7 @@ _CONFORMAL_NAMES = {"lac": "LAC (least ambiguous sets)", "aps": "APS (adaptive s
 
 def _ood_section(report):
     """The out-of-distribution table, or None when ``evaluate`` was not given ``ood=``."""
-    from mcdrop._html import Section, escape, table
+    from mcdrop._html import Section, best_cells, escape, table
     from mcdrop.plotting import _score_label
 
     results = getattr(report, "ood", None)
@@ -334,19 +331,11 @@ def _ood_section(report):
         ("auroc", "AUROC", metrics.ood_auroc), ("aupr", "AUPR", metrics.ood_aupr),
         ("fpr_at_95_tpr", "FPR at 95% TPR", metrics.fpr_at_95_tpr)))
     keys = [(m, s) for m, scores in results.items() for s in scores if s != "n_rows"]
-    rows, best = [], []
-    for model, score in keys:
-        values = results[model][score]
-        rows.append([escape(model), escape(_score_label(score)),
-                     *(_format(None if values is None else values[k]) for k, _, _ in columns)])
-    for model, score in keys:
-        marks = [False]
-        for k, _, direction in columns:
-            column = [results[m][s][k] for m, s in keys if results[m][s] is not None]
-            value = results[model][score]
-            top = (max if direction > 0 else min)(column) if len(column) > 1 else None
-            marks.append(top is not None and value is not None and value[k] == top)
-        best.append(marks)
+    raw = [[model, score, *(None if results[model][score] is None else results[model][score][k]
+                            for k, _, _ in columns)] for model, score in keys]
+    rows = [[escape(model), escape(_score_label(score)), *(_format(v) for v in values)]
+            for model, score, *values in raw]
+    best = best_cells(raw, [0, *(direction for _, _, direction in columns)])
     sizes = sorted({str(scores.get("n_rows")) for scores in results.values()})
     intro = (f"How well each uncertainty score tells these rows from the {'/'.join(sizes)} out-of-distribution "
              "rows given: AUROC and AUPR are higher for better (0.5 AUROC is chance), the false-positive rate "
@@ -683,10 +672,12 @@ def _sections(prediction_models: dict, kind: "_Task", y_true, ood, calibration):
 
 
 def _sections_text(report) -> str:
+    from mcdrop._text import format_table
+
     lines = []
     if report.ood:
         lines += ["", "out-of-distribution detection (OOD rows positive; higher score = more OOD)"]
-        rows = [("model", "score", "auroc", "aupr", "fpr@95tpr")]
+        head, rows = ("model", "score", "auroc", "aupr", "fpr@95tpr"), []
         for model, scores in report.ood.items():
             for score, values in scores.items():
                 if score == "n_rows":
@@ -694,26 +685,18 @@ def _sections_text(report) -> str:
                 cells = ("—",) * 3 if values is None else tuple(
                     _format(values[k]) for k in ("auroc", "aupr", "fpr_at_95_tpr"))
                 rows.append((model, score, *cells))
-        lines += _plain_table(rows)
+        lines += format_table(head, rows, left=2).splitlines()
     if report.conformal:
         size = _KINDS[report.task].conformal_size[0]
         lines += ["", "conformal prediction (coverage on these rows; target 1 - alpha)"]
-        rows = [("model", "method", "alpha", "coverage", size.replace("_", " "))]
+        head, rows = ("model", "method", "alpha", "coverage", size.replace("_", " ")), []
         for model, methods in report.conformal.items():
             for method, by_alpha in methods.items():
                 for alpha, values in by_alpha.items():
                     cells = ("—", "—") if values is None else (_format(values["coverage"]), _format(values[size]))
                     rows.append((model, method, alpha, *cells))
-        lines += _plain_table(rows)
+        lines += format_table(head, rows, left=2).splitlines()
     return "\n".join(lines)
-
-
-def _plain_table(rows) -> list[str]:
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    out = ["  ".join(str(c).ljust(w) if i < 2 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-           for row in rows]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return out
 
 
 def _sections_figures(report) -> dict:

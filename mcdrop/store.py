@@ -3,15 +3,21 @@
 A pool of ten million rows does not fit in memory as a list of chunk results, but each block's
 statistics can be appended to files as they come. A store is a folder::
 
-    meta.json          task, number of passes, mask, seed, rows written
+    meta.json          the prediction's codec metadata (format, task, num_samples, mask, seed, ...),
+                       the array files it holds ("fields") and the rows written
     mean.npy           (N, C) or (N, D)
-    variance.npy ...   one file per field of the prediction type
+    variance.npy ...   one file per array of the prediction's codec (``to_arrays``)
     samples.npy        kept samples, stored rows first: (N, T, ...)
 
-Files are written with plain appends (never through a memory map, where a full disk kills the
-process with SIGBUS instead of raising), and after every block each file's header is rewritten to
-the rows written so far: at any moment, even after a failure, every file is a valid ``.npy`` of the
-rows that were completely written. :func:`load` opens a store with memory maps.
+The store is the prediction's codec on disk: ``prediction.to_arrays(rows_first=True)`` gives the files
+and ``meta.json``, :func:`mcdrop.predictive.from_arrays` reads them back and checks every field. Files
+are written through :mod:`mcdrop.io`: the arrays with plain appends (:class:`mcdrop.io.NpyAppender`,
+never through a memory map, where a full disk kills the process with SIGBUS instead of raising), each
+file's header rewritten after every block to the rows appended so far, so that every file is a valid
+``.npy`` at any moment. At most every second (``PredictionWriter.SYNC_SECONDS``), after a full disk,
+and at the end, the rows are flushed to the disk (``fsync``) and only then recorded in ``meta.json``,
+replaced atomically: :func:`load` opens (memory-mapped) the rows ``meta.json`` records, so neither a
+crash nor a power loss ever hands it a row that was not completely written.
 
 A Ray job (:func:`mcdrop.distributed.stream_pool`) writes the same layout from many processes at
 once: the driver creates every file at its final shape (:func:`create`, sparse until written),
@@ -30,68 +36,36 @@ were written completely.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import errno
-import io
 import json
-import os
+import time
 from pathlib import Path
 
 import numpy as np
 
+from mcdrop import io
 from mcdrop._validation import invalid
-from mcdrop.predictive import ClassificationPrediction, RegressionPrediction
+from mcdrop.predictive import from_arrays
 
 __all__ = ["PredictionWriter", "load", "load_written", "StoreFullError", "create", "write_rows", "mark_done",
            "done_groups", "finish"]
-
-_TYPES = {"classification": ClassificationPrediction, "regression": RegressionPrediction}
-_ROWS_SECOND = ("samples", "sample_variances")  # stored (N, T, ...) so that rows append
-_HEADER_BYTES = 256  # room for any shape's header, padded (the format allows trailing spaces)
 
 
 class StoreFullError(OSError):
     """The disk filled up while a store was written; the rows written so far stay readable."""
 
 
-def _header(dtype: np.dtype, shape: tuple) -> bytes:
-    buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        buffer, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
-    raw = buffer.getvalue()
-    # keep every header the same length so it can be rewritten in place: pad the dict with spaces
-    magic_and_len = 10
-    text = raw[magic_and_len:].rstrip(b"\n").rstrip()
-    body = text + b" " * (_HEADER_BYTES - magic_and_len - len(text) - 1) + b"\n"
-    return raw[:8] + len(body).to_bytes(2, "little") + body
-
-
-class _Appender:
-    """A ``.npy`` file that grows along its first axis."""
-
-    def __init__(self, path: Path, dtype: np.dtype, row_shape: tuple):
-        self.path, self.dtype, self.row_shape, self.rows = path, np.dtype(dtype), tuple(row_shape), 0
-        self.file = open(path, "wb")
-        self.file.write(_header(self.dtype, (0, *self.row_shape)))
-
-    def append(self, block: np.ndarray) -> None:
-        block = np.ascontiguousarray(block, dtype=self.dtype)
-        if block.shape[1:] != self.row_shape:
-            raise invalid("prediction", f"rows of shape {self.row_shape}", block)
-        self.file.seek(0, os.SEEK_END)
-        self.file.write(block.tobytes())
-        self.file.flush()
-        self.rows += block.shape[0]
-
-    def commit(self) -> None:
-        """Make the header declare every row appended so far."""
-        self.file.seek(0)
-        self.file.write(_header(self.dtype, (self.rows, *self.row_shape)))
-        self.file.flush()
-        self.file.seek(0, os.SEEK_END)
-
-    def close(self) -> None:
-        self.file.close()
+def _check_new_folder(path: Path, overwrite: bool, *, what: str = "a prediction store") -> None:
+    """Refuse a non-empty ``path`` unless ``overwrite`` (and then only a store or job folder)."""
+    if not (path.exists() and (not path.is_dir() or any(path.iterdir()))):
+        return
+    if not overwrite:
+        raise invalid("out", "a new or empty folder (pass overwrite=True to replace it)", str(path),
+                      error=FileExistsError)
+    if not path.is_dir() or not ((path / _JOB).is_file() or (path / _META).is_file()):
+        raise invalid("out", f"a folder holding {what} (overwrite=True replaces only those)", str(path),
+                      error=FileExistsError)
 
 
 class PredictionWriter:
@@ -104,14 +78,17 @@ class PredictionWriter:
     overwrite : bool, default False
     """
 
+    #: At most this often (seconds) the rows appended are flushed to the disk and recorded in ``meta.json``
+    #: (and at :meth:`close`): durability without an ``fsync`` per block.
+    SYNC_SECONDS = 1.0
+
     def __init__(self, path, *, overwrite: bool = False):
         self.path = Path(path)
-        if self.path.exists() and any(self.path.iterdir()) and not overwrite:
-            raise invalid("out", "a new or empty folder (pass overwrite=True to replace it)", str(self.path),
-                          error=FileExistsError)
+        _check_new_folder(self.path, overwrite)
         self.path.mkdir(parents=True, exist_ok=True)
-        self._files: dict[str, _Appender] = {}
+        self._files: dict[str, io.NpyAppender] = {}
         self._meta = None
+        self._synced = time.monotonic()
 
     def append(self, prediction) -> None:
         """Write one block's prediction (rows after those already written)."""
@@ -119,49 +96,55 @@ class PredictionWriter:
             self._append(prediction)
         except OSError as err:
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                self._close_files()
+                with contextlib.suppress(OSError):  # record the rows appended whole, if the disk still lets us
+                    self._sync()
+                self._close_files(sync=False)
                 raise StoreFullError(
                     err.errno, f"The disk is full while writing predictions to {self.path}; the "
                     f"{self.rows} row(s) written before stay readable with mcdrop.store.load") from err
             raise
 
     def _append(self, prediction) -> None:
-        fields = {f.name: getattr(prediction, f.name) for f in dataclasses.fields(prediction)}
-        arrays = {k: v for k, v in fields.items() if isinstance(v, np.ndarray)}
-        scalars = {k: v for k, v in fields.items() if not isinstance(v, np.ndarray) and v is not None}
+        arrays, metadata = prediction.to_arrays(rows_first=True)
         if self._meta is None:
-            self._meta = {"task": prediction.task, "fields": sorted(arrays), "rows": 0, **scalars}
+            self._meta = {**metadata, "fields": sorted(arrays), "rows": 0}
             for name, value in arrays.items():
-                rows_first = np.moveaxis(value, 1, 0) if name in _ROWS_SECOND else value
-                self._files[name] = _Appender(self.path / f"{name}.npy", value.dtype, rows_first.shape[1:])
-        elif sorted(arrays) != self._meta["fields"] or prediction.task != self._meta["task"]:
-            raise invalid("prediction", f"a {self._meta['task']} prediction with fields {self._meta['fields']}",
-                          prediction)
+                self._files[name] = io.NpyAppender(self.path / f"{name}.npy", value.dtype, value.shape[1:])
+        elif sorted(arrays) != self._meta["fields"] or any(self._meta[k] != v for k, v in metadata.items()):
+            raise invalid("prediction", f"a {self._meta['task']} prediction with the arrays {self._meta['fields']} "
+                          "and the metadata of the blocks before", prediction,
+                          detail=f"They had {({k: self._meta[k] for k in metadata})}.")
         for name, value in arrays.items():
-            self._files[name].append(np.moveaxis(value, 1, 0) if name in _ROWS_SECOND else value)
+            self._files[name].append(value)
         for appender in self._files.values():
             appender.commit()
+        if self._meta["rows"] == 0 or time.monotonic() - self._synced >= self.SYNC_SECONDS:
+            self._sync()
+
+    def _sync(self) -> None:
+        """Flush every file's rows to the disk, then record them in ``meta.json`` (atomically): the rows
+        :func:`load` reads, so a crash or a power loss never leaves it a row that is not there."""
+        for appender in self._files.values():
+            appender.sync()
         self._meta["rows"] = self.rows
-        self._write_meta()
+        io.save_json(self.path / _META, self._meta)
+        self._synced = time.monotonic()
 
     @property
     def rows(self) -> int:
         return min((a.rows for a in self._files.values()), default=0)
 
-    def _write_meta(self) -> None:
-        tmp = self.path / "meta.json.tmp"
-        tmp.write_text(json.dumps(self._meta, indent=1))
-        os.replace(tmp, self.path / "meta.json")
-
-    def _close_files(self) -> None:
+    def _close_files(self, *, sync: bool = True) -> None:
         for appender in self._files.values():
-            appender.close()
+            appender.close(sync=sync)
 
     def close(self):
         """Finish the store and open it (memory-mapped)."""
-        self._close_files()
         if self._meta is None:
+            self._close_files()
             raise invalid("prediction", "at least one block written before close", None)
+        self._sync()
+        self._close_files()
         return load(self.path)
 
 
@@ -191,31 +174,35 @@ def load(path, *, mmap: bool = True):
 
 
 def _meta(path: Path) -> dict:
-    meta_path = path / "meta.json"
+    meta_path = path / _META
     if not meta_path.is_file():
         raise invalid("path", "a prediction store folder with a meta.json", str(path), error=FileNotFoundError)
-    return json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise invalid("path", "a prediction store whose meta.json is JSON", str(path),
+                      detail=f"{type(err).__name__}: {err}".splitlines()[0]) from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("fields"), list):
+        raise invalid("path", "a prediction store whose meta.json lists its `fields`", str(path))
+    return meta
 
 
 def _open(path: Path, meta: dict, mmap: bool):
-    cls = _TYPES.get(meta.get("task"))
-    if cls is None:
-        raise invalid("path", "a store of a classification or regression prediction", meta.get("task"))
-    values = {}
-    for field in dataclasses.fields(cls):
-        file = path / f"{field.name}.npy"
-        if field.name in meta["fields"]:
-            array = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
-            values[field.name] = np.moveaxis(array, 0, 1) if field.name in _ROWS_SECOND else array
-        elif field.name in meta:
-            value = meta[field.name]
-            values[field.name] = tuple(value) if isinstance(value, list) else value  # JSON has no tuples
-    return cls(**values)
+    """The store's prediction, its ``.npy`` files memory-mapped (``mmap``) and decoded by the codec."""
+    arrays = {}
+    for name in meta["fields"]:
+        file = path / f"{name}.npy"
+        if not file.is_file():
+            raise invalid("path", f"a prediction store with the {name}.npy its meta.json lists", str(path),
+                          error=FileNotFoundError)
+        # the rows meta.json records: a file may hold more, appended after the last record
+        arrays[name] = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)[:meta.get("rows")]
+    return from_arrays(arrays, meta, rows_first=True, name="path", source=path)
 
 
 # --------------------------------------------------------------------------- jobs written in place
 
-_JOB, _DONE = "job.json", "done"
+_JOB, _DONE, _META = "job.json", "done", "meta.json"
 
 
 def _job(path: Path) -> dict | None:
@@ -236,31 +223,17 @@ def _full_disk(err: OSError, path) -> OSError:
     return err
 
 
-def _row_files(prediction) -> dict[str, np.ndarray]:
-    """The prediction's per-row arrays, rows first."""
-    arrays = {f.name: getattr(prediction, f.name) for f in dataclasses.fields(prediction)}
-    return {k: (np.moveaxis(v, 1, 0) if k in _ROWS_SECOND else v)
-            for k, v in arrays.items() if isinstance(v, np.ndarray)}
-
-
 def create(path, prediction, num_rows: int) -> None:
     """Create a store of ``num_rows`` rows shaped like ``prediction`` (any number of rows), every
     file at its final size but not written (sparse where the file system allows), marked unfinished.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    fields = {f.name: getattr(prediction, f.name) for f in dataclasses.fields(prediction)}
-    scalars = {k: v for k, v in fields.items() if not isinstance(v, np.ndarray) and v is not None}
-    rows_first = _row_files(prediction)
+    arrays, metadata = prediction.to_arrays(rows_first=True)
     try:
-        for name, value in rows_first.items():
-            shape = (num_rows, *value.shape[1:])
-            with open(path / f"{name}.npy", "wb") as file:
-                file.write(_header(value.dtype, shape))
-                file.truncate(_HEADER_BYTES + int(np.prod(shape)) * value.dtype.itemsize)
-        meta = {"task": prediction.task, "fields": sorted(rows_first), "rows": num_rows, "complete": False,
-                **scalars}
-        _replace_text(path / "meta.json", json.dumps(meta, indent=1))
+        for name, value in arrays.items():
+            io.create_npy(path / f"{name}.npy", value.dtype, (num_rows, *value.shape[1:]))
+        io.save_json(path / _META, {**metadata, "fields": sorted(arrays), "rows": num_rows, "complete": False})
     except OSError as err:
         raise _full_disk(err, path) from err
 
@@ -270,21 +243,10 @@ def write_rows(path, prediction, start: int) -> None:
     :func:`create` made, and flush them to the disk."""
     path = Path(path)
     try:
-        for name, value in _row_files(prediction).items():
-            value = np.ascontiguousarray(value)
-            with open(path / f"{name}.npy", "r+b") as file:
-                file.seek(_HEADER_BYTES + start * (value.nbytes // max(len(value), 1)))
-                file.write(value.tobytes())
-                file.flush()
-                os.fsync(file.fileno())
+        for name, value in prediction.to_arrays(rows_first=True)[0].items():
+            io.write_npy_rows(path / f"{name}.npy", value, start)
     except OSError as err:
         raise _full_disk(err, path) from err
-
-
-def _replace_text(target: Path, text: str) -> None:
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, target)
 
 
 def mark_done(job, group: int, start: int, stop: int, arrays: dict | None = None) -> None:
@@ -293,13 +255,8 @@ def mark_done(job, group: int, start: int, stop: int, arrays: dict | None = None
     folder = Path(job) / _DONE
     try:
         folder.mkdir(exist_ok=True)
-        target = folder / f"g{group:08d}.npz"
-        tmp = folder / f".g{group:08d}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as file:
-            np.savez(file, _start=np.int64(start), _stop=np.int64(stop), **(arrays or {}))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, target)
+        io.save_npz(folder / f"g{group:08d}.npz", {"_start": np.int64(start), "_stop": np.int64(stop),
+                                                     **(arrays or {})}, compressed=False)
     except OSError as err:
         raise _full_disk(err, job) from err
 
@@ -325,7 +282,7 @@ def finish(path) -> None:
     path = Path(path)
     meta = _meta(path)
     meta["complete"] = True
-    _replace_text(path / "meta.json", json.dumps(meta, indent=1))
+    io.save_json(path / _META, meta)
 
 
 def load_written(path, *, mmap: bool = True):

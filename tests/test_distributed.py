@@ -129,7 +129,7 @@ def test_ray_dataset_rows_come_back_in_pool_order_with_batchbald_candidates(clus
 # --------------------------------------------------------------------------- faults
 
 
-def test_worker_killed_mid_job_every_row_exactly_once(cluster, files, tmp_path):
+def test_worker_killed_mid_job_every_row_exactly_once(cluster, files, tmp_path, monkeypatch):
     folder, x = files
     path = folder / "classifier.keras"
     marker = tmp_path / "died-on-group-2"
@@ -139,8 +139,9 @@ def test_worker_killed_mid_job_every_row_exactly_once(cluster, files, tmp_path):
             open(marker, "w").close()
             os._exit(1)  # the actor's process dies in the middle of the job
 
+    monkeypatch.setitem(distributed._TEST_HOOKS, "on_group", die_once)  # sent to the workers
     got = distributed.score_pool(path, x, num_samples=T, seed=0, num_workers=2, blocks_per_task=1,
-                                 batch_size=100, num_cpus=0.5, _on_group=die_once)
+                                 batch_size=100, num_cpus=0.5)
     assert marker.exists()  # the worker did die
     assert_same(got, reference(path, x, batch_size=100))
 
@@ -168,14 +169,13 @@ def test_unreadable_model_file_fails_on_the_driver_before_any_ray_work(cluster, 
 
 def test_result_without_every_row_exactly_once_is_refused():
     plan = {"num_samples": 2, "mask": "consistent", "seed": 0}
-    columns = {"_mcdrop_row": np.array([0, 1, 1]), "_mcdrop_head0": np.zeros(3, np.int8),
-               "0:mean": np.full((3, 2), 0.5), "0:variance": np.zeros((3, 2)),
-               "0:expected_entropy": np.zeros(3), "0:votes": np.ones((3, 2))}
+    pred = mcdrop.ClassificationPrediction.from_samples(np.full((2, 3, 2), 0.5), seed=0)
+    columns = distributed._columns_of([pred], np.array([0, 1, 1]))
     with pytest.raises(RuntimeError, match=r"3 row results for 3 rows \(1 missing, 1 repeated"):
         distributed._assemble(dict(columns), 3, np.arange(3), plan)
     columns["_mcdrop_row"] = np.array([2, 0, 1])
-    (pred,) = distributed._assemble(dict(columns), 3, np.arange(3), plan)
-    assert len(pred) == 3
+    (got,) = distributed._assemble(dict(columns), 3, np.arange(3), plan)
+    assert len(got) == 3
 
 
 # --------------------------------------------------------------------------- inputs and errors
@@ -304,7 +304,7 @@ def assert_same_prediction(got, expected):
         np.testing.assert_array_equal(np.asarray(getattr(got, name)), value, err_msg=name)
 
 
-def test_stream_writes_every_group_once_through_a_worker_death(cluster, files, tmp_path):
+def test_stream_writes_every_group_once_through_a_worker_death(cluster, files, tmp_path, monkeypatch):
     """Two workers write 7 groups in place; one dies after writing group 2's rows but before
     recording it (Ray retries the group, which rewrites the same bytes). The store, the Parquet
     rows and every global selection equal the single-process engine's."""
@@ -322,8 +322,9 @@ def test_stream_writes_every_group_once_through_a_worker_death(cluster, files, t
             os._exit(1)
 
     out = tmp_path / "job"
+    monkeypatch.setitem(distributed._TEST_HOOKS, "on_write", die_once)
     job = distributed.stream_pool(path, folder / "pool.npy", out, select={s: 30 for s in SCORES},
-                                  candidates=25, parquet=True, _on_write=die_once, **dict(STREAM, num_workers=2))
+                                  candidates=25, parquet=True, **dict(STREAM, num_workers=2))
     assert marker.exists()
     expected = reference(path, x, batch_size=100, return_samples=True)
     assert (job.groups_run, job.groups_skipped, job.num_rows) == (7, 0, 700)
@@ -418,7 +419,7 @@ def test_multi_input_arrays_multi_output_in_memory(cluster, multi):
         assert_same_prediction(got[name], expected[name])
 
 
-def test_full_disk_keeps_written_groups_readable_then_the_job_resumes(cluster, files, tmp_path):
+def test_full_disk_keeps_written_groups_readable_then_the_job_resumes(cluster, files, tmp_path, monkeypatch):
     folder, x = files
     model = tmp_path / "model.keras"
     model.write_bytes((folder / "classifier.keras").read_bytes())
@@ -428,8 +429,10 @@ def test_full_disk_keeps_written_groups_readable_then_the_job_resumes(cluster, f
         if group == 2:
             raise OSError(errno.ENOSPC, "No space left on device")
 
+    monkeypatch.setitem(distributed._TEST_HOOKS, "on_write", full)
     with pytest.raises(store.StoreFullError, match=r"disk is full.*job.*load_written"):
-        distributed.stream_pool(model, x, out, select={"bald": 5}, _on_write=full, **STREAM)
+        distributed.stream_pool(model, x, out, select={"bald": 5}, **STREAM)
+    monkeypatch.undo()
     expected = reference(model, x, batch_size=100)
     done = store.done_groups(out)
     assert 2 not in done and len(done) >= 1
@@ -469,8 +472,9 @@ def test_driver_killed_mid_job_then_resumed_every_row_once(cluster, files, tmp_p
                 os.kill(driver, signal.SIGKILL)
                 time.sleep(120)  # Ray ends this job's workers when its driver dies
 
+        distributed._TEST_HOOKS["on_write"] = kill_driver
         distributed.stream_pool({str(path)!r}, {str(folder / 'pool.npy')!r}, {str(out)!r}, select={{"bald": 20}},
-                                _on_write=kill_driver, **{STREAM!r})
+                                **{STREAM!r})
     """)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,

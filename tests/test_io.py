@@ -364,3 +364,72 @@ def test_a_failed_move_into_a_staged_folder_names_the_folder(tmp_path, monkeypat
             (stage / "a.txt").write_text("a")
     assert info.value.filename == str(tmp_path / "report")  # not the hidden staging folder's file
     assert [n for n in _listing(tmp_path) if ".mcdrop-" in n] == []
+
+
+# --------------------------------------------------------------------------- output checks and writers (issue 13)
+
+
+def test_output_checks_name_the_argument_and_the_reason(tmp_path):
+    (tmp_path / "taken").write_text("x")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(io.InputError, match=r"argument `--out`: expected a \.npz file, received '.*p\.txt'\.$"):
+        io.check_out_file(tmp_path / "p.txt", suffix=".npz", name="--out")
+    with pytest.raises(io.InputError, match=r"argument `out`: expected a file path, received .*It is a folder\."):
+        io.check_out_file(tmp_path / "folder")
+    with pytest.raises(io.InputError, match=r"expected a path in an existing folder.*No such folder: .*nowhere\."):
+        io.check_out_file(tmp_path / "nowhere" / "p.npz")
+    assert io.check_out_file(str(tmp_path / "p.NPZ"), suffix=".npz") == tmp_path / "p.NPZ"
+    with pytest.raises(io.InputError, match=r"argument `out`: expected a folder, received .*A file of that name"):
+        io.check_out_folder(tmp_path / "taken")
+    with pytest.raises(io.InputError, match=r"expected a folder whose parent exists.*No such folder"):
+        io.check_out_folder(tmp_path / "no" / "such")
+    assert io.check_out_folder(tmp_path / "new") == tmp_path / "new"
+    assert _listing(tmp_path) == ["folder", "taken"]  # checks write nothing
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs POSIX permissions and a non-root user")
+def test_check_writable_refuses_a_read_only_folder(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        with pytest.raises(io.InputError, match=r"argument `out`: expected a path in a folder this user can write, "
+                                                r"received '.*p\.npz'\. Permission denied: .*locked\."):
+            io.check_writable(locked, str(locked / "p.npz"))
+    finally:
+        locked.chmod(0o700)
+    io.check_writable(tmp_path, str(tmp_path / "p.npz"))
+    assert _listing(tmp_path) == ["locked"]  # the probe file is gone
+
+
+def test_save_bytes_is_atomic(tmp_path):
+    io.save_bytes(tmp_path / "a.png", b"\x89PNG")
+    assert (tmp_path / "a.png").read_bytes() == b"\x89PNG"
+    with pytest.raises(io.InputError, match=r"expected a path in an existing folder"):
+        io.save_bytes(tmp_path / "no" / "a.png", b"x")
+    assert _listing(tmp_path) == ["a.png"]
+
+
+def test_npy_appender_is_a_valid_npy_of_the_committed_rows(tmp_path):
+    path = tmp_path / "a.npy"
+    appender = io.NpyAppender(path, np.float32, (2,))
+    assert np.load(path).shape == (0, 2)
+    appender.append(np.ones((3, 2)))
+    appender.commit()
+    appender.append(np.full((2, 2), 7.0))  # not committed: the header still says 3 rows
+    np.testing.assert_array_equal(np.load(path), np.ones((3, 2), np.float32))
+    appender.commit()
+    appender.close()
+    np.testing.assert_array_equal(np.load(path), np.concatenate([np.ones((3, 2)), np.full((2, 2), 7.0)]))
+    with pytest.raises(ValueError, match=r"argument `prediction`: expected rows of shape \(2,\)"):
+        io.NpyAppender(tmp_path / "b.npy", np.float32, (2,)).append(np.ones((1, 3)))
+
+
+def test_npy_filled_in_place_in_any_order(tmp_path):
+    path = tmp_path / "c.npy"
+    io.create_npy(path, np.int64, (5, 2))
+    io.write_npy_rows(path, np.arange(4).reshape(2, 2) + 10, 3)
+    io.write_npy_rows(path, np.arange(6).reshape(3, 2), 0)
+    np.testing.assert_array_equal(np.load(path), np.concatenate([np.arange(6).reshape(3, 2),
+                                                                 np.arange(4).reshape(2, 2) + 10]))
+    assert path.stat().st_size == io.NPY_HEADER_BYTES + 5 * 2 * 8

@@ -75,7 +75,7 @@ def test_streaming_to_disk_keeps_memory_independent_of_pool_size(tmp_path):
 def test_full_disk_raises_clearly_and_leaves_written_rows_readable(tmp_path, monkeypatch):
     mc = mcdrop.MCDropout(mlp(), num_samples=4, seed=0, verbose=0, batch_size=50)
     ref = mc.predict(X)
-    original = store._Appender.append
+    original = mcdrop.io.NpyAppender.append
     calls = {"n": 0}
 
     def append(self, block):
@@ -84,7 +84,7 @@ def test_full_disk_raises_clearly_and_leaves_written_rows_readable(tmp_path, mon
             raise OSError(errno.ENOSPC, "No space left on device")
         return original(self, block)
 
-    monkeypatch.setattr(store._Appender, "append", append)
+    monkeypatch.setattr(mcdrop.io.NpyAppender, "append", append)
     with pytest.raises(store.StoreFullError, match=r"disk is full .* the 100 row\(s\) written before stay readable"):
         mc.predict(X, out=tmp_path / "full")
     partial = store.load(tmp_path / "full")
@@ -142,20 +142,62 @@ def test_unfinished_job_is_refused_and_its_written_rows_are_readable(tmp_path):
 def test_full_disk_while_writing_rows_in_place_is_a_store_full_error(tmp_path, monkeypatch):
     store.create(tmp_path, _pred(5), 10)
 
-    class Full:
-        def __init__(self, *args, **kwargs):
-            pass
+    def full(fd):  # a full disk shows when the written pages are flushed
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-        def __enter__(self):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def __exit__(self, *exc):
-            return False
-
-    monkeypatch.setattr(store, "open", Full, raising=False)
+    monkeypatch.setattr(mcdrop.io.os, "fsync", full)
     with pytest.raises(store.StoreFullError, match=r"disk is full.*load_written"):
         store.write_rows(tmp_path, _pred(5), 0)
     with pytest.raises(store.StoreFullError, match=r"disk is full"):
         store.mark_done(tmp_path, 0, 0, 5)
     monkeypatch.undo()
     assert store.done_groups(tmp_path) == {}  # nothing recorded: the group runs again on resume
+    assert not [p for p in (tmp_path / "done").iterdir()]  # nor a temporary file left behind
+
+
+def test_overwrite_replaces_only_a_store(tmp_path):
+    """One check for the writer and the Ray job: a folder of other files is never written into."""
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"argument `out`: expected a new or empty folder"):
+        store.PredictionWriter(tmp_path)
+    with pytest.raises(FileExistsError, match=r"argument `out`: expected a folder holding a prediction store "
+                                              r"\(overwrite=True replaces only those\)"):
+        store.PredictionWriter(tmp_path, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    writer = store.PredictionWriter(tmp_path / "s")
+    writer.append(_pred(3))
+    writer.close()
+    store.PredictionWriter(tmp_path / "s", overwrite=True)  # a store is replaced when asked
+
+
+def test_a_block_of_another_prediction_is_refused():
+    """Every block's metadata must match the first's: a store holds one prediction."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        writer = store.PredictionWriter(folder)
+        writer.append(_pred(3))
+        with pytest.raises(ValueError, match=r"argument `prediction`: expected a classification prediction with "
+                                             r"the arrays .* and the metadata of the blocks before.*'seed': 0"):
+            writer.append(mcdrop.ClassificationPrediction.from_samples(
+                np.full((4, 2, 3), 1 / 3), keep_samples=True, seed=5))
+        writer.append(_pred(2, start=3))
+        assert len(writer.close()) == 5
+
+
+def test_load_reads_the_rows_meta_json_records(tmp_path, monkeypatch):
+    """Rows appended after the last record (a process killed before its next sync) are not read: meta.json
+    records rows only once they are on the disk, and load reads exactly those."""
+    monkeypatch.setattr(store.PredictionWriter, "SYNC_SECONDS", float("inf"))
+    parts = [_pred(4, 0), _pred(3, 1), _pred(5, 2)]
+    writer = store.PredictionWriter(tmp_path / "s")
+    for part in parts:
+        writer.append(part)
+    assert json.loads((tmp_path / "s" / "meta.json").read_text())["rows"] == 4  # recorded at the first block
+    assert np.load(tmp_path / "s" / "mean.npy").shape == (12, 3)  # every file is a valid .npy of all rows
+    early = store.load(tmp_path / "s", mmap=False)  # what a reader sees if the writer dies now
+    np.testing.assert_array_equal(early.mean, parts[0].mean)
+    np.testing.assert_array_equal(early.samples, parts[0].samples)
+    whole = writer.close()
+    np.testing.assert_array_equal(whole.mean, mcdrop.predictive.concatenate(parts).mean)
+    assert json.loads((tmp_path / "s" / "meta.json").read_text())["rows"] == 12

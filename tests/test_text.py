@@ -17,3 +17,11 @@ def test_format_value(value, text):
 def test_close_aurcs_stay_apart_in_a_table():
     table = format_table(["model", "AURC"], [["a", 0.00150], ["b", 0.00146], ["c", 0.00148]])
     assert [line.split()[-1] for line in table.splitlines()[2:]] == ["0.00150", "0.00146", "0.00148"]
+
+
+def test_leading_columns_can_be_left_aligned():
+    table = format_table(["model", "score", "auroc"], [["a", "entropy", 0.5], ["bb", "mi", 0.75]], left=2)
+    assert table.splitlines() == ["model  score     auroc",
+                                  "-----  -------  ------",
+                                  "a      entropy  0.5000",
+                                  "bb     mi       0.7500"]
