@@ -81,6 +81,22 @@ class Head:
         else:
             accumulator.update(*self.gaussian(raw))
 
+    def check_shape(self, raw) -> None:
+        """Refuse raw outputs (T, n, ...) this head cannot read, before any statistic is computed."""
+        shape = tuple(raw.shape)
+        if self.task == "classification" and len(shape) > 3:
+            raise invalid("probs", "per-pass probabilities of shape (T, N, C)", raw)
+        if self.heteroscedastic is not None and (len(shape) < 3 or shape[-1] % 2):
+            raise invalid("heteroscedastic", "a model output with a mean half and a variance half (an even "
+                          "number of units on the last axis)", raw)
+
+    def per_pass(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """What a kept sample holds per pass: class probabilities, or the predicted means and (Gaussian
+        head) variances, each (T, n, ...)."""
+        if self.task == "classification":
+            return self.probabilities(raw), None
+        return self.gaussian(raw)
+
     def probabilities(self, raw: np.ndarray) -> np.ndarray:
         """Per-pass class probabilities (T, n, C) from raw outputs."""
         raw = np.asarray(raw)
@@ -133,6 +149,18 @@ class Summary:
 
     def update(self, *arrays: np.ndarray) -> None:
         self.accumulator.update(*arrays)
+
+    def merge(self, block) -> None:
+        """Add a block of passes reduced on the device (:class:`~mcdrop.accumulators.PassBlock`)."""
+        self.accumulator.merge(block)
+
+    def keep(self, samples: np.ndarray, variances: np.ndarray | None = None) -> None:
+        """Keep one chunk of per-pass values for the prediction's ``samples`` (when asked)."""
+        self.accumulator.keep(samples, variances)
+
+    @property
+    def keep_samples(self) -> bool:
+        return self.accumulator.keep_samples
 
     def result(self):
         """The prediction of the passes fed so far."""

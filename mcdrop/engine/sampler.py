@@ -19,7 +19,8 @@ from mcdrop.engine.graph import functional_of, run_model
 from mcdrop.engine.noise import PassContext
 from mcdrop.engine.view import StochasticView, patched
 
-__all__ = ["CompiledSampler", "plan_chunks", "widest_activation", "CPU_ROW_PASSES", "MIN_ROWS"]
+__all__ = ["CompiledSampler", "ModelFailedError", "plan_chunks", "widest_activation", "CPU_ROW_PASSES",
+           "MIN_ROWS"]
 
 
 class _OurTracesAreNotRetracing(logging.Filter):
@@ -93,6 +94,15 @@ def plan_chunks(num_rows: int | None, num_samples: int, widest: int, memory_budg
     return int(batch_size), int(passes_per_chunk)
 
 
+class ModelFailedError(Exception):
+    """The model itself failed on a block of input (raised by :class:`CompiledSampler`, caught by the
+    engine, which reports the input as one the model cannot take). ``cause`` is TensorFlow's error."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class CompiledSampler:
     """Per-pass outputs of a model under keyed noise, traced once per input signature."""
 
@@ -156,15 +166,29 @@ class CompiledSampler:
 
     def __call__(self, flats, structure, passes: np.ndarray, seed: np.ndarray, offsets, spec_shapes=None):
         """Per-pass outputs of one block per replica (one block without a strategy): a list, per model
-        output, of arrays shaped (blocks, T_chunk, n, ...). All blocks have the same number of rows."""
-        fn = self.function(flats[0], structure, spec_shapes)
-        passes = tf.constant(passes, tf.int32)
-        seed = tf.constant(seed, tf.int64)
-        if self.strategy is None:
-            (flat,), (offset,) = flats, offsets
-            outputs = fn([tf.convert_to_tensor(a) for a in flat], passes, seed, tf.constant(offset, tf.int64))
-            return [np.asarray(o)[None] for o in outputs]
-        return self._replicated(fn, flats, passes, seed, offsets)
+        output, of tensors shaped (blocks, T_chunk, n, ...), left where they were computed (the device).
+        All blocks have the same number of rows.
+
+        Raises
+        ------
+        ModelFailedError
+            The model failed on the input (TensorFlow's own error is its ``cause``).
+        tf.errors.ResourceExhaustedError
+            Out of memory: the caller may retry with fewer rows.
+        """
+        try:
+            fn = self.function(flats[0], structure, spec_shapes)
+            passes = tf.constant(passes, tf.int32)
+            seed = tf.constant(seed, tf.int64)
+            if self.strategy is None:
+                (flat,), (offset,) = flats, offsets
+                outputs = fn([tf.convert_to_tensor(a) for a in flat], passes, seed, tf.constant(offset, tf.int64))
+                return [o[None] for o in outputs]
+            return self._replicated(fn, flats, passes, seed, offsets)
+        except tf.errors.ResourceExhaustedError:
+            raise
+        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as err:
+            raise ModelFailedError(err) from err
 
     def _replicated(self, fn, flats, passes, seed, offsets):
         """One block per replica (the last group padded with copies of its last block).
@@ -185,5 +209,5 @@ class CompiledSampler:
         out = []
         for per_output in result:
             local = self.strategy.experimental_local_results(per_output)
-            out.append(np.stack([np.asarray(v) for v in local[:used]]))
+            out.append(tf.stack(list(local[:used])))
         return out
