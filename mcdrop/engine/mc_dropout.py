@@ -100,6 +100,15 @@ class MCDropout:
     strategy : tf.distribute.Strategy, optional
         Split each chunk's rows across the strategy's replicas (e.g. ``MirroredStrategy`` over
         several GPUs). With a seed, results equal single-device results.
+    jit_compile : bool or "auto", default False
+        Compile the sampling step and the reductions with XLA. Off by default: on the CPUs measured
+        (``benchmarks/engine.py``) it was not faster. ``"auto"``: XLA on a GPU, not on a CPU. With a
+        seed, either setting gives reproducible results that are bit-identical for any batching of the
+        input stream (under XLA also for another block size). XLA draws its masks with its own
+        implementation of the stateless random streams, which gives other bits from the same key: a
+        seeded XLA run and a seeded run without it are two different (equally valid) sets of draws,
+        whose statistics agree within Monte Carlo error, not to float rounding; the reductions
+        themselves agree to float rounding.
     allow_nonfinite_inputs : bool, default False
         Accept NaN or infinite values in floating inputs. Off by default: most models turn a NaN
         feature into a finite, confident-looking output (a ReLU may map NaN to 0), so ``predict``
@@ -119,7 +128,7 @@ class MCDropout:
                  allow_deterministic: bool = False, rate=None, batch_size: int | None = None,
                  passes_per_chunk: int | None = None, memory_budget: int = _DEFAULT_BUDGET,
                  run_eagerly: bool = False, verbose="auto", strategy=None,
-                 allow_nonfinite_inputs: bool = False):
+                 allow_nonfinite_inputs: bool = False, jit_compile=False):
         if not isinstance(model, keras.Model):
             raise invalid("model", "a keras.Model (Keras 3)", model, error=TypeError)
         self.model = model
@@ -149,14 +158,16 @@ class MCDropout:
             )
         self._spec = _inputs.input_spec(model)
         self._activations = output_activations(model)
+        self._on_accelerator = bool(tf.config.list_logical_devices("GPU"))
+        self.jit_compile = check_choice(jit_compile, "jit_compile", (False, True, "auto"))
+        jit = self._on_accelerator if jit_compile == "auto" else bool(jit_compile)
         self.sampler = CompiledSampler(model, self.view, mask=self.mask, run_eagerly=bool(run_eagerly),
-                                       strategy=strategy)
-        self._reducer = PassReducer(run_eagerly=bool(run_eagerly))
+                                       strategy=strategy, jit_compile=jit)
+        self._reducer = PassReducer(run_eagerly=bool(run_eagerly), jit_compile=jit)
         self._rules = HeadRules(has_graph=functional_of(model) is not None, activations=self._activations,
                                 given=(task, outputs, heteroscedastic), output_names=self._output_names)
         self._heads = None  # the heads of the last prediction, for `heads` (never read by a run)
         self._widest = widest_activation(model)
-        self._on_accelerator = bool(tf.config.list_logical_devices("GPU"))
 
     # -- outputs ---------------------------------------------------------------------------------------
     def _outputs_structure(self):

@@ -106,8 +106,10 @@ class ModelFailedError(Exception):
 class CompiledSampler:
     """Per-pass outputs of a model under keyed noise, traced once per input signature."""
 
-    def __init__(self, model, view: StochasticView, *, mask: str, run_eagerly: bool = False, strategy=None):
+    def __init__(self, model, view: StochasticView, *, mask: str, run_eagerly: bool = False, strategy=None,
+                 jit_compile: bool = False):
         self.model = model
+        self.jit_compile = jit_compile
         self.view = view
         self.mask = mask
         self.run_eagerly = run_eagerly
@@ -156,7 +158,7 @@ class CompiledSampler:
                     tf.TensorSpec([None], tf.int32),
                     tf.TensorSpec([2], tf.int64),
                     tf.TensorSpec([], tf.int64),
-                ], reduce_retracing=True, autograph=False)
+                ], reduce_retracing=True, autograph=False, jit_compile=self.jit_compile)
             self._functions[key] = fn
         return self._functions[key]
 
