@@ -36,7 +36,7 @@ from mcdrop._validation import check_float, check_int, invalid
 from mcdrop.engine import inputs as _inputs
 from mcdrop.engine._plan import count_rows
 from mcdrop.engine._summarise import PieceSummary, ReducedStep, join_rows
-from mcdrop.engine.sampler import CPU_ROW_PASSES, plan_chunks
+from mcdrop.engine.sampler import CPU_ROW_PASSES, charged_width, plan_chunks
 
 __all__ = ["predict_adaptive", "SampleCountWarning", "DEFAULT_CHUNK", "MIN_SAMPLES"]
 
@@ -103,7 +103,8 @@ def run_adaptive(engine, x, *, num_samples, tolerance, max_samples, return_sampl
     tolerance, max_samples, row_offset = _check_args(x, num_samples, tolerance, max_samples, row_offset)
     chunk = min(engine.passes_per_chunk or DEFAULT_CHUNK, max_samples)
     n = None if _inputs.is_streaming(x) else count_rows(x)
-    rows, _ = plan_chunks(n, max_samples, engine._widest, engine.memory_budget, batch_size or engine.batch_size,
+    rows, _ = plan_chunks(n, max_samples, charged_width(engine._widths, chunk), engine.memory_budget,
+                          batch_size or engine.batch_size,
                           chunk, row_passes=None if engine._on_accelerator else CPU_ROW_PASSES)
     seed, seed_pair = engine._seed_pair()
     step = ReducedStep(engine, seed_pair, keep_samples=return_samples)

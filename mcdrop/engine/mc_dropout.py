@@ -29,7 +29,8 @@ from mcdrop.engine._summarise import (Chunks, MemorySink, PieceSummary, RawStep,
 from mcdrop.engine.adaptive import predict_adaptive
 from mcdrop.engine.graph import functional_of
 from mcdrop.engine.rates import resolve_rates
-from mcdrop.engine.sampler import CPU_ROW_PASSES, CompiledSampler, ModelFailedError, plan_chunks, widest_activation
+from mcdrop.engine.sampler import (CPU_ROW_PASSES, CompiledSampler, ModelFailedError, charged_width, pass_widths,
+                                   plan_chunks)
 from mcdrop.engine.view import build_view, output_activations
 from mcdrop.predictive import MASK_MODES
 
@@ -89,7 +90,10 @@ class MCDropout:
         Accept a model with no stochastic layer (all passes then agree). Off by default, since it
         is usually a mistake that would silently report zero uncertainty.
     batch_size, passes_per_chunk : int, optional
-        Rows and passes per compiled call; chosen under ``memory_budget`` when omitted.
+        Rows and passes per compiled call. When omitted: all T passes per call and as many rows as
+        ``memory_budget`` allows (the layers before the first stochastic layer charged once per row,
+        the rest once per row and pass), and on a CPU at most ``CPU_ROW_PASSES`` row-passes per call
+        (:mod:`mcdrop.engine.sampler`), a fixed amount of work, so memory does not grow with T.
     memory_budget : int, default 512 MiB
         Bytes of activations a compiled call may hold.
     run_eagerly : bool, default False
@@ -167,7 +171,7 @@ class MCDropout:
         self._rules = HeadRules(has_graph=functional_of(model) is not None, activations=self._activations,
                                 given=(task, outputs, heteroscedastic), output_names=self._output_names)
         self._heads = None  # the heads of the last prediction, for `heads` (never read by a run)
-        self._widest = widest_activation(model)
+        self._widths = pass_widths(model, self.view.stochastic_ids)  # (per row and pass, per row once)
 
     # -- outputs ---------------------------------------------------------------------------------------
     def _outputs_structure(self):
@@ -217,9 +221,15 @@ class MCDropout:
         (across processes, say) reproduces its bits when each part starts at a multiple of ``rows``
         and is given ``row_offset`` and ``batch_size=rows``.
         """
-        return plan_chunks(num_rows, self.num_samples, self._widest, self.memory_budget,
-                           batch_size or self.batch_size, self.passes_per_chunk,
-                           row_passes=None if self._on_accelerator else CPU_ROW_PASSES)
+        passes = min(self.passes_per_chunk or self.num_samples, self.num_samples)
+        for _ in range(8):  # the trunk's share per row-pass grows as the passes per call shrink
+            rows, planned = plan_chunks(num_rows, self.num_samples, charged_width(self._widths, passes),
+                                        self.memory_budget, batch_size or self.batch_size, self.passes_per_chunk,
+                                        row_passes=None if self._on_accelerator else CPU_ROW_PASSES)
+            if planned >= passes:
+                break
+            passes = planned
+        return rows, planned
 
     def _progress(self, verbose, total, calls):
         """The progress bar, in rows (fractions of a row while its passes run), shown from the start.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -19,8 +20,8 @@ from mcdrop.engine.graph import functional_of, run_model
 from mcdrop.engine.noise import PassContext
 from mcdrop.engine.view import StochasticView, patched
 
-__all__ = ["CompiledSampler", "ModelFailedError", "plan_chunks", "widest_activation", "CPU_ROW_PASSES",
-           "MIN_ROWS"]
+__all__ = ["CompiledSampler", "ModelFailedError", "plan_chunks", "widest_activation", "pass_widths",
+           "charged_width", "CPU_ROW_PASSES", "MIN_ROWS"]
 
 
 class _OurTracesAreNotRetracing(logging.Filter):
@@ -54,11 +55,50 @@ def widest_activation(model) -> int:
     return max(width(known) * 8, 1024)
 
 
-#: Row-passes per compiled call when no accelerator is present: enough work for the CPU kernels to
-#: run at full speed, small enough to stay in cache (measured in benchmarks/engine.py), and the same
-#: whatever T is, so memory does not grow with the number of passes. On a GPU the whole memory
-#: budget is used instead.
-CPU_ROW_PASSES = 8192
+def pass_widths(model, stochastic_ids) -> tuple[int, int]:
+    """(values per row and pass, values per row computed once), for the memory plan.
+
+    For a Sequential model of plain layers, the layers before the first stochastic one run once per
+    row (the trunk) and the rest once per row and pass, so a call of r rows and P passes holds about
+    ``r * (trunk + P * tiled)`` values. Any other model is charged its widest activation per
+    row-pass and no trunk (:func:`widest_activation`): that over-counts a trunk no noise reaches but
+    never under-counts.
+    """
+    fallback = (widest_activation(model), 0)
+    layers = model.layers if isinstance(model, keras.Sequential) else None
+    if not layers or any(isinstance(layer, keras.Model) for layer in layers):
+        return fallback
+    try:
+        previous = math.prod(d or 64 for d in tuple(model.inputs[0].shape)[1:])
+        trunk, tiled, noisy = previous, 0, False
+        for layer in layers:
+            width = math.prod(d or 64 for d in tuple(layer.output.shape)[1:])
+            if id(layer) in stochastic_ids and not noisy:
+                noisy, tiled = True, previous  # the first stochastic layer's input is tiled too
+            if noisy:
+                tiled = max(tiled, width)
+            else:
+                trunk = max(trunk, width)
+            previous = width
+    except (AttributeError, ValueError, TypeError, IndexError):
+        return fallback
+    return (tiled, trunk) if noisy else fallback
+
+
+def charged_width(widths: tuple[int, int], passes: int) -> int:
+    """Values charged per row-pass for calls of ``passes`` passes: ``tiled + ceil(trunk / passes)``."""
+    tiled, trunk = widths
+    return tiled + -(-trunk // max(1, passes))
+
+
+#: Row-passes per compiled call when no accelerator is present, at most (the memory budget may allow
+#: fewer). Each call costs a fixed few milliseconds besides its work (dispatch, the reductions, the
+#: host's merge), and on the 2-core Xeon of ``benchmarks/engine.py`` the MLP ran 31% slower in calls
+#: of 8,192 row-passes than in one call of 50,000 (113 ms against 86 ms) and the CNN 55% slower; at
+#: about 1 µs per row-pass for the MLP, 65,536 row-passes make a call of some 65 ms, so the fixed
+#: cost stays near 5%. It is a number of row-passes, the same whatever T is, so memory does not grow
+#: with the number of passes. On a GPU the whole memory budget is used instead.
+CPU_ROW_PASSES = 65536
 
 #: Fewest rows a call runs all T passes for before passes are split into chunks.
 MIN_ROWS = 8
