@@ -30,6 +30,7 @@ import tensorflow as tf
 
 from mcdrop._validation import PROB_ATOL
 from mcdrop.accumulators import PassBlock
+from mcdrop.heads import ClassificationHead, RegressionHead
 
 __all__ = ["PassReducer"]
 
@@ -79,8 +80,8 @@ def _probabilities(x, outputs: str):
     return z, flags, sums
 
 
-def _classification(x, outputs):
-    p, flags, values = _probabilities(x, outputs)
+def _classification(x, head):
+    p, flags, values = _probabilities(x, head.outputs)
     first, s1, s2 = _moments(p)
     winners = tf.argmax(p, axis=-1, output_type=tf.int32)
     votes = tf.reduce_sum(tf.one_hot(winners, tf.shape(p)[-1], dtype=tf.int32), axis=1)
@@ -99,7 +100,8 @@ def _variances(s, parameterisation):
     return tf.square(tf.nn.softplus(s))
 
 
-def _regression(x, heteroscedastic):
+def _regression(x, head):
+    heteroscedastic = head.heteroscedastic
     if heteroscedastic is None:
         first, s1, s2 = _moments(tf.cast(x, tf.float64))
         none = tf.zeros_like(x[:, 0, :, 0], tf.float64)
@@ -114,6 +116,9 @@ def _regression(x, heteroscedastic):
             "bad": bad, "bad_value": bad_value}
 
 
+_REDUCTIONS = {ClassificationHead: _classification, RegressionHead: _regression}
+
+
 def _reduce(raw, valid, head):
     """The reductions of ``raw`` (R, Tc, n, ...), over its first ``valid`` passes, for ``head``."""
     x = raw[:, :valid]
@@ -122,10 +127,7 @@ def _reduce(raw, valid, head):
              "spread": tf.reduce_max(tf.abs(x - x[:, :1]), axis=[1, *axes])}
     if x.shape.rank == 3:
         x = x[..., None]
-    if head.task == "classification":
-        stats.update(_classification(x, head.outputs))
-    else:
-        stats.update(_regression(x, head.heteroscedastic))
+    stats.update(_REDUCTIONS[type(head)](x, head))
     return stats
 
 

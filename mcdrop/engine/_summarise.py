@@ -16,6 +16,7 @@ import numpy as np
 from mcdrop._validation import invalid
 from mcdrop.accumulators import PassBlock
 from mcdrop.engine._reduce import block_of
+from mcdrop.heads import RegressionHead
 from mcdrop.predictive import concatenate
 
 __all__ = ["ReducedStep", "RawStep", "PieceSummary", "MemorySink", "StoreSink", "make_accumulators",
@@ -25,7 +26,7 @@ __all__ = ["ReducedStep", "RawStep", "PieceSummary", "MemorySink", "StoreSink", 
 def make_accumulators(heads, return_samples, provenance) -> list:
     """One accumulator per output. Samples are kept when asked (``return_samples``), and by default for
     regression, whose predictive mixture needs them."""
-    return [head.accumulator(keep_samples=head.task == "regression" if return_samples is None else return_samples,
+    return [head.accumulator(keep_samples=head.keeps_samples_by_default if return_samples is None else return_samples,
                              provenance=provenance) for head in heads]
 
 
@@ -53,7 +54,7 @@ def join_rows(pieces) -> list:
 
 def _contract_error(head, bad: int, value: float, raw) -> ValueError:
     """The error for passes that break the head's contract (see :mod:`mcdrop.engine._reduce`)."""
-    if head.task == "regression":
+    if isinstance(head, RegressionHead):
         return invalid("heteroscedastic", "'variance' outputs >= 0 (use 'log_variance' or 'softplus_std' for "
                        "unconstrained outputs)", head.heteroscedastic)
     if raw.shape[-1] == 1 or raw.ndim == 2:
@@ -80,7 +81,7 @@ class ReducedStep:
 
     def _keeps(self, head) -> bool:
         keep = self.keep_samples
-        return head.task == "regression" if keep is None else keep
+        return head.keeps_samples_by_default if keep is None else keep
 
     def __call__(self, group, indices, valid):
         engine = self.engine
