@@ -16,8 +16,9 @@ from mcdrop.engine._plan import Piece
 from mcdrop.engine._reduce import PassReducer
 from mcdrop.engine._runner import RetryRunner
 from mcdrop.engine._summarise import PieceSummary
-from mcdrop.engine.sampler import CompiledSampler, ModelFailedError
+from mcdrop.engine.sampler import ModelFailedError
 from tests.engine.conftest import L, mlp
+from tests.engine.test_compiled_sampler import _count_calls
 
 X = np.random.default_rng(0).standard_normal((23, 8)).astype("float32")
 
@@ -209,14 +210,7 @@ def test_retry_runner_halves_pieces_on_out_of_memory_keeps_row_order_and_warns_o
 
 
 def test_compiled_calls_still_count_one_per_block(monkeypatch):
-    calls = [0]
-    original = CompiledSampler.__call__
-
-    def counting(self, *args, **kwargs):
-        calls[0] += 1
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(CompiledSampler, "__call__", counting)
+    calls = _count_calls(monkeypatch)
     mc = mcdrop.MCDropout(mlp(), num_samples=10, seed=0, verbose=0, batch_size=10)
     mc.predict(X)
     mc.predict(X)
