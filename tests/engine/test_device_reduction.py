@@ -216,3 +216,21 @@ def test_compiled_calls_still_count_one_per_block(monkeypatch):
     mc.predict(X)
     assert calls == [6]  # 3 blocks, twice; the reductions are a separate compiled function
     assert mc._reducer.traces == 1
+
+
+class LogOfFirstFeature(L.Layer):
+    def call(self, x):
+        return x + tf.math.log(tf.abs(x[:, :1]))  # -inf exactly where the first feature is 0
+
+
+def test_a_failed_prediction_to_disk_leaves_no_half_written_store(tmp_path):
+    inp = keras.Input((8,))
+    model = keras.Model(inp, L.Dense(3, activation="softmax")(L.Dropout(0.5)(LogOfFirstFeature()(inp))))
+    x = X.copy()
+    x[7, 0] = 0.0  # in the second block of 5 rows: the first block is written before the error
+    mc = mcdrop.MCDropout(model, num_samples=4, seed=0, verbose=0, batch_size=5)
+    with pytest.raises(ValueError, match=r"Invalid model output: 1 of 5 row\(s\) of `x` gave NaN or infinite"):
+        mc.predict(x, out=tmp_path / "store")
+    assert not (tmp_path / "store").exists()
+    pred = mc.predict(x[:5], out=tmp_path / "store")  # and the folder is free for the next run
+    assert pred.mean.shape == (5, 3)
