@@ -112,11 +112,11 @@ def profile(workload, repeats: int, passes: int = T) -> dict:
     engine.predict(x, batch_size=rows)  # decides the heads
     samples = engine.sample(x, batch_size=rows)
 
-    passes = tf.constant(samples[None])  # (1, T, N, C): one block, as the compiled step leaves it
+    block = tf.constant(samples[None])  # (1, T, N, C): one block, as the compiled step leaves it
 
     def reductions():
         for head in engine.heads:
-            engine._reducer(head, passes, passes.shape[1])
+            engine._reducer(head, block, block.shape[1])
 
     candidates = {
         "floor": base["floor"],
