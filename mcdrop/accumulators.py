@@ -14,6 +14,10 @@ An accumulator's :meth:`result` is a plain named tuple of arrays
 of :mod:`mcdrop.predictive` are built from it (``from_statistics``) one layer up, so this
 module never imports them.
 
+The engine itself reduces each block's passes on the device and hands the accumulators a
+:class:`PassBlock` (the block's first pass and sums shifted by it, entropy sums, votes); ``merge``
+adds it after the passes fed so far with :meth:`ShiftedMoments.merge`, in pass order, in float64.
+
 Memory is O(N·C) unless samples are kept.
 """
 
