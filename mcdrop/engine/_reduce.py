@@ -125,6 +125,8 @@ _REDUCTIONS = {ClassificationHead: _classification, RegressionHead: _regression}
 def _reduce(raw, valid, head):
     """The reductions of ``raw`` (R, Tc, n, ...), over its first ``valid`` passes, for ``head``."""
     x = raw[:, :valid]
+    if not x.dtype.is_floating:  # an integer or boolean output: read as float64, always finite
+        x = tf.cast(x, tf.float64)
     axes = list(range(3, x.shape.rank))
     stats = {"nonfinite": tf.reduce_any(~tf.math.is_finite(x), axis=[1, *axes]),
              "spread": tf.reduce_max(tf.abs(x - x[:, :1]), axis=[1, *axes])}

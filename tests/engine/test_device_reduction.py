@@ -234,3 +234,17 @@ def test_a_failed_prediction_to_disk_leaves_no_half_written_store(tmp_path):
     assert not (tmp_path / "store").exists()
     pred = mc.predict(x[:5], out=tmp_path / "store")  # and the folder is free for the next run
     assert pred.mean.shape == (5, 3)
+
+
+def test_an_integer_output_is_reduced_as_float64():
+    class Rounded(L.Layer):
+        def call(self, x):
+            return tf.cast(tf.round(10 * x), tf.int32)
+
+    inp = keras.Input((8,))
+    model = keras.Model(inp, Rounded()(L.Dense(2)(L.Dropout(0.5)(inp))))
+    mc = mcdrop.MCDropout(model, num_samples=6, seed=0, verbose=0, task="regression")
+    samples = mc.sample(X).astype(np.float64)
+    pred = mc.predict(X, return_samples=False)
+    np.testing.assert_allclose(pred.mean, samples.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(pred.epistemic_variance, samples.var(axis=0), rtol=1e-9, atol=1e-12)
