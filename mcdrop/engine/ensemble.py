@@ -86,7 +86,7 @@ class Ensemble:
         Member m draws its masks with a seed derived from ``(seed, m)``. With a seed results are
         bit-identical run to run and for any batching of an input stream; without one, each call
         draws a fresh seed (recorded on the prediction).
-    task, outputs, heteroscedastic, mask, gaussian_noise, rate, batch_size, passes_per_chunk, memory_budget, run_eagerly, strategy
+    task, outputs, heteroscedastic, mask, gaussian_noise, rate, batch_size, passes_per_chunk, memory_budget, run_eagerly, strategy, jit_compile
         As for :class:`~mcdrop.MCDropout`, applied to every member (a per-output value applies per
         output of each member). ``rate`` only with ``num_samples > 1``.
     member_options : sequence of dict, optional
@@ -108,7 +108,7 @@ class Ensemble:
                  heteroscedastic=None, mask: str = "consistent", gaussian_noise: bool = False, rate=None,
                  batch_size: int | None = None, passes_per_chunk: int | None = None,
                  memory_budget: int = _DEFAULT_BUDGET, run_eagerly: bool = False, verbose="auto", strategy=None,
-                 member_options=None):
+                 member_options=None, jit_compile=False):
         if isinstance(models, keras.Model) or not isinstance(models, Sequence) or not len(models):
             raise invalid("models", "a non-empty list of keras.Model", models, error=TypeError)
         for i, model in enumerate(models):
@@ -125,7 +125,8 @@ class Ensemble:
             raise invalid("rate", "None with num_samples=1 (deep-ensemble members run without dropout)", rate)
         options = dict(task=task, outputs=outputs, heteroscedastic=heteroscedastic, mask=mask,
                        gaussian_noise=gaussian_noise, batch_size=batch_size, passes_per_chunk=passes_per_chunk,
-                       memory_budget=memory_budget, run_eagerly=run_eagerly, verbose=0, strategy=strategy)
+                       memory_budget=memory_budget, run_eagerly=run_eagerly, verbose=0, strategy=strategy,
+                       jit_compile=jit_compile)
         if self.num_samples == 1:
             options.update(rate=0.0, allow_deterministic=True, gaussian_noise=False)
         else:

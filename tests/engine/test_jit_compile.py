@@ -55,3 +55,11 @@ def test_xla_and_plain_runs_draw_differently_but_agree_within_monte_carlo_error(
     xla = mcdrop.MCDropout(model, num_samples=400, seed=0, verbose=0, jit_compile=True).predict(X)
     se = np.sqrt(plain.standard_error ** 2 + xla.standard_error ** 2)
     assert np.all(np.abs(plain.mean - xla.mean) <= 5 * se + 1e-9)
+
+
+def test_an_ensemble_passes_jit_compile_to_its_members():
+    from mcdrop import Ensemble
+
+    ensemble = Ensemble([mlp(), mlp()], num_samples=3, seed=0, jit_compile=True)
+    assert all(member.sampler.jit_compile is True for member in ensemble.members)
+    assert Ensemble([mlp()], num_samples=3).members[0].sampler.jit_compile is False
