@@ -88,7 +88,7 @@ def measure(workload, repeats: int, passes: int = T) -> dict:
 
 
 def profile(workload, repeats: int, passes: int = T) -> dict:
-    """Where mcdrop's time goes beyond the floor, with public APIs only.
+    """Where mcdrop's time goes beyond the floor.
 
     floor               the true floor (no masks, no statistics)
     floor + masks       the same split with Keras' own dropout on in the tiled part: masks as
@@ -97,8 +97,8 @@ def profile(workload, repeats: int, passes: int = T) -> dict:
                         no BatchNormalization after the first dropout, as the MLP)
     sample, one block   ``MCDropout.sample(x, batch_size=N)``: the compiled call, the copy to the
                         host, the finiteness check, no statistics
-    host statistics     the engine's own head and accumulator (``MCDropout.heads``,
-                        ``mcdrop.accumulators``) fed the (T, N, C) passes already on the host
+    reductions          the engine's reductions over the passes (``MCDropout._reducer``, one
+                        compiled function per head) of a block's (T, N, C) passes already computed
     predict, one block  ``predict(x, batch_size=N)``: sample plus statistics
     predict, default    ``predict(x)``: the default chunking on top
     """
@@ -112,19 +112,17 @@ def profile(workload, repeats: int, passes: int = T) -> dict:
     engine.predict(x, batch_size=rows)  # decides the heads
     samples = engine.sample(x, batch_size=rows)
 
-    def host_statistics():
+    block = tf.constant(samples[None])  # (1, T, N, C): one block, as the compiled step leaves it
+
+    def reductions():
         for head in engine.heads:
-            acc = head.accumulator(keep_samples=False, provenance={})
-            if mcdrop.accumulators.nonfinite_rows(samples):
-                raise ValueError("non-finite passes")
-            head.update(acc, samples)
-            acc.result()
+            engine._reducer(head, block, block.shape[1])
 
     candidates = {
         "floor": base["floor"],
         "floor + masks": lambda: masked_fn(xt).numpy(),
         "sample, one block": lambda: engine.sample(x, batch_size=rows),
-        "host statistics": host_statistics,
+        "reductions": reductions,
         "predict, one block": lambda: engine.predict(x, batch_size=rows),
         "predict, default": lambda: engine.predict(x),
     }
@@ -136,9 +134,9 @@ def profile(workload, repeats: int, passes: int = T) -> dict:
     print(f"  Keras' masks over the floor:         {ms['floor + masks'] - ms['floor']:7.1f} ms")
     print(f"  mcdrop's masks, transfer and checks (sample, one block - floor): "
           f"{ms['sample, one block'] - ms['floor']:7.1f} ms")
-    print(f"  statistics (predict - sample, one block): "
+    print(f"  statistics (predict - sample, one block; sample copies every pass to the host, predict does not): "
           f"{ms['predict, one block'] - ms['sample, one block']:7.1f} ms "
-          f"(host statistics alone: {ms['host statistics']:.1f} ms)")
+          f"(the reductions alone: {ms['reductions']:.1f} ms)")
     print(f"  default chunking ({chunk_rows} rows x {chunk_passes} passes per call) over one block: "
           f"{ms['predict, default'] - ms['predict, one block']:7.1f} ms")
     return {"name": workload.name, "rows": rows, "passes": passes, "chunk": [chunk_rows, chunk_passes],

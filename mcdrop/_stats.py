@@ -113,6 +113,31 @@ class ShiftedMoments:
         self._sum_sq = add_in_order(self._sum_sq, d * d)
         self.count += chunk.shape[0]
 
+    def merge(self, count: int, first: np.ndarray, sum_: np.ndarray, sum_sq: np.ndarray) -> None:
+        r"""Add a block of ``count`` passes summarised by its own first pass :math:`f` and its sums
+        shifted by it, :math:`s_k = \sum_t (x_t - f)^k` (what the engine's compiled step returns).
+
+        With :math:`\delta = f - x_0` (the running shift :math:`x_0`, the first block's first pass),
+
+        .. math::
+
+            S_1 \mathrel{+}= s_1 + n\,\delta, \qquad
+            S_2 \mathrel{+}= s_2 + \delta\,(2 s_1 + n\,\delta),
+
+        exact algebra in which every term is of the size of the spread, never of the offset (both
+        shifts are passes), so the stability of :meth:`update` is kept; identical passes still give
+        exactly 0. Blocks are merged in pass order, in float64.
+        """
+        first = np.asarray(first, dtype=np.float64)
+        sum_, sum_sq = np.asarray(sum_, dtype=np.float64), np.asarray(sum_sq, dtype=np.float64)
+        if self.shift is None:
+            self.shift, self._sum, self._sum_sq = first.copy(), sum_.copy(), sum_sq.copy()
+        else:
+            delta = first - self.shift
+            self._sum = self._sum + (sum_ + count * delta)
+            self._sum_sq = self._sum_sq + (sum_sq + delta * (2.0 * sum_ + count * delta))
+        self.count += int(count)
+
     def mean(self) -> np.ndarray:
         """(...): the mean over passes."""
         return shifted_mean(self.shift, self._sum, self.count)

@@ -14,6 +14,10 @@ An accumulator's :meth:`result` is a plain named tuple of arrays
 of :mod:`mcdrop.predictive` are built from it (``from_statistics``) one layer up, so this
 module never imports them.
 
+The engine itself reduces each block's passes on the device and hands the accumulators a
+:class:`PassBlock` (the block's first pass and sums shifted by it, entropy sums, votes); ``merge``
+adds it after the passes fed so far with :meth:`ShiftedMoments.merge`, in pass order, in float64.
+
 Memory is O(N·C) unless samples are kept.
 """
 
@@ -27,6 +31,7 @@ from mcdrop._stats import ShiftedMoments, add_in_order, entropy, vote_counts
 from mcdrop._validation import PROB_ATOL, invalid, nonfinite_row_indices
 
 __all__ = [
+    "PassBlock",
     "ClassificationAccumulator",
     "RegressionAccumulator",
     "ClassificationStatistics",
@@ -88,6 +93,35 @@ class RegressionStatistics(NamedTuple):
     sample_variances: np.ndarray | None
 
 
+class PassBlock(NamedTuple):
+    """The passes of one block of rows reduced over the passes (what the engine's compiled step returns
+    instead of the passes themselves, so only O(N·C) per block reaches the host).
+
+    Attributes
+    ----------
+    count : int
+        How many passes the block holds.
+    first : ndarray of shape (N, ...)
+        The block's first pass (probabilities, or predicted means), its shift.
+    sum, sum_sq : ndarray of shape (N, ...)
+        :math:`\\sum_t (x_t - x_{first})` and :math:`\\sum_t (x_t - x_{first})^2`, float64.
+    sum_entropy : ndarray of shape (N,) or None
+        Classification: the sum over the block's passes of the per-pass entropy, in nats.
+    votes : ndarray of shape (N, C) or None
+        Classification: how many of the block's passes put each class first.
+    sum_variance : ndarray of shape (N, D) or None
+        Gaussian regression head: the sum over passes of the predicted variances.
+    """
+
+    count: int
+    first: np.ndarray
+    sum: np.ndarray
+    sum_sq: np.ndarray
+    sum_entropy: np.ndarray | None = None
+    votes: np.ndarray | None = None
+    sum_variance: np.ndarray | None = None
+
+
 class _Accumulator:
     """Shared bookkeeping: pass count, optional kept samples."""
 
@@ -95,10 +129,22 @@ class _Accumulator:
         self.keep_samples = keep_samples
         self.count = 0
         self._kept: list[np.ndarray] = []
+        self._kept_var: list[np.ndarray] = []
 
     def _keep(self, chunk: np.ndarray) -> None:
         if self.keep_samples:
             self._kept.append(np.array(chunk, copy=True))
+
+    def keep(self, samples: np.ndarray, variances: np.ndarray | None = None) -> None:
+        """Keep one chunk of per-pass values (T_chunk, N, ...) for ``result().samples`` when the accumulator
+        keeps samples (their statistics come from :meth:`merge`)."""
+        self._keep(samples)
+        if variances is not None and self.keep_samples:
+            self._kept_var.append(np.array(variances, copy=True))
+
+    def _merge_count(self, block: PassBlock) -> None:
+        self._moments.merge(block.count, block.first, block.sum, block.sum_sq)
+        self.count += int(block.count)
 
     def _samples(self) -> np.ndarray | None:
         if not self.keep_samples or not self._kept:
@@ -140,6 +186,17 @@ class ClassificationAccumulator(_Accumulator):
         self.count += probs.shape[0]
         self._keep(probs)
 
+    def merge(self, block: PassBlock) -> None:
+        """Add a block of passes already reduced (:class:`PassBlock`), after those fed so far."""
+        if self._votes is None:
+            self._votes = np.zeros(block.votes.shape, dtype=np.int64)
+        elif block.votes.shape != self._votes.shape:
+            raise invalid("block", f"passes of shape (T, {', '.join(map(str, self._votes.shape))})", block.votes)
+        self._merge_count(block)
+        self._sum_entropy = (np.array(block.sum_entropy, dtype=np.float64) if self._sum_entropy is None
+                             else self._sum_entropy + block.sum_entropy)
+        self._votes += block.votes
+
     def result(self) -> ClassificationStatistics:
         """The statistics of the passes fed so far."""
         self._check_started()
@@ -163,7 +220,6 @@ class RegressionAccumulator(_Accumulator):
         super().__init__(keep_samples=keep_samples)
         self.heteroscedastic = heteroscedastic
         self._moments, self._sum_var, self._shape = ShiftedMoments(), None, None
-        self._kept_var: list[np.ndarray] = []
 
     def update(self, means: np.ndarray, variances: np.ndarray | None = None) -> None:
         means = np.asarray(means)
@@ -193,6 +249,19 @@ class RegressionAccumulator(_Accumulator):
         self._keep(means)
         if self.keep_samples and variances is not None:
             self._kept_var.append(np.array(variances, copy=True))
+
+    def merge(self, block: PassBlock) -> None:
+        """Add a block of passes already reduced (:class:`PassBlock`), after those fed so far."""
+        if self.heteroscedastic != (block.sum_variance is not None):
+            raise invalid("block", f"summed variances exactly when heteroscedastic={self.heteroscedastic}", block)
+        if self._shape is None:
+            self._shape = block.first.shape
+            self._sum_var = np.zeros(self._shape)
+        elif block.first.shape != self._shape:
+            raise invalid("block", f"passes of shape (T, {', '.join(map(str, self._shape))})", block.first)
+        self._merge_count(block)
+        if block.sum_variance is not None:
+            self._sum_var = self._sum_var + block.sum_variance
 
     def result(self) -> RegressionStatistics:
         """The statistics of the passes fed so far."""

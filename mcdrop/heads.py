@@ -29,7 +29,7 @@ from mcdrop._validation import check_choice, invalid
 from mcdrop.accumulators import ClassificationAccumulator, RegressionAccumulator
 from mcdrop.predictive import ClassificationPrediction, RegressionPrediction
 
-__all__ = ["Head", "HETEROSCEDASTIC", "TASKS", "OUTPUTS"]
+__all__ = ["Head", "ClassificationHead", "RegressionHead", "HETEROSCEDASTIC", "TASKS", "OUTPUTS"]
 
 TASKS = ("classification", "regression")
 OUTPUTS = ("probs", "logits")
@@ -50,36 +50,69 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Head:
-    """How to read one model output."""
+    """How to read one model output.
+
+    ``Head(task, outputs, heteroscedastic)`` gives the head type of the task — a
+    :class:`ClassificationHead` or a :class:`RegressionHead` — which carries the behaviour: what a
+    pass holds, the accumulator and what it keeps by default. Callers never branch on the task string.
+    """
 
     task: str
     outputs: str | None = None  # classification only
     heteroscedastic: str | None = None  # regression only
 
+    def __new__(cls, task=None, outputs=None, heteroscedastic=None):
+        if cls is Head:
+            cls = _HEAD_TYPES.get(task, cls)
+        return super().__new__(cls)
+
     def __post_init__(self):
         check_choice(self.task, "task", TASKS)
-        if self.task == "classification":
-            check_choice(self.outputs, "outputs", OUTPUTS)
-            if self.heteroscedastic is not None:
-                raise invalid("heteroscedastic", "None for a classification model (a Gaussian head is a "
-                              "regression head)", self.heteroscedastic)
-        elif self.heteroscedastic is not None:
-            check_choice(self.heteroscedastic, "heteroscedastic", HETEROSCEDASTIC)
+
+    #: Whether a prediction keeps the per-pass values when not asked (``return_samples=None``).
+    keeps_samples_by_default = False
 
     def accumulator(self, *, keep_samples: bool, provenance: dict) -> "Summary":
         """The running summary of this output's passes, whose ``result()`` is its prediction."""
-        if self.task == "classification":
-            return Summary(ClassificationAccumulator(keep_samples=keep_samples), ClassificationPrediction,
-                           {**provenance, "outputs": self.outputs})
-        return Summary(RegressionAccumulator(heteroscedastic=self.heteroscedastic is not None,
-                                             keep_samples=keep_samples), RegressionPrediction, provenance)
+        raise NotImplementedError
 
     def update(self, accumulator, raw: np.ndarray) -> None:
         """Feed one chunk of raw per-pass outputs (T_chunk, n, ...) to ``accumulator``."""
-        if self.task == "classification":
-            accumulator.update(self.probabilities(raw))
-        else:
-            accumulator.update(*self.gaussian(raw))
+        accumulator.update(*self._values(raw))
+
+    def per_pass(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """What a kept sample holds per pass: class probabilities, or the predicted means and (Gaussian
+        head) variances, each (T, n, ...); None where a head has no variances."""
+        values = self._values(raw)
+        return values[0], values[1] if len(values) > 1 else None
+
+    def check_shape(self, raw) -> None:
+        """Refuse raw outputs (T, n, ...) this head cannot read, before any statistic is computed."""
+
+    def _values(self, raw) -> tuple:
+        raise NotImplementedError
+
+
+class ClassificationHead(Head):
+    """A classifier's output: class probabilities, or logits turned into them per pass."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice(self.outputs, "outputs", OUTPUTS)
+        if self.heteroscedastic is not None:
+            raise invalid("heteroscedastic", "None for a classification model (a Gaussian head is a "
+                          "regression head)", self.heteroscedastic)
+
+    def accumulator(self, *, keep_samples: bool, provenance: dict) -> "Summary":
+        return Summary(ClassificationAccumulator(keep_samples=keep_samples), ClassificationPrediction,
+                       {**provenance, "outputs": self.outputs})
+
+    def check_shape(self, raw) -> None:
+        if len(tuple(raw.shape)) > 3:
+            raise invalid("probs", "per-pass probabilities of shape (T, N, C)", raw)
+
+    def _values(self, raw) -> tuple:
+        return (self.probabilities(raw),)
 
     def probabilities(self, raw: np.ndarray) -> np.ndarray:
         """Per-pass class probabilities (T, n, C) from raw outputs."""
@@ -94,6 +127,30 @@ class Head:
             p = np.clip(p, 0.0, 1.0)
             return np.concatenate([1.0 - p, p], axis=-1)
         return _softmax(raw) if self.outputs == "logits" else raw
+
+
+class RegressionHead(Head):
+    """A regression output: per-pass means, or (``heteroscedastic``) a mean half and a variance half."""
+
+    keeps_samples_by_default = True  # the predictive mixture's quantiles need the passes
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.heteroscedastic is not None:
+            check_choice(self.heteroscedastic, "heteroscedastic", HETEROSCEDASTIC)
+
+    def accumulator(self, *, keep_samples: bool, provenance: dict) -> "Summary":
+        return Summary(RegressionAccumulator(heteroscedastic=self.heteroscedastic is not None,
+                                             keep_samples=keep_samples), RegressionPrediction, provenance)
+
+    def check_shape(self, raw) -> None:
+        shape = tuple(raw.shape)
+        if self.heteroscedastic is not None and (len(shape) < 3 or shape[-1] % 2):
+            raise invalid("heteroscedastic", "a model output with a mean half and a variance half (an even "
+                          "number of units on the last axis)", raw)
+
+    def _values(self, raw) -> tuple:
+        return self.gaussian(raw)
 
     def gaussian(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Per-pass means and (for a Gaussian head) variances, each (T, n, D)."""
@@ -121,6 +178,9 @@ class Head:
         return mean, var
 
 
+_HEAD_TYPES = {"classification": ClassificationHead, "regression": RegressionHead}
+
+
 class Summary:
     """An accumulator and the provenance its prediction carries: what the engine feeds pass chunk by pass
     chunk (``update``) and reads as a prediction (``result``). The accumulator returns plain statistics;
@@ -133,6 +193,18 @@ class Summary:
 
     def update(self, *arrays: np.ndarray) -> None:
         self.accumulator.update(*arrays)
+
+    def merge(self, block) -> None:
+        """Add a block of passes reduced on the device (:class:`~mcdrop.accumulators.PassBlock`)."""
+        self.accumulator.merge(block)
+
+    def keep(self, samples: np.ndarray, variances: np.ndarray | None = None) -> None:
+        """Keep one chunk of per-pass values for the prediction's ``samples`` (when asked)."""
+        self.accumulator.keep(samples, variances)
+
+    @property
+    def keep_samples(self) -> bool:
+        return self.accumulator.keep_samples
 
     def result(self):
         """The prediction of the passes fed so far."""

@@ -138,6 +138,24 @@ class PredictionWriter:
         for appender in self._files.values():
             appender.close(sync=sync)
 
+    def __enter__(self) -> "PredictionWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """On success, close the files. On an error, remove what this writer wrote (its ``.npy`` files,
+        ``meta.json`` and its temporary file, and the folder when that leaves it empty), so nothing
+        half-written stays, and let the error propagate. A :class:`StoreFullError` is the exception:
+        its message promises the rows written before stay readable, and they do."""
+        self._close_files()
+        if exc_type is None or issubclass(exc_type, StoreFullError):
+            return
+        for path in [appender.path for appender in self._files.values()] + [self.path / "meta.json",
+                                                                               self.path / "meta.json.tmp"]:
+            path.unlink(missing_ok=True)
+        self._files, self._meta = {}, None
+        if self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()
+
     def close(self):
         """Finish the store and open it (memory-mapped)."""
         if self._meta is None:

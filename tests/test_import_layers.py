@@ -28,11 +28,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mcdrop"
 
 
 #: Lazy imports allowed to close a cycle, with the reason. Keep this short; each entry is debt.
-ALLOWED_LAZY_CYCLE_EDGES = {
-    ("mcdrop.engine.mc_dropout", "mcdrop.engine.adaptive"):
-        "adaptive T is built on the engine's feed and planner; `MCDropout.predict(tolerance=...)` hands over "
-        "to it (to be undone when the engine's orchestration is split, issue 13 item 4)",
-}
+ALLOWED_LAZY_CYCLE_EDGES: dict[tuple[str, str], str] = {}
 
 
 def _module_name(path: Path) -> str:

@@ -92,3 +92,42 @@ def test_accumulators_bit_identical_under_any_chunking(chunks):
     np.testing.assert_array_equal(reg.result().mean, reg_whole.result().mean)
     np.testing.assert_array_equal(cls.result().variance, cls_whole.result().variance)
     np.testing.assert_array_equal(cls.result().mean, cls_whole.result().mean)
+
+
+def _blocks(x, sizes):
+    """Each block of passes as the engine's device reduction gives it: its first pass and sums shifted by it."""
+    start = 0
+    for size in sizes:
+        block = x[start:start + size].astype(np.float64)
+        d = block - block[0]
+        yield size, block[0], d.sum(axis=0), (d * d).sum(axis=0)
+        start += size
+
+
+@pytest.mark.parametrize("offset", [1e0, 1e4, 1e8, 1e10])
+@pytest.mark.parametrize("sizes", [[50], [7] * 7 + [1], [1] * 50, [3, 40, 7]])
+def test_merged_blocks_match_numpy_at_any_offset(offset, sizes):
+    rng = np.random.default_rng(int(np.log10(offset)) + len(sizes))
+    x = offset + offset * 1e-4 * rng.standard_normal((50, 6, 2))
+    merged = ShiftedMoments()
+    for block in _blocks(x, sizes):
+        merged.merge(*block)
+    assert merged.count == 50
+    np.testing.assert_allclose(merged.variance(), np.var(x, axis=0), rtol=1e-9, atol=0)
+    np.testing.assert_allclose(merged.mean(), np.mean(x, axis=0), rtol=0, atol=1e-13 * offset)
+
+
+def test_merged_blocks_of_two_passes_far_from_zero_keep_their_variance():
+    x = np.array([[[1e8 + 0.01]], [[1e8 - 0.01]]])
+    merged = ShiftedMoments()
+    for block in _blocks(x, [1, 1]):
+        merged.merge(*block)
+    np.testing.assert_allclose(merged.variance(), ((x[0] - x[1]) / 2) ** 2, rtol=1e-12)
+
+
+@pytest.mark.parametrize("value", [0.1, 1.0 / 3.0, 1e10 + 0.5])
+def test_merged_identical_passes_have_exactly_zero_variance(value):
+    merged = ShiftedMoments()
+    for block in _blocks(np.full((20, 3), value), [6, 6, 8]):
+        merged.merge(*block)
+    assert np.all(merged.variance() == 0.0) and np.all(merged.mean() == value)

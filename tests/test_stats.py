@@ -137,3 +137,24 @@ def test_regression_scores_of_an_array_are_numpys_variance_and_equal_those_of_it
     for score in (acq.predictive_variance, acq.epistemic_variance):
         np.testing.assert_allclose(score(mu), expected, rtol=1e-9)
         np.testing.assert_array_equal(score(mu), score(pred))
+
+
+def test_a_head_is_the_type_of_its_task_and_carries_its_behaviour():
+    import pickle
+
+    from mcdrop.heads import ClassificationHead, Head, RegressionHead
+
+    clf, reg = Head("classification", "logits"), Head("regression", heteroscedastic="log_variance")
+    assert type(clf) is ClassificationHead and type(reg) is RegressionHead
+    assert not clf.keeps_samples_by_default and reg.keeps_samples_by_default  # the mixture needs the passes
+    assert clf == Head("classification", "logits") and hash(clf) == hash(Head("classification", "logits"))
+    assert pickle.loads(pickle.dumps(reg)) == reg
+    with pytest.raises(ValueError, match=r"argument `task`: expected one of"):
+        Head("ranking")
+    raw = np.array([[[0.0, 0.0]], [[1.0, 2.0]]])  # two passes, one row
+    probs, none = clf.per_pass(raw)
+    np.testing.assert_allclose(probs[1, 0], [1 / (1 + np.e), np.e / (1 + np.e)])
+    assert none is None
+    means, variances = reg.per_pass(raw)
+    np.testing.assert_array_equal(means[..., 0], [[0.0], [1.0]])
+    np.testing.assert_allclose(variances[..., 0], [[1.0], [np.exp(2.0)]])

@@ -34,8 +34,9 @@ import numpy as np
 
 from mcdrop._validation import check_float, check_int, invalid
 from mcdrop.engine import inputs as _inputs
-from mcdrop.engine.mc_dropout import _count_rows, feed, make_accumulators, pieces_to
-from mcdrop.engine.sampler import CPU_ROW_PASSES, plan_chunks
+from mcdrop.engine._plan import count_rows
+from mcdrop.engine._summarise import PieceSummary, ReducedStep, join_rows
+from mcdrop.engine.sampler import CPU_ROW_PASSES, charged_width, plan_chunks
 
 __all__ = ["predict_adaptive", "SampleCountWarning", "DEFAULT_CHUNK", "MIN_SAMPLES"]
 
@@ -67,13 +68,21 @@ def predict_adaptive(engine, x, *, num_samples, tolerance, max_samples, return_s
     Parameters are those of :meth:`MCDropout.predict <mcdrop.MCDropout.predict>`. ``x`` is read
     once per chunk of passes, so it must be an array (or list/dict of arrays) or a re-iterable
     dataset, not a one-shot iterator. Memory: the running sums of every row, O(N·C), plus one
-    chunk's outputs, O(c·N·C); with ``out`` the final prediction is written to the store.
+    chunk's reductions, O(N·C) (and its passes when samples are kept); with ``out`` the final
+    prediction is written to the store.
 
     Returns
     -------
     ClassificationPrediction or RegressionPrediction (list/dict for multi-output models)
         ``num_samples`` is the T the run stopped at.
     """
+    results, _ = run_adaptive(engine, x, num_samples=num_samples, tolerance=tolerance, max_samples=max_samples,
+                              return_samples=return_samples, batch_size=batch_size, verbose=verbose, out=out,
+                              overwrite=overwrite, row_offset=row_offset)
+    return engine._pack_outputs(results)
+
+
+def _check_args(x, num_samples, tolerance, max_samples, row_offset):
     if num_samples != "auto":
         raise invalid("num_samples", "'auto' (a fixed T is set on the engine: MCDropout(model, num_samples=T))",
                       num_samples)
@@ -85,51 +94,58 @@ def predict_adaptive(engine, x, *, num_samples, tolerance, max_samples, return_s
     if _inputs.is_streaming(x) and iter(x) is x:
         raise invalid("x", "arrays or a re-iterable dataset with num_samples='auto' (it is read once per "
                       "chunk of passes)", x, error=TypeError)
+    return tolerance, max_samples, row_offset
+
+
+def run_adaptive(engine, x, *, num_samples, tolerance, max_samples, return_samples=None, batch_size=None,
+                 verbose=None, out=None, overwrite=False, row_offset=0):
+    """:func:`predict_adaptive`'s work: returns (the flat list of per-output predictions, the heads)."""
+    tolerance, max_samples, row_offset = _check_args(x, num_samples, tolerance, max_samples, row_offset)
     chunk = min(engine.passes_per_chunk or DEFAULT_CHUNK, max_samples)
-    n = None if _inputs.is_streaming(x) else _count_rows(x)
-    rows, _ = plan_chunks(n, max_samples, engine._widest, engine.memory_budget, batch_size or engine.batch_size,
+    n = None if _inputs.is_streaming(x) else count_rows(x)
+    rows, _ = plan_chunks(n, max_samples, charged_width(engine._widths, chunk), engine.memory_budget,
+                          batch_size or engine.batch_size,
                           chunk, row_passes=None if engine._on_accelerator else CPU_ROW_PASSES)
     seed, seed_pair = engine._seed_pair()
-    writers = None if out is None else engine._writers(out, len(engine._activations), overwrite)  # refuse early
-    accs = None
+    step = ReducedStep(engine, seed_pair, keep_samples=return_samples)
+    summary = PieceSummary(step, return_samples, {"mask": engine.mask, "seed": seed})  # every row of x
     t, worst = 0, float("nan")
     first_check = min(max(MIN_SAMPLES, 2 * chunk), max_samples)
-    with _progress(engine, verbose, max_samples) as bar:
+    with engine._sink(x, out, overwrite) as sink, _progress(engine, verbose, max_samples) as bar:
+        sink.open_early(len(engine._activations))  # refuse an existing store before any pass runs
         while t < max_samples:
             stop = min(t + chunk, max_samples)
             idx = np.arange(t, stop)
             padded = np.concatenate([idx, np.full(chunk - len(idx), idx[-1])]) if len(idx) < chunk else idx
-            blocks = []
-            engine._run(x, batch_size=rows, verbose=0, seed=(seed, seed_pair), row_offset=row_offset,
-                        pass_chunks=[(padded, len(idx))], sink=pieces_to(lambda chunks: blocks.append(chunks[0])))
-            if not blocks:
+            pieces = list(engine._run(x, batch_size=rows, verbose=0, step=step, row_offset=row_offset,
+                                      chunks=[(padded, len(idx))], receiver=_OneChunk))
+            if not pieces:
                 raise invalid("x", "at least one row", x)
-            outputs = [np.concatenate(parts, axis=1) for parts in zip(*blocks)]
-            if engine._heads is None:
-                engine._heads = engine._decide_heads(outputs)
-            if accs is None:
-                accs = make_accumulators(engine._heads, return_samples, {"mask": engine.mask, "seed": seed})
-            feed(engine._heads, accs, [outputs])
+            summary.feed(join_rows([piece.outputs for piece in pieces]))
             bar.update(stop - t)
             t = stop
             if t < first_check:
                 continue
-            worst = worst_standard_error([acc.result() for acc in accs])
+            worst = worst_standard_error(summary.result())
             bar.set_postfix_str(f"worst SE {worst:.3g} / tolerance {tolerance:.3g}")
             if worst < tolerance:
                 break
-    if not worst < tolerance:
-        warnings.warn(f"num_samples='auto' ran max_samples={max_samples} passes and the largest Monte Carlo "
-                      f"standard error is {worst:.3g}, above the tolerance {tolerance:.3g}: the means are less "
-                      "precise than asked. Raise max_samples or the tolerance.", SampleCountWarning, stacklevel=3)
-    results = [acc.result() for acc in accs]
-    if out is not None:
-        if len(writers) != len(results):  # a model without a readable graph had more outputs than it showed
-            writers = engine._writers(out, len(results), True)
-        for writer, result in zip(writers, results):
-            writer.append(result)
-        results = [writer.close() for writer in writers]
-    return engine._pack_outputs(results)
+        if not worst < tolerance:
+            warnings.warn(f"num_samples='auto' ran max_samples={max_samples} passes and the largest Monte Carlo "
+                          f"standard error is {worst:.3g}, above the tolerance {tolerance:.3g}: the means are less "
+                          "precise than asked. Raise max_samples or the tolerance.", SampleCountWarning, stacklevel=4)
+        sink.append(summary.result())
+        return sink.result(), step.heads
+
+
+class _OneChunk:
+    """A receiver for one pass chunk over one piece of rows: its per-output reductions."""
+
+    def __init__(self):
+        self.outputs = None
+
+    def feed(self, outputs):
+        self.outputs = outputs
 
 
 def _progress(engine, verbose, total):

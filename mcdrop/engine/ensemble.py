@@ -31,8 +31,9 @@ from keras import tree
 
 from mcdrop._validation import MAX_SEED, check_int, invalid
 from mcdrop.engine import inputs as _inputs
-from mcdrop.engine.mc_dropout import _DEFAULT_BUDGET, MCDropout, _count_rows, feed, make_accumulators, pieces_to
-from mcdrop.predictive import concatenate
+from mcdrop.engine._plan import count_rows
+from mcdrop.engine._summarise import Chunks, PieceSummary, ReducedStep, join_rows
+from mcdrop.engine.mc_dropout import _DEFAULT_BUDGET, MCDropout
 
 __all__ = ["Ensemble"]
 
@@ -85,7 +86,7 @@ class Ensemble:
         Member m draws its masks with a seed derived from ``(seed, m)``. With a seed results are
         bit-identical run to run and for any batching of an input stream; without one, each call
         draws a fresh seed (recorded on the prediction).
-    task, outputs, heteroscedastic, mask, gaussian_noise, rate, batch_size, passes_per_chunk, memory_budget, run_eagerly, strategy
+    task, outputs, heteroscedastic, mask, gaussian_noise, rate, batch_size, passes_per_chunk, memory_budget, run_eagerly, strategy, jit_compile
         As for :class:`~mcdrop.MCDropout`, applied to every member (a per-output value applies per
         output of each member). ``rate`` only with ``num_samples > 1``.
     member_options : sequence of dict, optional
@@ -107,7 +108,7 @@ class Ensemble:
                  heteroscedastic=None, mask: str = "consistent", gaussian_noise: bool = False, rate=None,
                  batch_size: int | None = None, passes_per_chunk: int | None = None,
                  memory_budget: int = _DEFAULT_BUDGET, run_eagerly: bool = False, verbose="auto", strategy=None,
-                 member_options=None):
+                 member_options=None, jit_compile=False):
         if isinstance(models, keras.Model) or not isinstance(models, Sequence) or not len(models):
             raise invalid("models", "a non-empty list of keras.Model", models, error=TypeError)
         for i, model in enumerate(models):
@@ -124,7 +125,8 @@ class Ensemble:
             raise invalid("rate", "None with num_samples=1 (deep-ensemble members run without dropout)", rate)
         options = dict(task=task, outputs=outputs, heteroscedastic=heteroscedastic, mask=mask,
                        gaussian_noise=gaussian_noise, batch_size=batch_size, passes_per_chunk=passes_per_chunk,
-                       memory_budget=memory_budget, run_eagerly=run_eagerly, verbose=0, strategy=strategy)
+                       memory_budget=memory_budget, run_eagerly=run_eagerly, verbose=0, strategy=strategy,
+                       jit_compile=jit_compile)
         if self.num_samples == 1:
             options.update(rate=0.0, allow_deterministic=True, gaussian_noise=False)
         else:
@@ -178,57 +180,41 @@ class Ensemble:
         seeds = [member_seed(seed, m) for m in range(len(self.members))]
         pairs = [(s, np.array([s % (2**62), 0x4D43_44524F50], dtype=np.int64)) for s in seeds]
         provenance = {"mask": self.mask, "seed": seed, "members": (self.num_samples,) * len(self.members)}
-        n = None if _inputs.is_streaming(x) else _count_rows(x)
+        n = None if _inputs.is_streaming(x) else count_rows(x)
         rows = max(BLOCK_ROWS, batch_size or 0)
-        collected, writers = [], None
-        with _progress(self.verbose if verbose is None else verbose, n) as bar:
+        with first._sink(x, out, overwrite) as sink, _progress(self.verbose if verbose is None else verbose, n) as bar:
             for block, structure, _, valid in _inputs.iter_blocks(x, first._spec, rows):
                 block_x = _repack([a[:valid] for a in block], structure, first._spec)
-                results = self._summarise(block_x, pairs, batch_size, return_samples, provenance)
-                if out is None:
-                    collected.append(results)
-                else:
-                    if writers is None:
-                        writers = first._writers(out, len(results), overwrite)
-                    for writer, result in zip(writers, results):
-                        writer.append(result)
+                sink.append(self._summarise(block_x, pairs, batch_size, return_samples, provenance))
                 bar.update(valid)
-        if out is not None:
-            return first._pack_outputs([writer.close() for writer in writers])
-        return first._pack_outputs([concatenate(parts) for parts in zip(*collected)])
+            return first._pack_outputs(sink.result())
 
     def _summarise(self, block_x, pairs, batch_size, return_samples, provenance):
-        """One block of rows through every member, into one accumulator per output."""
-        accs, reference = None, None
+        """One block of rows through every member, merged member-major into one accumulator per output."""
+        summary, reference = None, None
         for m, (member, pair) in enumerate(zip(self.members, pairs)):
-            pieces = []
-            member._run(block_x, batch_size=batch_size, verbose=0, sink=pieces_to(pieces.append), seed=pair)
-            # pieces: per row piece, per pass chunk, per output: (Tc, rows, ...); join the rows
-            chunks = [[np.concatenate([piece[c][o] for piece in pieces], axis=1) for o in range(len(pieces[0][c]))]
-                      for c in range(len(pieces[0]))]
-            if member._heads is None:
-                member._heads = member._decide_heads(chunks[0])
-            kinds = self._kinds(member, chunks[0])
+            step = ReducedStep(member, pair[1], keep_samples=return_samples)
+            pieces = list(member._run(block_x, batch_size=batch_size, verbose=0, step=step, receiver=Chunks))
+            # per piece of rows, per pass chunk, per output: (PassBlock, samples, variances); join the rows
+            chunks = [join_rows([piece.chunks[c] for piece in pieces]) for c in range(len(pieces[0].chunks))]
+            member._heads = step.heads  # what `heads` reports
+            kinds = self._kinds(step.heads, chunks[0])
             if reference is None:
-                reference = kinds
-                accs = make_accumulators(member._heads, return_samples, provenance)
+                reference, summary = kinds, PieceSummary(step, return_samples, provenance)
             elif kinds != reference:
                 raise invalid(f"models[{m}]", f"outputs of the kind models[0] gives ({_describe(reference)})",
                               member.model.name, detail=f"It gives {_describe(kinds)}. Pass task= (and outputs=), for "
                               "every member or through member_options for one, when a member's last layer "
                               "does not show what it returns.")
-            feed(member._heads, accs, chunks)
-        return [acc.result() for acc in accs]
+            for chunk in chunks:
+                summary.feed(chunk)
+        return summary.result()
 
     @staticmethod
-    def _kinds(member, outputs):
+    def _kinds(heads, outputs):
         """Per output: (task, Gaussian head?, shape of one row's probabilities or means)."""
-        kinds = []
-        for head, raw in zip(member._heads, outputs):
-            first = raw[:1, :1]
-            shape = (head.probabilities(first) if head.task == "classification" else head.gaussian(first)[0]).shape
-            kinds.append((head.task, head.heteroscedastic is not None, tuple(shape[2:])))
-        return kinds
+        return [(head.task, head.heteroscedastic is not None, tuple(block.first.shape[1:]))
+                for head, (block, _, _) in zip(heads, outputs)]
 
     @property
     def heads(self):

@@ -48,12 +48,12 @@ def _check_rate(value, name: str) -> float:
 
 
 def _rnn_cells(layer) -> list:
-    from mcdrop.engine.view import DropoutRNNCell
+    from mcdrop.engine._keras_compat import is_dropout_rnn_cell
 
     cell = getattr(layer, "cell", None)
-    if cell is None or not DropoutRNNCell:
+    if cell is None:
         return []
-    return [c for c in getattr(cell, "cells", [cell]) if isinstance(c, DropoutRNNCell)]
+    return [c for c in getattr(cell, "cells", [cell]) if is_dropout_rnn_cell(c)]
 
 
 def _cell_rates(cell, rate: float) -> tuple[float, float]:

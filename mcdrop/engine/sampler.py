@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -19,7 +20,8 @@ from mcdrop.engine.graph import functional_of, run_model
 from mcdrop.engine.noise import PassContext
 from mcdrop.engine.view import StochasticView, patched
 
-__all__ = ["CompiledSampler", "plan_chunks", "widest_activation", "CPU_ROW_PASSES", "MIN_ROWS"]
+__all__ = ["CompiledSampler", "ModelFailedError", "plan_chunks", "widest_activation", "pass_widths",
+           "charged_width", "CPU_ROW_PASSES", "MIN_ROWS"]
 
 
 # TensorFlow counts traces per code object: every MCDropout (one per model, as in an active-learning loop that
@@ -46,11 +48,50 @@ def widest_activation(model) -> int:
     return max(width(known) * 8, 1024)
 
 
-#: Row-passes per compiled call when no accelerator is present: enough work for the CPU kernels to
-#: run at full speed, small enough to stay in cache (measured in benchmarks/engine.py), and the same
-#: whatever T is, so memory does not grow with the number of passes. On a GPU the whole memory
-#: budget is used instead.
-CPU_ROW_PASSES = 8192
+def pass_widths(model, stochastic_ids) -> tuple[int, int]:
+    """(values per row and pass, values per row computed once), for the memory plan.
+
+    For a Sequential model of plain layers, the layers before the first stochastic one run once per
+    row (the trunk) and the rest once per row and pass, so a call of r rows and P passes holds about
+    ``r * (trunk + P * tiled)`` values. Any other model is charged its widest activation per
+    row-pass and no trunk (:func:`widest_activation`): that over-counts a trunk no noise reaches but
+    never under-counts.
+    """
+    fallback = (widest_activation(model), 0)
+    layers = model.layers if isinstance(model, keras.Sequential) else None
+    if not layers or any(isinstance(layer, keras.Model) for layer in layers):
+        return fallback
+    try:
+        previous = math.prod(d or 64 for d in tuple(model.inputs[0].shape)[1:])
+        trunk, tiled, noisy = previous, 0, False
+        for layer in layers:
+            width = math.prod(d or 64 for d in tuple(layer.output.shape)[1:])
+            if id(layer) in stochastic_ids and not noisy:
+                noisy, tiled = True, previous  # the first stochastic layer's input is tiled too
+            if noisy:
+                tiled = max(tiled, width)
+            else:
+                trunk = max(trunk, width)
+            previous = width
+    except (AttributeError, ValueError, TypeError, IndexError):
+        return fallback
+    return (tiled, trunk) if noisy else fallback
+
+
+def charged_width(widths: tuple[int, int], passes: int) -> int:
+    """Values charged per row-pass for calls of ``passes`` passes: ``tiled + ceil(trunk / passes)``."""
+    tiled, trunk = widths
+    return tiled + -(-trunk // max(1, passes))
+
+
+#: Row-passes per compiled call when no accelerator is present, at most (the memory budget may allow
+#: fewer). Each call costs a fixed few milliseconds besides its work (dispatch, the reductions, the
+#: host's merge), and on the 2-core Xeon of ``benchmarks/engine.py`` the MLP ran 31% slower in calls
+#: of 8,192 row-passes than in one call of 50,000 (113 ms against 86 ms) and the CNN 55% slower; at
+#: about 1 µs per row-pass for the MLP, 65,536 row-passes make a call of some 65 ms, so the fixed
+#: cost stays near 5%. It is a number of row-passes, the same whatever T is, so memory does not grow
+#: with the number of passes. On a GPU the whole memory budget is used instead.
+CPU_ROW_PASSES = 65536
 
 #: Fewest rows a call runs all T passes for before passes are split into chunks.
 MIN_ROWS = 8
@@ -86,11 +127,22 @@ def plan_chunks(num_rows: int | None, num_samples: int, widest: int, memory_budg
     return int(batch_size), int(passes_per_chunk)
 
 
+class ModelFailedError(Exception):
+    """The model itself failed on a block of input (raised by :class:`CompiledSampler`, caught by the
+    engine, which reports the input as one the model cannot take). ``cause`` is TensorFlow's error."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class CompiledSampler:
     """Per-pass outputs of a model under keyed noise, traced once per input signature."""
 
-    def __init__(self, model, view: StochasticView, *, mask: str, run_eagerly: bool = False, strategy=None):
+    def __init__(self, model, view: StochasticView, *, mask: str, run_eagerly: bool = False, strategy=None,
+                 jit_compile: bool = False):
         self.model = model
+        self.jit_compile = jit_compile
         self.view = view
         self.mask = mask
         self.run_eagerly = run_eagerly
@@ -139,7 +191,7 @@ class CompiledSampler:
                     tf.TensorSpec([None], tf.int32),
                     tf.TensorSpec([2], tf.int64),
                     tf.TensorSpec([], tf.int64),
-                ], reduce_retracing=True, autograph=False)
+                ], reduce_retracing=True, autograph=False, jit_compile=self.jit_compile)
             self._functions[key] = fn
         return self._functions[key]
 
@@ -149,15 +201,29 @@ class CompiledSampler:
 
     def __call__(self, flats, structure, passes: np.ndarray, seed: np.ndarray, offsets, spec_shapes=None):
         """Per-pass outputs of one block per replica (one block without a strategy): a list, per model
-        output, of arrays shaped (blocks, T_chunk, n, ...). All blocks have the same number of rows."""
-        fn = self.function(flats[0], structure, spec_shapes)
-        passes = tf.constant(passes, tf.int32)
-        seed = tf.constant(seed, tf.int64)
-        if self.strategy is None:
-            (flat,), (offset,) = flats, offsets
-            outputs = fn([tf.convert_to_tensor(a) for a in flat], passes, seed, tf.constant(offset, tf.int64))
-            return [np.asarray(o)[None] for o in outputs]
-        return self._replicated(fn, flats, passes, seed, offsets)
+        output, of tensors shaped (blocks, T_chunk, n, ...), left where they were computed (the device).
+        All blocks have the same number of rows.
+
+        Raises
+        ------
+        ModelFailedError
+            The model failed on the input (TensorFlow's own error is its ``cause``).
+        tf.errors.ResourceExhaustedError
+            Out of memory: the caller may retry with fewer rows.
+        """
+        try:
+            fn = self.function(flats[0], structure, spec_shapes)
+            passes = tf.constant(passes, tf.int32)
+            seed = tf.constant(seed, tf.int64)
+            if self.strategy is None:
+                (flat,), (offset,) = flats, offsets
+                outputs = fn([tf.convert_to_tensor(a) for a in flat], passes, seed, tf.constant(offset, tf.int64))
+                return [o[None] for o in outputs]
+            return self._replicated(fn, flats, passes, seed, offsets)
+        except tf.errors.ResourceExhaustedError:
+            raise
+        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as err:
+            raise ModelFailedError(err) from err
 
     def _replicated(self, fn, flats, passes, seed, offsets):
         """One block per replica (the last group padded with copies of its last block).
@@ -178,5 +244,5 @@ class CompiledSampler:
         out = []
         for per_output in result:
             local = _keras_compat.local_results(self.strategy, per_output)
-            out.append(np.stack([np.asarray(v) for v in local[:used]]))
+            out.append(tf.stack(list(local[:used])))
         return out

@@ -21,7 +21,6 @@ import keras
 
 from mcdrop._validation import invalid
 from mcdrop.engine import _keras_compat as compat
-from mcdrop.engine._keras_compat import DropoutRNNCell  # noqa: F401  (read by engine/rates.py)
 
 __all__ = ["StochasticView", "build_view", "patched", "output_activations"]
 

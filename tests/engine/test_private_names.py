@@ -39,8 +39,6 @@ ACCESSORS = ("compat", "_keras_compat", "mcdrop.engine._keras_compat")
 PENDING = {
     ("engine/noise.py", "stateless_fold_in"),
     ("engine/noise.py", ".experimental."),
-    ("engine/mc_dropout.py", "_outputs_struct"),
-    ("engine/mc_dropout.py", "_keras_history"),
 }
 
 
