@@ -145,10 +145,15 @@ class PredictionWriter:
         """On success, close the files. On an error, remove what this writer wrote (its ``.npy`` files,
         ``meta.json`` and its temporary file, and the folder when that leaves it empty), so nothing
         half-written stays, and let the error propagate. A :class:`StoreFullError` is the exception:
-        its message promises the rows written before stay readable, and they do."""
-        self._close_files()
+        its message promises the rows written before stay readable, and they do (as far as the full disk
+        lets ``meta.json`` record them)."""
         if exc_type is None or issubclass(exc_type, StoreFullError):
+            if self._meta is not None and any(not a.file.closed for a in self._files.values()):
+                with contextlib.suppress(OSError):  # the rows' last record (close() may have made it)
+                    self._sync()
+            self._close_files(sync=exc_type is None)
             return
+        self._close_files(sync=False)
         for path in [appender.path for appender in self._files.values()] + [self.path / "meta.json",
                                                                                self.path / "meta.json.tmp"]:
             path.unlink(missing_ok=True)

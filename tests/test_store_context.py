@@ -6,7 +6,7 @@ import errno
 import numpy as np
 import pytest
 
-from mcdrop import store
+from mcdrop import io, store
 from mcdrop.predictive import ClassificationPrediction
 
 
@@ -42,7 +42,7 @@ def test_an_error_leaves_other_files_of_the_folder_alone(tmp_path):
 
 
 def test_a_full_disk_keeps_the_rows_written_before(tmp_path, monkeypatch):
-    original = store._Appender.append
+    original = io.NpyAppender.append
     full = {"now": False}
 
     def append(self, block):
@@ -50,7 +50,7 @@ def test_a_full_disk_keeps_the_rows_written_before(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         return original(self, block)
 
-    monkeypatch.setattr(store._Appender, "append", append)
+    monkeypatch.setattr(io.NpyAppender, "append", append)
     with pytest.raises(store.StoreFullError, match=r"the 5 row\(s\) written before stay readable"):
         with store.PredictionWriter(tmp_path / "s") as writer:
             writer.append(_pred(5))
