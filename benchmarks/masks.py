@@ -1,0 +1,194 @@
+"""What the masks cost: the compiled sampler's masked passes against the same work done deterministically.
+
+Run: ``.venv/bin/python benchmarks/masks.py`` (``--repeats``, ``--workloads``, ``--mask``, ``--json``).
+T = 50, one block of all N rows and all T passes per compiled call, on the workloads of
+``benchmarks/_workloads.py`` (MLP, CNN, LSTM, transformer). Candidates, timed interleaved, best of k,
+each returning its (T, N, ...) outputs on the host:
+
+floor    the true floor of ``benchmarks/engine.py``: the layers before the first stochastic layer once,
+         the rest deterministically on the T-times-tiled batch
+none     mcdrop's compiled sampler with every noise call an identity (no draw, no multiply): the
+         engine's own graph (tiling, patched calls) without masks
+new      the compiled sampler with this tree's ``mcdrop/engine/noise.py``
+old      the same with the noise module of another revision (``--old-ref``, default ``main``, read with
+         ``git show``; ``--old-file`` for a file), patched in while the sampler is traced
+
+Printed per workload: each candidate's time and its ratio to the floor, and the masks' own cost,
+(new - none) against (old - none). The figures are ratios measured in the same run, so a shared,
+noisy machine still gives comparable numbers; the CPU model is printed first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _workloads import T, WORKLOADS, baselines, interleaved, machine  # noqa: E402
+
+import tensorflow as tf  # noqa: E402
+
+import mcdrop  # noqa: E402
+import mcdrop.engine.noise as noise  # noqa: E402
+
+__all__ = ["NoNoise", "load_noise", "measure", "main"]
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class NoNoise(noise.PassContext):
+    """Every noise call an identity: the sampler's graph with the masks taken out."""
+
+    def dropout(self, x, rate, noise_features=None):
+        return x
+
+    def gaussian_dropout(self, x, rate):
+        return x
+
+    def alpha_dropout(self, x, rate, noise_features=None):
+        return x
+
+    def gaussian_noise(self, x, stddev):
+        return x
+
+    def rnn_mask(self, step_input, rate, count):
+        one = tf.ones([], step_input.dtype)
+        return one if count is None else [one] * count
+
+
+def load_noise(*, ref: str | None = None, path: str | None = None):
+    """The ``PassContext`` class of another revision's noise module (``git show REF:...``) or file."""
+    if path is None:
+        source = subprocess.run(["git", "-C", REPO, "show", f"{ref}:mcdrop/engine/noise.py"],
+                                check=True, capture_output=True, text=True).stdout
+        handle = tempfile.NamedTemporaryFile("w", suffix="_noise.py", delete=False)
+        with handle:
+            handle.write(source)
+        path = handle.name
+    spec = importlib.util.spec_from_file_location("_mcdrop_noise_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.PassContext
+
+
+@contextlib.contextmanager
+def noise_class(cls):
+    """``cls`` in place of ``PassContext`` wherever an engine module imported it (while tracing)."""
+    patched = [(m, m.PassContext) for name, m in list(sys.modules.items())
+               if name.startswith("mcdrop.engine") and getattr(m, "PassContext", None) is noise.PassContext]
+    for module, _ in patched:
+        module.PassContext = cls
+    try:
+        yield
+    finally:
+        for module, original in patched:
+            module.PassContext = original
+
+
+def compiled_call(model, x, passes: int, mask: str, cls=None):
+    """A zero-argument callable running the engine's compiled sampler once on all rows and passes, its
+    noise traced with ``cls`` (None: this tree's). The call's arguments are captured from a
+    ``sample`` call, so the benchmark follows the engine's own way of calling its sampler."""
+    engine = mcdrop.MCDropout(model, num_samples=passes, seed=0, mask=mask, verbose=0)
+    sampler, captured = engine.sampler, []
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(sampler, name)
+
+        def __call__(self, *args, **kwargs):
+            captured.append((args, kwargs))
+            return sampler(*args, **kwargs)
+
+    engine.sampler = Spy()
+    try:
+        with noise_class(cls) if cls is not None else contextlib.nullcontext(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # NoNoise: "every pass gave identical values"
+            engine.sample(x, batch_size=x.shape[0])  # traces the step with this noise
+    finally:
+        engine.sampler = sampler
+    if len(captured) != 1:
+        raise RuntimeError(f"expected one compiled call for one block, saw {len(captured)}")
+    args, kwargs = captured[0]
+    return lambda: sampler(*args, **kwargs)
+
+
+def measure(workload, repeats: int, *, mask: str = "consistent", old=None, passes: int = T) -> dict:
+    model, x = workload.model, workload.x
+    candidates = {"floor": baselines(model, x, passes)["floor"],
+                  "none": compiled_call(model, x, passes, mask, NoNoise),
+                  "new": compiled_call(model, x, passes, mask)}
+    if old is not None:
+        candidates["old"] = compiled_call(model, x, passes, mask, old)
+    ms = {k: v * 1e3 for k, v in interleaved(candidates, repeats).items()}
+    print(f"\n{workload.name}  (N={x.shape[0]}, T={passes}, {mask} masks)")
+    for name, value in ms.items():
+        print(f"  {name:6s} {value:9.1f} ms   {value / ms['floor']:5.2f}x floor")
+    masks = {k: ms[k] - ms["none"] for k in ("new", "old") if k in ms}
+    line = f"  masks (candidate - none): new {masks['new']:+.1f} ms"
+    if "old" in masks:
+        line += f", old {masks['old']:+.1f} ms"
+    print(line)
+    return {"name": workload.name, "rows": int(x.shape[0]), "passes": passes, "mask": mask,
+            "ms": {k: round(v, 3) for k, v in ms.items()},
+            "over_floor": {k: v / ms["floor"] for k, v in ms.items()},
+            "mask_ms": {k: round(v, 3) for k, v in masks.items()}}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, received {text!r}")
+    return value
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=_positive_int, default=7, help="best of k (default 7)")
+    parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS),
+                        metavar="NAME", help=f"any of {', '.join(WORKLOADS)} (default: all)")
+    parser.add_argument("--mask", choices=["consistent", "per_example"], default="consistent")
+    parser.add_argument("--old-ref", default="main", help="git revision of the old noise module (default main)")
+    parser.add_argument("--old-file", metavar="PATH", help="an old noise module's file instead of --old-ref")
+    parser.add_argument("--no-old", action="store_true", help="measure this tree's noise only")
+    parser.add_argument("--json", metavar="PATH", help="write every figure and the machine to this JSON file")
+    args = parser.parse_args(argv)
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        parser.error(f"--json: no such folder for {args.json!r}")
+    if args.old_file and not os.path.isfile(args.old_file):
+        parser.error(f"--old-file: no such file {args.old_file!r}")
+    old = None
+    if not args.no_old:
+        try:
+            old = load_noise(ref=args.old_ref, path=args.old_file)
+        except (subprocess.CalledProcessError, OSError) as error:
+            parser.error(f"--old-ref: cannot read mcdrop/engine/noise.py at {args.old_ref!r} ({error})")
+
+    info = machine()
+    load = info["load_average"]
+    print(f"CPU: {info['cpu']} ({info['cores']} logical cores), load average "
+          f"{'n/a' if load is None else ' '.join(f'{v:.1f}' for v in load)}")
+    print(f"tensorflow {info['tensorflow']}, keras {info['keras']}, best of {args.repeats}, interleaved; "
+          f"old noise: {'none' if old is None else (args.old_file or args.old_ref)}")
+    results = {"machine": info, "passes": T, "repeats": args.repeats, "mask": args.mask, "workloads": {}}
+    for key in args.workloads:
+        results["workloads"][key] = measure(WORKLOADS[key](), args.repeats, mask=args.mask, old=old)
+    results["machine"]["load_average_after"] = machine()["load_average"]
+    if args.json:
+        mcdrop.io.save_json(args.json, results)  # atomic: no partial file
+        print(f"\nwrote {args.json}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
