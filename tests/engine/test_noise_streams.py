@@ -124,7 +124,7 @@ def test_masks_do_not_depend_on_the_dtype(dtype):
 # -- PassContext directly: index vectors, edge rates, statistics ------------------------------------------
 def _noise(passes, *, rows=3, features=6, mask="consistent", rate=0.5, dtype=tf.float32, row_offset=0,
            jit=False):
-    """What one compiled step applies to ones for these pass indices, per family: (Tc, rows, features)
+    """What one compiled step (``jit=None``: the same step run eagerly) applies to ones for these pass indices, per family: (Tc, rows, features)
     arrays (sites in this order: dropout, alpha, Gaussian noise, RNN mask, spatial-style dropout with
     the mask shared along the features)."""
     def step(passes, row_offset):
@@ -135,7 +135,7 @@ def _noise(passes, *, rows=3, features=6, mask="consistent", rate=0.5, dtype=tf.
                "shared": ctx.dropout(x, rate, tf.constant([1]))}
         return {k: ctx.unflatten(v) for k, v in out.items()}
 
-    fn = tf.function(step, jit_compile=jit, autograph=False)
+    fn = step if jit is None else tf.function(step, jit_compile=jit, autograph=False)
     return {k: v.numpy() for k, v in fn(tf.constant(passes, tf.int32), tf.constant(row_offset, tf.int64)).items()}
 
 
@@ -151,6 +151,14 @@ def test_any_pass_indices_give_each_pass_its_own_mask(passes):
     got = _masks(passes)
     keep = keep_of(reference(SEED_PAIR, passes, range(3), 6, "consistent"), 0.5)
     np.testing.assert_array_equal(got, np.where(keep, 2.0, 0.0).astype("float32"))
+
+
+@pytest.mark.parametrize("mask", ["consistent", "per_example"])
+def test_eager_step_draws_what_the_compiled_step_draws(mask):
+    for passes in ([5, 6, 7, 7], [7, 2, 5]):
+        eager, compiled = _noise(passes, mask=mask, jit=None), _noise(passes, mask=mask)
+        for family in compiled:
+            np.testing.assert_array_equal(eager[family], compiled[family], err_msg=f"{family}, passes {passes}")
 
 
 def test_edge_rates_keep_all_or_nothing():
