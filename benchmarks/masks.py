@@ -14,7 +14,8 @@ old      the same with the noise module of another revision (``--old-ref``, defa
          ``git show``; ``--old-file`` for a file), patched in while the sampler is traced
 
 Printed per workload: each candidate's time and its ratio to the floor, and the masks' own cost,
-(new - none) against (old - none). The figures are ratios measured in the same run, so a shared,
+(new - none) against (old - none). Then the draws alone: per call site, what drawing a (T, 1, F) mask
+costs (old against new), at the dropout widths of the workloads. The figures are ratios measured in the same run, so a shared,
 noisy machine still gives comparable numbers; the CPU model is printed first.
 """
 
@@ -38,7 +39,7 @@ import tensorflow as tf  # noqa: E402
 import mcdrop  # noqa: E402
 import mcdrop.engine.noise as noise  # noqa: E402
 
-__all__ = ["NoNoise", "load_noise", "measure", "main"]
+__all__ = ["NoNoise", "load_noise", "measure", "draw_cost", "main"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -142,6 +143,38 @@ def measure(workload, repeats: int, *, mask: str = "consistent", old=None, passe
             "mask_ms": {k: round(v, 3) for k, v in masks.items()}}
 
 
+def draw_cost(repeats: int, *, mask: str = "consistent", old=None, passes: int = T,
+              widths=(256, 3136, 4 * 32 * 32)) -> dict:
+    """The draws alone: one compiled call applying dropout at four sites to ``(passes, F)`` ones with one
+    row per pass (so the mask is the work), for the dropout widths of the workloads (the MLP's 256,
+    the CNN's flattened 3,136, the transformer's 4 heads x 32 x 32 attention weights); an empty
+    compiled call is the baseline. Per site, in microseconds."""
+    classes = {"new": noise.PassContext, **({"old": old} if old is not None else {})}
+    fns, args = {}, {}
+    for width in widths:
+        x = tf.ones([passes, width])
+        for name, cls in classes.items():
+            def step(x, p, cls=cls):
+                ctx = cls(p, tf.constant(1), tf.constant([1, 2], tf.int64), tf.constant(0, tf.int64), mask)
+                return [ctx.dropout(x, 0.5) for _ in range(4)]
+
+            fns[(name, width)] = tf.function(step, autograph=False)
+            args[(name, width)] = (x, tf.range(passes))
+        fns[("empty", width)] = tf.function(lambda x, p: [x] * 4)
+        args[("empty", width)] = (x, tf.range(passes))
+    times = interleaved({k: (lambda k=k: fns[k](*args[k])) for k in fns}, repeats)
+    print(f"\nDraws alone ({mask} masks, T={passes}, one row per pass): microseconds per site, over an empty call")
+    out = {}
+    for width in widths:
+        per = {n: (times[(n, width)] - times[("empty", width)]) / 4 * 1e6 for n in classes}
+        out[width] = {k: round(v, 1) for k, v in per.items()}
+        line = f"  F = {width:5d}:  new {per['new']:8.1f} us"
+        if "old" in per:
+            line += f"   old {per['old']:8.1f} us   old / new {per['old'] / max(per['new'], 1e-9):5.1f}x"
+        print(line)
+    return out
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -161,6 +194,7 @@ def main(argv=None):
     parser.add_argument("--old-ref", default="main", help="git revision of the old noise module (default main)")
     parser.add_argument("--old-file", metavar="PATH", help="an old noise module's file instead of --old-ref")
     parser.add_argument("--no-old", action="store_true", help="measure this tree's noise only")
+    parser.add_argument("--draws-only", action="store_true", help="only the draws alone, no workload")
     parser.add_argument("--json", metavar="PATH", help="write every figure and the machine to this JSON file")
     args = parser.parse_args(argv)
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
@@ -181,8 +215,9 @@ def main(argv=None):
     print(f"tensorflow {info['tensorflow']}, keras {info['keras']}, best of {args.repeats}, interleaved; "
           f"old noise: {'none' if old is None else (args.old_file or args.old_ref)}")
     results = {"machine": info, "passes": T, "repeats": args.repeats, "mask": args.mask, "workloads": {}}
-    for key in args.workloads:
+    for key in [] if args.draws_only else args.workloads:
         results["workloads"][key] = measure(WORKLOADS[key](), args.repeats, mask=args.mask, old=old)
+    results["draws"] = draw_cost(args.repeats, mask=args.mask, old=old)
     results["machine"]["load_average_after"] = machine()["load_average"]
     if args.json:
         mcdrop.io.save_json(args.json, results)  # atomic: no partial file
