@@ -33,6 +33,7 @@ import warnings
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _workloads import T, WORKLOADS, baselines, interleaved, machine  # noqa: E402
+from engine import _positive_int  # noqa: E402  (benchmarks/engine.py: the same --repeats check)
 
 import tensorflow as tf  # noqa: E402
 
@@ -175,16 +176,6 @@ def draw_cost(repeats: int, *, mask: str = "consistent", old=None, passes: int =
     return out
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, received {text!r}")
-    return value
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=_positive_int, default=7, help="best of k (default 7)")
@@ -206,7 +197,8 @@ def main(argv=None):
         try:
             old = load_noise(ref=args.old_ref, path=args.old_file)
         except (subprocess.CalledProcessError, OSError) as error:
-            parser.error(f"--old-ref: cannot read mcdrop/engine/noise.py at {args.old_ref!r} ({error})")
+            detail = (getattr(error, "stderr", None) or str(error)).strip()
+            parser.error(f"--old-ref: cannot read mcdrop/engine/noise.py at {args.old_ref!r}: {detail}")
 
     info = machine()
     load = info["load_average"]
