@@ -109,6 +109,7 @@ class PassContext:
         self.row_offset = row_offset
         self.mask = mask
         self._site = 0
+        self._tiled = []  # (tiled, rows) pairs made by tile()
 
     # -- streams ---------------------------------------------------------------------------------
     def _next_site(self) -> int:
@@ -217,9 +218,25 @@ class PassContext:
         return tf.reshape(x, tf.concat([[-1], rest], axis=0))
 
     def tile(self, x):
-        """A deterministic (n, ...) tensor broadcast over the passes: (Tc * n, ...), pass-major."""
+        """A deterministic (n, ...) tensor broadcast over the passes: (Tc * n, ...), pass-major.
+
+        The context remembers which tensor it tiled: a noise layer fed the tiled tensor (the first
+        stochastic layer after a deterministic trunk) broadcasts the untiled rows against its noise
+        instead (see :meth:`_passes_of`), so the copy is not read back, and is never made when
+        nothing else uses it."""
         multiples = tf.concat([[self.num_passes], tf.ones([tf.rank(x) - 1], tf.int32)], axis=0)
-        return tf.tile(x, multiples)
+        tiled = tf.tile(x, multiples)
+        self._tiled.append((tiled, x))
+        return tiled
+
+    def _passes_of(self, x):
+        """``x`` (Tc * n, ...) as (Tc, n, ...) — or as (1, n, ...) when it is one of :meth:`tile`'s
+        outputs, to be broadcast against the (Tc, m, ...) noise: the same values, without reading
+        the tiled copy."""
+        for tiled, rows in self._tiled:
+            if tiled is x:
+                return rows[None]
+        return self.unflatten(x)
 
     # -- the noise of each layer family ----------------------------------------------------------
     # Each family builds its noise at the noise shape — (Tc, 1, *features) for consistent masks, so no
@@ -241,13 +258,13 @@ class PassContext:
         """
         features = _features(x) if noise_features is None else noise_features
         keep = self._keep_scaled(features, rate, 1.0 / (1.0 - rate), 0.0, x.dtype)
-        return self.flatten(self.unflatten(x) * keep)
+        return self.flatten(self._passes_of(x) * keep)
 
     def gaussian_dropout(self, x, rate: float):
         """Multiplicative noise :math:`\\mathcal N(1, rate / (1 - rate))`."""
         stddev = math.sqrt(rate / (1.0 - rate))
         noise = 1.0 + stddev * self.normal(_features(x), tf.float32)  # the factor in float32, cast once
-        return self.flatten(self.unflatten(x) * tf.cast(noise, x.dtype))
+        return self.flatten(self._passes_of(x) * tf.cast(noise, x.dtype))
 
     def alpha_dropout(self, x, rate: float, noise_features=None):
         """Alpha dropout (Klambauer et al. 2017): dropped units set to the SELU saturation value,
@@ -270,12 +287,12 @@ class PassContext:
         zero = tf.constant(0.0, x.dtype)
         factor = tf.where(keep, tf.constant(a, x.dtype), zero)
         shift = tf.where(keep, tf.constant(b, x.dtype), tf.constant(a * alpha_p + b, x.dtype))
-        return self.flatten(self.unflatten(x) * factor + shift)
+        return self.flatten(self._passes_of(x) * factor + shift)
 
     def gaussian_noise(self, x, stddev: float):
         """Additive noise :math:`\\mathcal N(0, stddev^2)` (only when the user opts in)."""
         noise = stddev * self.normal(_features(x), tf.float32)
-        return self.flatten(self.unflatten(x) + tf.cast(noise, x.dtype))
+        return self.flatten(self._passes_of(x) + tf.cast(noise, x.dtype))
 
     def rnn_mask(self, step_input, rate: float, count: int | None):
         """A recurrent-dropout mask for a step input of shape (Tc * n, units), fixed over time

@@ -213,3 +213,24 @@ def test_gaussian_noise_under_jit_is_keyed_by_the_absolute_row(xla):
     part = _masks([1, 2], rows=3, features=5, mask="per_example", family="gaussian", jit=True, row_offset=3)
     np.testing.assert_array_equal(part, whole[1:, 3:])
     assert scipy.stats.kstest(whole.ravel(), "norm").pvalue > 1e-3
+
+
+# -- a tiled input is broadcast, not read back -------------------------------------------------------------
+@pytest.mark.parametrize("mask", ["consistent", "per_example"])
+def test_noise_on_a_tiled_input_equals_noise_on_a_copy_of_it(mask):
+    """The first noise layer after a deterministic trunk gets ``ctx.tile``'s output and broadcasts the
+    untiled rows against the noise: the same bits as on any other (Tc * n, ...) tensor."""
+    rows = np.random.default_rng(0).standard_normal((5, 3, 4)).astype("float32")
+
+    @tf.function(autograph=False)
+    def step(copy):
+        ctx = PassContext(tf.range(2, 8), tf.constant(5), tf.constant(SEED_PAIR), tf.constant(0, tf.int64), mask)
+        tiled = ctx.tile(tf.constant(rows))
+        x = tf.identity(tiled) if copy else tiled
+        assert (ctx._passes_of(x).shape[0] == 1) != copy  # the broadcast path is taken for the tile only
+        return [ctx.dropout(x, 0.3), ctx.dropout(x, 0.3, tf.constant([1, 4])), ctx.alpha_dropout(x, 0.2),
+                ctx.gaussian_dropout(x, 0.4), ctx.gaussian_noise(x, 0.5)]
+
+    for broadcast, copied in zip(step(False), step(True)):
+        assert broadcast.shape == (30, 3, 4)
+        np.testing.assert_array_equal(broadcast.numpy(), copied.numpy())
