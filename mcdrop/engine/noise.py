@@ -36,6 +36,13 @@ another (equally keyed and batch-independent) stream.
 
 Keying by the absolute pass index means that asking for more passes extends the
 same draws: the first 50 of 100 passes equal the 50 passes of a 50-pass run.
+
+What the noise costs beyond the deterministic passes: per site and chunk one draw at
+the noise shape (``Tc·F`` words for consistent masks, however many rows), the layer's
+constants folded into it (the dropout scale ``1/(1 − rate)``, alpha dropout's affine
+map), and one broadcast multiply (or multiply-add) over the activations. A noise layer
+fed the tiled input of the first stochastic layer broadcasts the untiled rows against
+its noise instead of reading the tiled copy (:meth:`PassContext.tile`).
 """
 
 from __future__ import annotations
