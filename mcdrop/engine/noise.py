@@ -227,13 +227,14 @@ class PassContext:
     def tile(self, x):
         """A deterministic (n, ...) tensor broadcast over the passes: (Tc * n, ...), pass-major.
 
-        The context remembers which tensor it tiled: a noise layer fed the tiled tensor (the first
+        While traced, the context remembers which tensor it tiled: a noise layer fed the tiled tensor (the first
         stochastic layer after a deterministic trunk) broadcasts the untiled rows against its noise
         instead (see :meth:`_passes_of`), so the copy is not read back, and is never made when
         nothing else uses it."""
         multiples = tf.concat([[self.num_passes], tf.ones([tf.rank(x) - 1], tf.int32)], axis=0)
         tiled = tf.tile(x, multiples)
-        self._tiled.append((tiled, x))
+        if not tf.executing_eagerly():  # symbolic tensors: remembering them holds no memory
+            self._tiled.append((tiled, x))
         return tiled
 
     def _passes_of(self, x):
