@@ -2,22 +2,47 @@
 
 Inside a sampling step the batch is flattened pass-major: a tensor of ``n`` rows
 under ``Tc`` passes has ``Tc * n`` rows, row ``t * n + i`` being input ``i`` in the
-chunk's ``t``-th pass. Each stochastic call site draws its noise from a stateless
-random stream keyed by ``(seed, site, absolute pass index)``:
+chunk's ``t``-th pass. Each stochastic call site has its own stream: a Philox key
+(and a high counter word) derived from ``(seed, site)``. Noise is read from that
+stream at counters fixed by the *absolute* pass index (and row index), never by
+where a pass or row sits in a chunk:
 
 * ``consistent`` masks have no batch dimension — shape ``(Tc, 1, *features)`` —
   so pass ``t`` is one draw of the network shared by every input, and an input's
   samples do not depend on which other inputs share its batch, on chunk sizes or
-  on call order;
+  on call order. Pass ``t`` of a site with ``F`` noise values takes the
+  ``k = ceil(F / 4)`` counters ``[t·k, (t+1)·k)``: the passes of a chunk are
+  contiguous counters, so a chunk's masks are **one** draw of ``Tc·k`` counters
+  (passes ``p0 .. p0+Tc-1``, the padded repeats of the last one gathered from it);
+  any other set of pass indices is drawn pass by pass at the same counters, so the
+  bits are the same either way;
 * ``per_example`` masks add the row: shape ``(Tc, n, *features)``, as Keras' own
-  layers draw independent per-element noise. A row's noise is keyed by its
-  *absolute* index in the input (``row_offset`` + position in the stream): it is the
-  counter-based Philox stream of the key ``(seed, site, pass)`` at the counters of
-  that row (see :meth:`PassContext._draw_per_row`), so it does not depend on the
-  batch size, the block the row arrives in, or the order of the other rows.
+  layers draw independent per-element noise. Row ``R`` (its *absolute* index in
+  the input: ``row_offset`` + position in the stream) of pass ``t`` takes the
+  counters ``[R·k, (R+1)·k)`` with the pass folded into the high counter word, so
+  it does not depend on the batch size, the block the row arrives in, or the
+  order of the other rows. One draw per pass.
+
+Masks are computed from the raw 32-bit Philox words, never from TensorFlow's float
+conversions: a dropout unit is kept when its word is at least ``ceil(rate · 2^32)``
+(exact Bernoulli(1 − rate) to 2^-32, and the same mask whatever the layer's dtype,
+float16 to float64). The words are the same bits under XLA (``jit_compile=True``),
+so dropout, spatial, alpha and recurrent masks are bit-identical with and without
+it. Gaussian noise is TensorFlow's float32 normal kernel at the same counters, cast
+to the layer's dtype (the kernel computes each value on its own, so a value does not
+depend on its place in the output, unlike TensorFlow's vectorised ``log``/``cos``);
+XLA draws its normals another way, so under ``jit_compile=True`` Gaussian noise is
+another (equally keyed and batch-independent) stream.
 
 Keying by the absolute pass index means that asking for more passes extends the
 same draws: the first 50 of 100 passes equal the 50 passes of a 50-pass run.
+
+What the noise costs beyond the deterministic passes: per site and chunk one draw at
+the noise shape (``Tc·F`` words for consistent masks, however many rows), the layer's
+constants folded into it (the dropout scale ``1/(1 − rate)``, alpha dropout's affine
+map), and one broadcast multiply (or multiply-add) over the activations. A noise layer
+fed the tiled input of the first stochastic layer broadcasts the untiled rows against
+its noise instead of reading the tiled copy (:meth:`PassContext.tile`).
 """
 
 from __future__ import annotations
@@ -26,7 +51,16 @@ import math
 
 import tensorflow as tf
 
+from mcdrop.engine import _keras_compat
+
 __all__ = ["PassContext"]
+
+#: ``tf.random.Algorithm.PHILOX``: counter-based, so any counter can be read without the ones before it.
+_PHILOX = 1
+#: 32-bit words per Philox counter (Philox4x32 gives four), and float32 values per counter.
+_WORDS = 4
+_WORDS_OP = tf.raw_ops.StatelessRandomUniformFullIntV2
+_NORMAL_OP = tf.raw_ops.StatelessRandomNormalV2
 
 
 def _features(x):
@@ -36,6 +70,28 @@ def _features(x):
     if static.is_fully_defined():
         return tf.constant(static.as_list(), tf.int32)
     return tf.shape(x)[1:]
+
+
+def _static(features):
+    """``features`` as a tuple of ints when known at trace time, else None."""
+    value = tf.get_static_value(features)
+    return None if value is None else tuple(int(d) for d in value)
+
+
+def _philox(op, key, low, high, count):
+    """``count`` values of the Philox stream ``key`` from the 128-bit counter ``(high, low)``: value
+    ``i`` comes from counter ``low + i // 4``. ``op`` is ``tf.raw_ops.StatelessRandomUniformFullIntV2``
+    (raw uint32 words) or ``...NormalV2`` (float32 normals: the kernel's Box–Muller on each counter's
+    four words, computed per element, so a value does not depend on where it sits in the output)."""
+    dtype = tf.uint32 if op is _WORDS_OP else tf.float32
+    return op(shape=tf.reshape(count, [1]), key=key, counter=tf.stack([low, high]),
+              alg=tf.constant(_PHILOX, tf.int32), dtype=dtype)
+
+
+def _unit(words):
+    """Words → uniform floats in [0, 1), float32, from their top 24 bits (exact in float32)."""
+    top = tf.bitwise.right_shift(words, tf.constant(8, tf.uint32))
+    return tf.cast(top, tf.float32) * (2.0 ** -24)
 
 
 class PassContext:
@@ -62,6 +118,7 @@ class PassContext:
         self.row_offset = row_offset
         self.mask = mask
         self._site = 0
+        self._tiled = []  # (tiled, rows) pairs made by tile()
 
     # -- streams ---------------------------------------------------------------------------------
     def _next_site(self) -> int:
@@ -69,62 +126,80 @@ class PassContext:
         self._site += 1
         return site
 
-    def _draw(self, sampler, features, dtype, *, per_row=None):
-        """Draw ``(Tc, m, *features)`` noise, one stateless stream per pass of this site: m = 1 for
-        consistent masks (``sampler(shape, key, dtype)``), m = n for per-example masks (``per_row``,
-        a counter-based raw op: ``tf.raw_ops.StatelessRandomUniformV2`` or ``...NormalV2``)."""
-        site_key = tf.random.experimental.stateless_fold_in(self.seed, self._next_site())
+    def _stream(self):
+        """The next call site's Philox key and high counter word, both from ``(seed, site)``."""
+        site_key = _keras_compat.fold_in(self.seed, self._next_site())
+        key, counter = tf.raw_ops.StatelessRandomGetKeyCounter(seed=site_key)
+        return key, counter[1]
+
+    def _draw(self, features, op=_WORDS_OP):
+        """The next site's noise, ``(Tc, m, width)`` values of ``op`` (see :func:`_philox`), m = 1
+        (consistent) or n (per-example), ``width = 4·ceil(F / 4) >= F`` for ``F = prod(features)``
+        values per row; :meth:`_shaped` keeps the first F."""
+        key, high = self._stream()
+        static = _static(features)
+        size = math.prod(static) if static is not None else tf.reduce_prod(features)
+        groups = -(-size // _WORDS)  # counters per row of noise
+        width = groups * _WORDS
+        groups = tf.cast(groups, tf.uint64)
+        dtype = tf.uint32 if op is _WORDS_OP else tf.float32
         if self.mask == "per_example":
-            if per_row is None:
-                raise NotImplementedError("per-example noise needs a counter-based draw (`per_row`)")
-            return self._draw_per_row(per_row, site_key, features, dtype)
-        shape = tf.concat([[1], features], axis=0)
+            low = tf.cast(self.row_offset, tf.uint64) * groups
+            count = self.rows * width
 
-        def one_pass(t):
-            return sampler(shape, tf.random.experimental.stateless_fold_in(site_key, tf.cast(t, tf.int64)), dtype)
+            def one_pass(t):  # the pass goes in the high word: rows of a pass are contiguous counters
+                return _philox(op, key, low, tf.bitwise.bitwise_xor(high, tf.cast(t, tf.uint64)), count)
 
-        return tf.map_fn(one_pass, self.passes, fn_output_signature=dtype, parallel_iterations=16)
+            words = tf.map_fn(one_pass, self.passes, fn_output_signature=dtype, parallel_iterations=16)
+            return tf.reshape(words, tf.stack([self.num_passes, self.rows, width]))
 
-    def _draw_per_row(self, op, site_key, features, dtype):
-        """``(Tc, n, *features)`` noise in which the row of absolute index R is the same whatever block it is in.
+        first = self.passes[0]
+        offsets = self.passes - first
 
-        Philox is counter-based: TensorFlow's kernels give output element i from counter ``c0 + i // g``
-        (g = 4 values per counter, 2 for float64). Each row is given ``k = ceil(F / g)`` counters (F
-        values, padded to ``k·g``), and a block starting at row ``row_offset`` starts at counter
-        ``row_offset · k``: row R's noise is the stream at counters ``[R·k, (R+1)·k)`` of the key
-        ``(seed, site, pass)``. The tests check this bit for bit across batch sizes and row orders.
-        """
-        size = tf.reduce_prod(features)
-        per_counter = 2 if tf.as_dtype(dtype) == tf.float64 else 4
-        groups = (size + per_counter - 1) // per_counter
-        width = groups * per_counter
-        start = tf.cast(self.row_offset * tf.cast(groups, tf.int64), tf.uint64)
+        def span():  # passes first .. first+Tc-1 in one draw, then each pass's row picked out
+            words = _philox(op, key, tf.cast(first, tf.uint64) * groups, high, self.num_passes * width)
+            return tf.gather(tf.reshape(words, tf.stack([self.num_passes, width])), offsets)
 
-        def one_pass(t):
-            pass_key = tf.random.experimental.stateless_fold_in(site_key, tf.cast(t, tf.int64))
-            key, counter = tf.raw_ops.StatelessRandomGetKeyCounter(seed=pass_key)
-            counter = tf.stack([start, counter[1]])
-            flat = op(shape=tf.reshape(self.rows * width, [1]), key=key, counter=counter,
-                      alg=tf.constant(1, tf.int32), dtype=dtype)  # 1: Philox
-            rows = tf.reshape(flat, tf.stack([self.rows, width]))[:, :size]
-            return tf.reshape(rows, tf.concat([[self.rows], features], axis=0))
+        def each():  # any other indices: the same counters, pass by pass
+            return tf.map_fn(lambda t: _philox(op, key, tf.cast(t, tf.uint64) * groups, high, width),
+                             self.passes, fn_output_signature=dtype, parallel_iterations=16)
 
-        return tf.map_fn(one_pass, self.passes, fn_output_signature=dtype, parallel_iterations=16)
+        within = tf.reduce_all((offsets >= 0) & (offsets < self.num_passes))
+        words = tf.cond(within, span, each)
+        return tf.reshape(words, tf.stack([self.num_passes, 1, width]))
+
+    def _shaped(self, values, features):
+        """(Tc, m, width) → (Tc, m, *features), dropping each row's padding."""
+        static = _static(features)
+        size = math.prod(static) if static is not None else tf.reduce_prod(features)
+        if static is None or values.shape[-1] != size:
+            values = values[..., :size]
+        return tf.reshape(values, tf.concat([tf.shape(values)[:2], features], axis=0))
+
+    def _bernoulli(self, features, rate: float):
+        """Boolean (Tc, m, *features): True (keep) with probability ``1 - rate``, exactly to 2^-32."""
+        words = self._shaped(self._draw(features), features)
+        threshold = math.ceil(rate * 2.0**32)
+        if threshold <= 0:
+            return tf.ones_like(words, tf.bool)
+        if threshold >= 2**32:
+            return tf.zeros_like(words, tf.bool)
+        return words >= tf.constant(threshold, tf.uint32)
 
     def uniform(self, features, dtype):
-        return self._draw(lambda s, k, d: tf.random.stateless_uniform(s, seed=k, dtype=d), features, dtype,
-                          per_row=tf.raw_ops.StatelessRandomUniformV2)
+        """Uniform noise in [0, 1), shape (Tc, m, *features): 24 random bits per value."""
+        return tf.cast(_unit(self._shaped(self._draw(features), features)), dtype)
 
     def normal(self, features, dtype):
-        return self._draw(lambda s, k, d: tf.random.stateless_normal(s, seed=k, dtype=d), features, dtype,
-                          per_row=tf.raw_ops.StatelessRandomNormalV2)
+        """Standard normal noise, shape (Tc, m, *features): drawn in float32, then cast."""
+        return tf.cast(self._shaped(self._draw(features, _NORMAL_OP), features), dtype)
 
     def per_row(self, fn, inputs):
         """Run ``fn(row, key)`` on each of the ``Tc * n`` rows of ``inputs`` (a tensor or a nest of them,
         pass-major) and stack the results: the opted-in custom layers' path. One site per call; the key
         of row ``t * n + i`` is (seed, site, absolute pass index), and with per-example masks also the
         row's index in the whole input (``row_offset + i``), so it does not depend on the batching."""
-        site_key = tf.random.experimental.stateless_fold_in(self.seed, self._next_site())
+        site_key = _keras_compat.fold_in(self.seed, self._next_site())
         flat = tf.nest.flatten(inputs)
         index = tf.range(tf.shape(flat[0])[0])
         pass_of = tf.gather(self.passes, index // self.rows)
@@ -132,9 +207,9 @@ class PassContext:
 
         def one(args):
             row, t, i = args
-            key = tf.random.experimental.stateless_fold_in(site_key, tf.cast(t, tf.int64))
+            key = _keras_compat.fold_in(site_key, tf.cast(t, tf.int64))
             if self.mask == "per_example":
-                key = tf.random.experimental.stateless_fold_in(key, i)
+                key = _keras_compat.fold_in(key, i)
             return fn(tf.nest.pack_sequence_as(inputs, row), key)
 
         return tf.map_fn(one, (flat, pass_of, row_of), fn_output_signature=flat[0].dtype,
@@ -152,55 +227,93 @@ class PassContext:
         return tf.reshape(x, tf.concat([[-1], rest], axis=0))
 
     def tile(self, x):
-        """A deterministic (n, ...) tensor broadcast over the passes: (Tc * n, ...), pass-major."""
+        """A deterministic (n, ...) tensor broadcast over the passes: (Tc * n, ...), pass-major.
+
+        While traced, the context remembers which tensor it tiled: a noise layer fed the tiled tensor (the first
+        stochastic layer after a deterministic trunk) broadcasts the untiled rows against its noise
+        instead (see :meth:`_passes_of`), so the copy is not read back, and is never made when
+        nothing else uses it."""
         multiples = tf.concat([[self.num_passes], tf.ones([tf.rank(x) - 1], tf.int32)], axis=0)
-        return tf.tile(x, multiples)
+        tiled = tf.tile(x, multiples)
+        if not tf.executing_eagerly():  # symbolic tensors: remembering them holds no memory
+            self._tiled.append((tiled, x))
+        return tiled
+
+    def _passes_of(self, x):
+        """``x`` (Tc * n, ...) as (Tc, n, ...) — or as (1, n, ...) when it is one of :meth:`tile`'s
+        outputs, to be broadcast against the (Tc, m, ...) noise: the same values, without reading
+        the tiled copy."""
+        for tiled, rows in self._tiled:
+            if tiled is x:
+                return rows[None]
+        return self.unflatten(x)
 
     # -- the noise of each layer family ----------------------------------------------------------
+    # Each family builds its noise at the noise shape — (Tc, 1, *features) for consistent masks, so no
+    # larger than one network per pass — with the layer's constants folded in, and touches the
+    # activations once or twice by broadcasting: one multiply (dropout, Gaussian dropout), one add
+    # (Gaussian noise), one multiply-add (alpha dropout).
+    def _keep_scaled(self, features, rate: float, kept, dropped, dtype):
+        """(Tc, m, *features) of ``dtype``: ``kept`` where the unit is kept (probability 1 - rate),
+        ``dropped`` elsewhere."""
+        keep = self._bernoulli(features, rate)
+        return tf.where(keep, tf.constant(kept, dtype), tf.constant(dropped, dtype))
+
     def dropout(self, x, rate: float, noise_features=None):
         """Inverted dropout: keep with probability ``1 - rate``, scale kept units by ``1/(1-rate)``.
 
         ``noise_features`` is the non-batch noise shape (1 where the mask is shared along an
-        axis, as for spatial dropout); the input's own shape when None.
+        axis, as for spatial dropout); the input's own shape when None. The mask carries the
+        scale, so the activations are multiplied once.
         """
         features = _features(x) if noise_features is None else noise_features
-        scale = tf.cast(1.0 / (1.0 - rate), x.dtype)
-        keep = tf.cast(self.uniform(features, x.dtype) >= rate, x.dtype) * scale  # scale the small mask
-        return self.flatten(self.unflatten(x) * keep)
+        keep = self._keep_scaled(features, rate, 1.0 / (1.0 - rate), 0.0, x.dtype)
+        return self.flatten(self._passes_of(x) * keep)
 
     def gaussian_dropout(self, x, rate: float):
         """Multiplicative noise :math:`\\mathcal N(1, rate / (1 - rate))`."""
         stddev = math.sqrt(rate / (1.0 - rate))
-        noise = 1.0 + tf.cast(stddev, x.dtype) * self.normal(_features(x), x.dtype)
-        return self.flatten(self.unflatten(x) * noise)
+        noise = 1.0 + stddev * self.normal(_features(x), tf.float32)  # the factor in float32, cast once
+        return self.flatten(self._passes_of(x) * tf.cast(noise, x.dtype))
 
     def alpha_dropout(self, x, rate: float, noise_features=None):
         """Alpha dropout (Klambauer et al. 2017): dropped units set to the SELU saturation value,
-        then an affine map restoring mean and variance."""
+        then an affine map restoring mean and variance.
+
+        .. math::
+            y = a\\,(x\\,m + \\alpha'(1 - m)) + b = x\\,(a m) + (a \\alpha' (1 - m) + b),
+
+        with :math:`m` the keep mask, :math:`\\alpha' = -\\lambda\\alpha`,
+        :math:`a = ((1 - p)(1 + p\\,\\alpha'^2))^{-1/2}` and :math:`b = -a \\alpha' p`: both factors
+        are built at the noise shape, and the activations see one multiply and one add.
+        """
         alpha = 1.6732632423543772848170429916717
         scale = 1.0507009873554804934193349852946
         alpha_p = -alpha * scale
         features = _features(x) if noise_features is None else noise_features
-        keep = tf.cast(self.uniform(features, x.dtype) >= rate, x.dtype)
         a = ((1.0 - rate) * (1.0 + rate * alpha_p**2)) ** -0.5
         b = -a * alpha_p * rate
-        xs = self.unflatten(x)
-        out = tf.cast(a, x.dtype) * (xs * keep + tf.cast(alpha_p, x.dtype) * (1.0 - keep)) + tf.cast(b, x.dtype)
-        return self.flatten(out)
+        keep = self._bernoulli(features, rate)
+        zero = tf.constant(0.0, x.dtype)
+        factor = tf.where(keep, tf.constant(a, x.dtype), zero)
+        shift = tf.where(keep, tf.constant(b, x.dtype), tf.constant(a * alpha_p + b, x.dtype))
+        return self.flatten(self._passes_of(x) * factor + shift)
 
     def gaussian_noise(self, x, stddev: float):
         """Additive noise :math:`\\mathcal N(0, stddev^2)` (only when the user opts in)."""
-        noise = tf.cast(stddev, x.dtype) * self.normal(_features(x), x.dtype)
-        return self.flatten(self.unflatten(x) + noise)
+        noise = stddev * self.normal(_features(x), tf.float32)
+        return self.flatten(self._passes_of(x) + tf.cast(noise, x.dtype))
 
     def rnn_mask(self, step_input, rate: float, count: int | None):
         """A recurrent-dropout mask for a step input of shape (Tc * n, units), fixed over time
-        steps (Gal & Ghahramani 2016); ``count`` independent masks when the cell asks for one per gate."""
+        steps (Gal & Ghahramani 2016); ``count`` independent masks when the cell asks for one per gate.
+
+        The cell multiplies its flat (Tc * n, units) step inputs by the mask, so the scaled
+        (Tc, 1, units) draw is broadcast to the rows once per RNN call (not once per time step)."""
 
         def one():
             features = _features(step_input)
-            keep = tf.cast(self.uniform(features, step_input.dtype) >= rate, step_input.dtype)
-            keep = keep * tf.cast(1.0 / (1.0 - rate), step_input.dtype)
+            keep = self._keep_scaled(features, rate, 1.0 / (1.0 - rate), 0.0, step_input.dtype)
             full = tf.broadcast_to(keep, tf.concat([[self.num_passes, self.rows], features], 0))
             return self.flatten(full)
 

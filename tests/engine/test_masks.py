@@ -44,6 +44,13 @@ def test_masks_key_on_absolute_pass_index():
     np.testing.assert_array_equal(long[:20], short)
 
 
+def test_per_example_masks_key_on_absolute_pass_index():
+    short = mcdrop.MCDropout(identity_dropout(), num_samples=7, seed=5, mask="per_example", verbose=0).sample(ONES)
+    long = mcdrop.MCDropout(identity_dropout(), num_samples=30, seed=5, mask="per_example", verbose=0,
+                            passes_per_chunk=4).sample(ONES)
+    np.testing.assert_array_equal(long[:7], short)
+
+
 def test_seed_reproducible_across_calls_and_objects_without_seed_calls_differ():
     model = mlp()
     x = np.random.default_rng(0).standard_normal((30, 8)).astype("float32")
