@@ -85,6 +85,18 @@ def machine() -> dict:
             "devices": [d.device_type for d in tf.config.list_logical_devices()]}
 
 
+def finish(results: dict, path) -> dict:
+    """Record the load average after the run on ``results`` and, with a ``path``, write them as JSON
+    (atomically: no partial file). Returns ``results``."""
+    import mcdrop.io
+
+    results["machine"]["load_average_after"] = machine()["load_average"]
+    if path:
+        mcdrop.io.save_json(path, results)
+        print(f"\nwrote {path}")
+    return results
+
+
 # -- workloads -------------------------------------------------------------------------------------------
 
 def mlp(rows: int = 1000) -> Workload:

@@ -30,7 +30,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _workloads import (  # noqa: E402
-    T, WORKLOADS, baselines, interleaved, machine, split_passes)
+    T, WORKLOADS, baselines, finish, interleaved, machine, split_passes)
 
 import tensorflow as tf  # noqa: E402
 
@@ -177,12 +177,7 @@ def main(argv=None):
         results["workloads"][key] = measure(workload, args.repeats)
     if args.profile:
         results["profile"] = profile(WORKLOADS["mlp"](), args.repeats)
-    results["machine"]["load_average_after"] = machine()["load_average"]
-
-    if args.json:
-        mcdrop.io.save_json(args.json, results)  # atomic: no partial file
-        print(f"\nwrote {args.json}")
-    return results
+    return finish(results, args.json)
 
 
 if __name__ == "__main__":

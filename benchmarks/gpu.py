@@ -30,9 +30,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from _workloads import WORKLOADS, Workload, machine  # noqa: E402
+from _workloads import WORKLOADS, Workload, finish, machine  # noqa: E402
 
-import mcdrop.io  # noqa: E402
 from engine import measure  # noqa: E402  (benchmarks/engine.py: the same candidates and ratios)
 
 T = 100
@@ -106,10 +105,7 @@ def main(argv=None):
     results["workloads"]["resnet"] = figures
     for key in extra:
         results["workloads"][key] = measure(WORKLOADS[key](), args.repeats)
-    if args.json:
-        mcdrop.io.save_json(args.json, results)  # atomic: no partial file
-        print(f"\nwrote {args.json}")
-    return results
+    return finish(results, args.json)
 
 
 if __name__ == "__main__":

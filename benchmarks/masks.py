@@ -35,7 +35,7 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _workloads import T, WORKLOADS, baselines, interleaved, machine  # noqa: E402
+from _workloads import T, WORKLOADS, baselines, finish, interleaved, machine  # noqa: E402
 from engine import _positive_int  # noqa: E402  (benchmarks/engine.py: the same --repeats check)
 
 import tensorflow as tf  # noqa: E402
@@ -245,11 +245,7 @@ def main(argv=None):
     for key in [] if args.draws_only else args.workloads:
         results["workloads"][key] = measure(WORKLOADS[key](), args.repeats, mask=args.mask, old=old)
     results["draws"] = draw_cost(args.repeats, mask=args.mask, old=old)
-    results["machine"]["load_average_after"] = machine()["load_average"]
-    if args.json:
-        mcdrop.io.save_json(args.json, results)  # atomic: no partial file
-        print(f"\nwrote {args.json}")
-    return results
+    return finish(results, args.json)
 
 
 if __name__ == "__main__":
