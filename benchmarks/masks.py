@@ -42,6 +42,7 @@ import tensorflow as tf  # noqa: E402
 
 import mcdrop  # noqa: E402
 import mcdrop.engine.noise as noise  # noqa: E402
+from mcdrop.predictive import MASK_MODES  # noqa: E402
 
 __all__ = ["NoNoise", "load_noise", "measure", "draw_cost", "main"]
 
@@ -207,7 +208,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=_positive_int, default=7, help="best of k (default 7)")
     parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS),
                         metavar="NAME", help=f"any of {', '.join(WORKLOADS)} (default: all)")
-    parser.add_argument("--mask", choices=["consistent", "per_example"], default="consistent")
+    parser.add_argument("--mask", choices=list(MASK_MODES), default="consistent")
     parser.add_argument("--old-ref", default="main", help="git revision of the old noise module (default main)")
     parser.add_argument("--old-file", metavar="PATH", help="an old noise module's file instead of --old-ref")
     parser.add_argument("--no-old", action="store_true", help="measure this tree's noise only")

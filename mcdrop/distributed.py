@@ -61,7 +61,7 @@ from pathlib import Path
 import numpy as np
 
 from mcdrop._validation import check_int, invalid
-from mcdrop.predictive import ClassificationPrediction
+from mcdrop.predictive import ClassificationPrediction, keeps_samples
 
 __all__ = ["score_pool", "predict_pool", "stream_pool", "PoolResult", "SELECTABLE", "top_k"]
 
@@ -271,12 +271,8 @@ def _as_list(prediction):
         list(prediction) if isinstance(prediction, list) else [prediction])
 
 
-def _keeps_samples(prediction, return_samples) -> bool:
-    return return_samples if return_samples is not None else prediction.keeps_samples_by_default
-
-
 def _without_unasked_samples(prediction, return_samples):
-    return prediction if _keeps_samples(prediction, return_samples) else prediction.without_samples()
+    return prediction if keeps_samples(prediction, return_samples) else prediction.without_samples()
 
 
 class _Scorer:

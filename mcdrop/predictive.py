@@ -753,6 +753,12 @@ def _checked_arrays(arrays, task, meta, rows_first, bad) -> dict:
     return out
 
 
+def keeps_samples(kind, return_samples: bool | None) -> bool:
+    """Whether the per-pass outputs are kept: as ``return_samples`` asks, else ``kind``'s default (a head or
+    a prediction, whose ``keeps_samples_by_default`` says whether its statistics need the passes)."""
+    return kind.keeps_samples_by_default if return_samples is None else return_samples
+
+
 def concatenate(predictions: Sequence[Prediction]) -> Prediction:
     """Join predictions of consecutive row blocks (same task, passes, mask and seed) into one."""
     predictions = list(predictions)

@@ -17,7 +17,7 @@ from mcdrop._validation import invalid
 from mcdrop.accumulators import PassBlock
 from mcdrop.engine._reduce import block_of
 from mcdrop.heads import RegressionHead
-from mcdrop.predictive import concatenate
+from mcdrop.predictive import concatenate, keeps_samples
 
 __all__ = ["ReducedStep", "RawStep", "PieceSummary", "MemorySink", "StoreSink", "make_accumulators",
            "nonfinite_error", "join_rows", "Chunks"]
@@ -26,8 +26,8 @@ __all__ = ["ReducedStep", "RawStep", "PieceSummary", "MemorySink", "StoreSink", 
 def make_accumulators(heads, return_samples, provenance) -> list:
     """One accumulator per output. Samples are kept when asked (``return_samples``), and by default for
     regression, whose predictive mixture needs them."""
-    return [head.accumulator(keep_samples=head.keeps_samples_by_default if return_samples is None else return_samples,
-                             provenance=provenance) for head in heads]
+    return [head.accumulator(keep_samples=keeps_samples(head, return_samples), provenance=provenance)
+            for head in heads]
 
 
 def nonfinite_error(rows: int, total: int) -> ValueError:
@@ -79,10 +79,6 @@ class ReducedStep:
         self.keep_samples = keep_samples  # per head (a function of it), or a bool
         self.heads = heads
 
-    def _keeps(self, head) -> bool:
-        keep = self.keep_samples
-        return head.keeps_samples_by_default if keep is None else keep
-
     def __call__(self, group, indices, valid):
         engine = self.engine
         out = engine._call(group, indices, self.seed_pair)
@@ -95,7 +91,7 @@ class ReducedStep:
             stats = engine._reducer(head, raw, valid)
             self._check(head, stats, group, raw, valid)
             constant.append(all(not np.any(stats["spread"][i, :piece.used]) for i, piece in enumerate(group)))
-            host = np.asarray(raw) if self._keeps(head) else None
+            host = np.asarray(raw) if keeps_samples(head, self.keep_samples) else None
             for i, piece in enumerate(group):
                 kept = head.per_pass(host[i, :valid, :piece.used]) if host is not None else (None, None)
                 results[i].append((block_of(stats, i, piece.used, valid), *kept))
