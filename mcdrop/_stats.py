@@ -166,17 +166,24 @@ def expected_entropy(probs: np.ndarray) -> np.ndarray:
     return add_in_order(None, entropy(p)) / p.shape[0]
 
 
-def mutual_information(mean_probs: np.ndarray, expected_entropy: np.ndarray) -> np.ndarray:
+def mutual_information(mean_probs: np.ndarray, expected_entropy: np.ndarray, variance=None) -> np.ndarray:
     r"""(N, ...): the epistemic part of the entropy (BALD), from the mean probabilities (N, ..., C)
     and the expected per-pass entropy (N, ...), clipped at 0 against rounding.
 
     .. math:: I = H[\bar p] - \frac1T\sum_t H[p_t]
 
+    With the per-class ``variance`` over passes (N, ..., C), a row whose variance is exactly 0 (every
+    pass the same) gets exactly 0: the difference of two entropies computed apart would leave a few
+    units of rounding there.
+
     >>> p = np.array([[[0.9, 0.1]], [[0.1, 0.9]]])  # two passes that disagree
     >>> mutual_information(moments(p)[0], expected_entropy(p)).round(4)
     array([0.3681])
     """
-    return np.maximum(entropy(mean_probs) - expected_entropy, 0.0)
+    information = np.maximum(entropy(mean_probs) - expected_entropy, 0.0)
+    if variance is None:
+        return information
+    return np.where(np.any(np.asarray(variance) != 0, axis=-1), information, 0.0)
 
 
 def vote_counts(probs: np.ndarray) -> np.ndarray:

@@ -285,8 +285,8 @@ class ClassificationPrediction(_Codec):
     @cached_property
     def mutual_information(self) -> np.ndarray:
         r"""Epistemic part (N,): :math:`I = H[\bar p] - \frac1T\sum_t H[p_t]` (BALD), clipped at 0
-        against rounding."""
-        return _stats.mutual_information(self.mean, self.expected_entropy)
+        against rounding, and exactly 0 where every pass agreed (zero variance)."""
+        return _stats.mutual_information(self.mean, self.expected_entropy, self.variance)
 
     @cached_property
     def variation_ratio(self) -> np.ndarray:

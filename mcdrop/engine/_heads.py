@@ -94,6 +94,33 @@ class HeadRules:
         return [_decide_one(raw, task, out, het, act)
                 for raw, task, out, het, act in zip(raw_outputs, tasks, outs, hets, activations)]
 
+    def decide_early(self, shapes) -> list[Head] | None:
+        """Every output's head when the stated options and the graph settle it before any pass runs;
+        None when one needs the first pass chunk's values (a model without a graph, an output whose final
+        activation cannot be read, or a shape the graph leaves open). ``shapes``: each output's shape,
+        from the graph (None for unknown axes)."""
+        if (self.checked is None or len(shapes) != len(self.activations) or None in self.activations
+                or any(not shape or shape[-1] is None for shape in shapes)):
+            return None
+        try:
+            return self.decide([_GraphOutput(tuple(shape)) for shape in shapes])
+        except _NeedsValues:
+            return None
+
+
+class _NeedsValues(LookupError):
+    """A head asked for the values of a pass where only the graph's shapes are known."""
+
+
+class _GraphOutput:
+    """An output as the graph declares it: a shape, no values (reading them raises :class:`_NeedsValues`)."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+    def __array__(self, *args, **kwargs):
+        raise _NeedsValues(self.shape)
+
 
 def _check_one(task, outputs, heteroscedastic) -> None:
     if task is not None:

@@ -1,8 +1,8 @@
 r"""The passes of a block reduced on the device: what the accumulators need, not every pass.
 
 The compiled sampler leaves a block's per-pass outputs on the device as a tensor shaped
-``(R, Tc, n, ...)`` (R blocks: one per replica, Tc passes, n rows). A second compiled function, one
-per head and output signature, reads them there and returns, per block and row, O(n·C) numbers in
+``(R, Tc, n, ...)`` (R blocks: one per replica, Tc passes, n rows). A compiled function, one per
+head and output signature, reads them there and returns, per block and row, O(n·C) numbers in
 float64 (the precision of the host's accumulators):
 
 =========================  =====================================================================
@@ -12,11 +12,28 @@ float64 (the precision of the host's accumulators):
 ``votes``                  classification: per class, the passes whose argmax it is
 ``sum_variance``           Gaussian regression head: :math:`\sum_t \sigma^2_t`
 ``nonfinite``              per row: a NaN or infinity in any pass (checked before anything is used)
-``spread``                 per row: :math:`\max_t |x_t - x_0|` of the raw output (0: no noise reached it)
+``varies``                 per row: some pass differs from the first (False: no noise reached it)
 ``bad``, ``bad_value``     per row: a pass that breaks the head's contract ('probs' rows that do not
                            sum to one, a sigmoid 'probs' unit outside [0, 1], a negative
                            ``'variance'``), and the offending value of the first such pass
 =========================  =====================================================================
+
+When the heads are known before the first pass chunk (a graph model whose output activations and
+stated options settle them), this function runs inside the sampler's own compiled call
+(:class:`Reductions`), so a block costs one call; otherwise (and under a distribution strategy) it is
+a second call on the sampler's outputs. Both call the same compiled reduction.
+
+Cost. Where the moments are taken of the raw values themselves (a multi-class 'probs' output, a
+plain regression output, of any dtype but float64), ``nonfinite`` and ``varies`` come from the
+shifted squares already summed, not from two more passes over the values: each square is >= 0 or
+NaN, so one NaN or infinity makes the row's sum NaN or infinite, and a finite square of a float32
+difference never overflows float64 and is never 0 unless the difference is. Winners are taken on the
+raw float32 values where the probabilities are those values widened (the same winner, ties included).
+The per-pass entropies stay float64 throughout (``xlogy`` of float64 probabilities): a float32 log
+would move the expected entropy by ~1e-8 and the mutual information, a small difference of two
+entropies, by as much; that is the reductions' largest cost left (about half of them under XLA).
+Identical passes give exactly 0 variance (shifted sums of zeros) and the prediction reports exactly 0
+mutual information for rows whose variance is 0 (:func:`mcdrop._stats.mutual_information`).
 
 The host merges blocks in pass order (:meth:`mcdrop._stats.ShiftedMoments.merge`). The reductions
 are TensorFlow's sums over the pass axis of a tensor whose shape is fixed by the plan, so with a
@@ -32,7 +49,7 @@ from mcdrop._validation import PROB_ATOL
 from mcdrop.accumulators import PassBlock
 from mcdrop.heads import ClassificationHead, RegressionHead
 
-__all__ = ["PassReducer"]
+__all__ = ["PassReducer", "Reductions", "block_of", "XLA_VALUES"]
 
 #: How far a single sigmoid 'probs' unit may stray outside [0, 1] (as the host check allowed).
 _UNIT_ATOL = 1e-6
@@ -56,6 +73,27 @@ def _moments(x):
     first = x[:, 0]
     d = x - first[:, None]
     return first, tf.reduce_sum(d, axis=1), tf.reduce_sum(d * d, axis=1)
+
+
+def _checks(raw, sum_sq=None):
+    """Per (block, row): ``nonfinite`` (a NaN or infinity in any pass) and ``varies`` (some pass differs
+    from the first). With ``sum_sq``, the shifted squares of exactly the raw values widened to float64
+    (:func:`_widens`), both come from it: a NaN or infinity anywhere makes it NaN or infinite (each
+    term is >= 0 or NaN, and no finite term overflows), and it is 0 only when every pass equals the
+    first (a nonzero difference of two float32 values squares to a normal float64). Otherwise they are
+    read from the raw values."""
+    if sum_sq is not None:
+        total = tf.reduce_sum(sum_sq, axis=list(range(2, sum_sq.shape.rank)))
+        return {"nonfinite": ~tf.math.is_finite(total), "varies": total != 0}
+    axes = [1, *range(3, raw.shape.rank)]
+    return {"nonfinite": tf.reduce_any(~tf.math.is_finite(raw), axis=axes),
+            "varies": tf.reduce_any(raw != raw[:, :1], axis=axes)}
+
+
+def _widens(raw) -> bool:
+    """Whether float64 holds ``raw``'s values and their differences' squares exactly enough for
+    :func:`_checks` (float16/32, bfloat16 and integers do; float64 itself could overflow)."""
+    return raw.dtype != tf.float64
 
 
 def _entropy(p):
@@ -83,14 +121,15 @@ def _probabilities(x, outputs: str):
     return z, flags, sums
 
 
-def _classification(x, head):
+def _classification(x, head, widens):
     p, flags, values = _probabilities(x, head.outputs)
     first, s1, s2 = _moments(p)
-    winners = tf.argmax(p, axis=-1, output_type=tf.int32)
+    direct = widens and head.outputs == "probs" and x.shape[-1] > 1  # p is the raw output, widened exactly
+    winners = tf.argmax(x if direct else p, axis=-1, output_type=tf.int32)  # the same winner, ties included
     votes = tf.reduce_sum(tf.one_hot(winners, tf.shape(p)[-1], dtype=tf.int32), axis=1)
     bad, bad_value = _none_bad(p) if flags is None else _first_bad(flags, values)
-    return {"first": first, "sum": s1, "sum_sq": s2, "sum_entropy": tf.reduce_sum(_entropy(p), axis=1),
-            "votes": votes, "bad": bad, "bad_value": bad_value}
+    return {**_checks(x, s2 if direct else None), "first": first, "sum": s1, "sum_sq": s2,
+            "sum_entropy": tf.reduce_sum(_entropy(p), axis=1), "votes": votes, "bad": bad, "bad_value": bad_value}
 
 
 def _variances(s, parameterisation):
@@ -103,20 +142,21 @@ def _variances(s, parameterisation):
     return tf.square(tf.nn.softplus(s))
 
 
-def _regression(x, head):
+def _regression(x, head, widens):
     heteroscedastic = head.heteroscedastic
     if heteroscedastic is None:
         first, s1, s2 = _moments(tf.cast(x, tf.float64))
         bad, bad_value = _none_bad(x)
-        return {"first": first, "sum": s1, "sum_sq": s2, "bad": bad, "bad_value": bad_value}
+        return {**_checks(x, s2 if widens else None), "first": first, "sum": s1, "sum_sq": s2, "bad": bad,
+                "bad_value": bad_value}
     d = x.shape[-1] // 2
     s = tf.cast(x[..., d:], tf.float64)
     first, s1, s2 = _moments(tf.cast(x[..., :d], tf.float64))
     axes = list(range(3, s.shape.rank))
     bad, bad_value = (_first_bad(tf.reduce_any(s < 0, axis=axes), tf.reduce_min(s, axis=axes))
                       if heteroscedastic == "variance" else _none_bad(x))
-    return {"first": first, "sum": s1, "sum_sq": s2, "sum_variance": tf.reduce_sum(_variances(s, heteroscedastic), 1),
-            "bad": bad, "bad_value": bad_value}
+    return {**_checks(x), "first": first, "sum": s1, "sum_sq": s2,
+            "sum_variance": tf.reduce_sum(_variances(s, heteroscedastic), 1), "bad": bad, "bad_value": bad_value}
 
 
 _REDUCTIONS = {ClassificationHead: _classification, RegressionHead: _regression}
@@ -125,15 +165,12 @@ _REDUCTIONS = {ClassificationHead: _classification, RegressionHead: _regression}
 def _reduce(raw, valid, head):
     """The reductions of ``raw`` (R, Tc, n, ...), over its first ``valid`` passes, for ``head``."""
     x = raw[:, :valid]
+    widens = x.dtype != tf.float64
     if not x.dtype.is_floating:  # an integer or boolean output: read as float64, always finite
         x = tf.cast(x, tf.float64)
-    axes = list(range(3, x.shape.rank))
-    stats = {"nonfinite": tf.reduce_any(~tf.math.is_finite(x), axis=[1, *axes]),
-             "spread": tf.reduce_max(tf.abs(x - x[:, :1]), axis=[1, *axes])}
     if x.shape.rank == 3:
         x = x[..., None]
-    stats.update(_REDUCTIONS[type(head)](x, head))
-    return stats
+    return _REDUCTIONS[type(head)](x, head, widens)
 
 
 #: Values per call from which the reductions are compiled with XLA even when ``jit_compile`` is off: XLA
@@ -147,7 +184,8 @@ XLA_VALUES = 2**18
 
 class PassReducer:
     """One compiled reduction per (head, output signature), cached; ``run_eagerly`` runs it without
-    ``tf.function`` (debugging). ``traces`` counts its traces."""
+    ``tf.function`` (debugging). ``traces`` counts its traces (also those inside a fused step,
+    :class:`Reductions`)."""
 
     def __init__(self, *, run_eagerly: bool = False, jit_compile: bool = False):
         self.run_eagerly = run_eagerly
@@ -155,9 +193,13 @@ class PassReducer:
         self._functions = {}
         self.traces = 0
 
-    def _function(self, head, raw):
-        spec = tf.TensorSpec((None, None, None, *raw.shape[3:]), raw.dtype)
-        jit = self.jit_compile or raw.shape.num_elements() >= XLA_VALUES
+    def uses_xla(self, values: int) -> bool:
+        """Whether a call of ``values`` raw values (all blocks, passes, rows and units) is compiled with XLA."""
+        return self.jit_compile or values >= XLA_VALUES
+
+    def function(self, head, tail, dtype, jit: bool):
+        """The reduction for ``head`` of raw outputs (R, Tc, n, *tail) of ``dtype``: ``fn(raw, valid)``."""
+        spec = tf.TensorSpec((None, None, None, *tail), dtype)
         key = (head, tuple(spec.shape.as_list()), spec.dtype.name, jit)
         if key not in self._functions:
             def step(raw, valid):
@@ -171,8 +213,37 @@ class PassReducer:
 
     def __call__(self, head, raw, valid: int) -> dict:
         """Numpy reductions of ``raw`` (R, Tc, n, ...) over its first ``valid`` passes, each (R, n, ...)."""
-        stats = self._function(head, raw)(raw, tf.constant(valid, tf.int32))
+        fn = self.function(head, raw.shape[3:], raw.dtype, self.uses_xla(raw.shape.num_elements()))
+        stats = fn(raw, tf.constant(valid, tf.int32))
         return {name: value.numpy() for name, value in stats.items()}
+
+
+class Reductions:
+    """What a fused step (:meth:`mcdrop.engine.sampler.CompiledSampler.function` with ``then``) returns after
+    its passes: per output, the reductions for its head and, where ``keep`` says so, the raw passes
+    (Tc, n, ...). Each reduction is the same compiled function :class:`PassReducer` calls on its own
+    (``jit``: per output, whether with XLA), so a fused call and a separate one reduce alike. Hashable:
+    one fused step is traced per input signature and (heads, keep, jit)."""
+
+    def __init__(self, reducer: PassReducer, heads, keep, jit):
+        self.reducer = reducer
+        self.key = (tuple(heads), tuple(bool(k) for k in keep), tuple(bool(j) for j in jit))
+
+    def __hash__(self):
+        return hash((id(self.reducer), self.key))
+
+    def __eq__(self, other):
+        return isinstance(other, Reductions) and other.reducer is self.reducer and other.key == self.key
+
+    def __repr__(self):
+        return f"Reductions(heads={self.key[0]}, keep={self.key[1]}, jit={self.key[2]})"
+
+    def __call__(self, outputs, valid):
+        result = []
+        for raw, head, keep, jit in zip(outputs, *self.key):
+            stats = self.reducer.function(head, raw.shape[2:], raw.dtype, jit)(raw[None], valid)
+            result.append((stats, raw if keep else None))
+        return result
 
 
 def block_of(stats: dict, index: int, rows: int, count: int) -> PassBlock:

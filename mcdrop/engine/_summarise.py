@@ -9,13 +9,14 @@ the host only when samples are kept. :class:`RawStep` hands on the raw passes (`
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
 from mcdrop._validation import invalid
 from mcdrop.accumulators import PassBlock
-from mcdrop.engine._reduce import block_of
+from mcdrop.engine._reduce import Reductions, block_of
 from mcdrop.heads import RegressionHead
 from mcdrop.predictive import concatenate, keeps_samples
 
@@ -66,11 +67,31 @@ def _contract_error(head, bad: int, value: float, raw) -> ValueError:
         "Pass outputs='logits' if the model returns unnormalised scores.")
 
 
+class _Outputs:
+    """A block of raw outputs as heads and error messages see it: its shape and dtype, with values read
+    from the device only if asked for (``np.asarray``), so a call that needs none copies none."""
+
+    def __init__(self, shape, dtype, values=None):
+        self.shape, self.dtype, self._values = tuple(shape), np.dtype(dtype), values
+        self.ndim = len(self.shape)
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self._values(), dtype=dtype)
+
+
+def _first_block(raw, valid) -> _Outputs:
+    """The first block's ``valid`` passes of ``raw`` (blocks, Tc, n, ...), read only if asked for."""
+    return _Outputs((valid, *raw.shape[2:]), raw.dtype.as_numpy_dtype, lambda: raw[0, :valid].numpy())
+
+
 class ReducedStep:
     """One prediction's compiled step: a chunk of passes over a group of pieces, reduced on the device.
 
     Calling it returns, per piece, a list per output of (:class:`~mcdrop.accumulators.PassBlock`,
-    kept samples or None, kept variances or None). ``heads`` is decided on the first call.
+    kept samples or None, kept variances or None). ``heads`` is decided on the first call: from the
+    graph and the stated options when they settle it (:meth:`~mcdrop.engine._heads.HeadRules.decide_early`),
+    and then the passes and their reductions run in one compiled call (:meth:`_fused`); otherwise from
+    the first chunk's outputs, reduced by a second call.
     """
 
     def __init__(self, engine, seed_pair, *, keep_samples, heads=None):
@@ -78,28 +99,60 @@ class ReducedStep:
         self.seed_pair = seed_pair
         self.keep_samples = keep_samples  # per head (a function of it), or a bool
         self.heads = heads
+        self._shapes = engine._graph_output_shapes()  # None: not all known from the graph
+        if heads is None and self._shapes is not None:
+            self.heads = engine._rules.decide_early([shape for shape, _ in self._shapes])
 
-    def __call__(self, group, indices, valid):
+    def _fused(self, group, indices):
+        """The reductions to run in the sampler's own call, or None where they cannot: heads still unknown,
+        a distribution strategy, or an output shape the head refuses (the separate call raises then)."""
         engine = self.engine
+        if self.heads is None or self._shapes is None or engine.sampler.strategy is not None:
+            return None
+        jit = []
+        for head, (shape, dtype) in zip(self.heads, self._shapes):
+            try:
+                head.check_shape(_Outputs((len(indices), group[0].size, *shape[1:]), dtype))
+            except ValueError:
+                return None
+            jit.append(engine._reducer.uses_xla(len(indices) * group[0].size * math.prod(shape[1:])))
+        keep = [keeps_samples(head, self.keep_samples) for head in self.heads]
+        return Reductions(engine._reducer, self.heads, keep, jit)
+
+    def _reduced(self, group, indices, valid) -> list:
+        """Per output: (the reductions as numpy arrays, each (blocks, n, ...); the raw passes on the host,
+        (blocks, Tc, n, ...), if kept, else None; the raw outputs' shape after (blocks, Tc, n) and dtype)."""
+        engine = self.engine
+        fused = self._fused(group, indices)
+        if fused is not None:
+            per_output = engine._call(group, indices, self.seed_pair, then=fused, valid=valid)
+            return [({k: v.numpy() for k, v in stats.items()}, None if raw is None else raw.numpy()[None],
+                     tuple(shape[1:]), dtype) for (stats, raw), (shape, dtype) in zip(per_output, self._shapes)]
         out = engine._call(group, indices, self.seed_pair)
         if self.heads is None:
-            self.heads = engine._rules.decide([o[0, :valid] for o in out])
+            self.heads = engine._rules.decide([_first_block(o, valid) for o in out])
+        result = []
+        for head, raw in zip(self.heads, out):
+            head.check_shape(_first_block(raw, valid))
+            host = raw.numpy() if keeps_samples(head, self.keep_samples) else None
+            result.append((engine._reducer(head, raw, valid), host, tuple(raw.shape[3:]), raw.dtype.as_numpy_dtype))
+        return result
+
+    def __call__(self, group, indices, valid):
+        reduced = self._reduced(group, indices, valid)
         results = [[] for _ in group]
         constant = []
-        for head, raw in zip(self.heads, out):
-            head.check_shape(raw[0, :valid])
-            stats = engine._reducer(head, raw, valid)
-            self._check(head, stats, group, raw, valid)
-            constant.append(all(not np.any(stats["spread"][i, :piece.used]) for i, piece in enumerate(group)))
-            host = np.asarray(raw) if keeps_samples(head, self.keep_samples) else None
+        for head, (stats, host, tail, dtype) in zip(self.heads, reduced):
+            self._check(head, stats, group, valid, tail, dtype)
+            constant.append(not any(np.any(stats["varies"][i, :piece.used]) for i, piece in enumerate(group)))
             for i, piece in enumerate(group):
                 kept = head.per_pass(host[i, :valid, :piece.used]) if host is not None else (None, None)
                 results[i].append((block_of(stats, i, piece.used, valid), *kept))
-        engine._check_noise_reaches(constant, valid)
+        self.engine._check_noise_reaches(constant, valid)
         return results
 
     @staticmethod
-    def _check(head, stats, group, raw, valid) -> None:
+    def _check(head, stats, group, valid, tail, dtype) -> None:
         for i, piece in enumerate(group):
             bad = int(np.sum(stats["nonfinite"][i, :piece.used]))
             if bad:
@@ -108,7 +161,7 @@ class ReducedStep:
             flags = stats["bad"][i, :piece.used]
             if np.any(flags):
                 value = float(stats["bad_value"][i, :piece.used][flags][0])
-                raise _contract_error(head, int(np.sum(flags)), value, np.asarray(raw[i, :valid, :piece.used]))
+                raise _contract_error(head, int(np.sum(flags)), value, _Outputs((valid, piece.used, *tail), dtype))
 
 
 class RawStep:

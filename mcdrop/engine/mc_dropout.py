@@ -191,6 +191,18 @@ class MCDropout:
             return [str(i) for i in range(len(tree.flatten(structure)))]
         return [getattr(t, "name", str(i)) for i, t in enumerate(getattr(self.model, "outputs", []) or [])]
 
+    def _graph_output_shapes(self):
+        """Each output's (shape, dtype) as the graph declares them, in the order of the sampler's outputs;
+        None for a model without a graph or where an axis after the first is left open."""
+        functional = functional_of(self.model)
+        try:
+            found = [(tuple(t.shape), np.dtype(t.dtype)) for t in functional.outputs] if functional else None
+        except (AttributeError, TypeError):
+            return None
+        if not found or any(len(s) < 2 or None in s[1:] for s, _ in found):
+            return None
+        return found
+
     def _output_labels(self, n):
         """Names for messages: dict keys, or the layers that make the outputs, or indices."""
         names = self._output_names()
@@ -266,11 +278,13 @@ class MCDropout:
                                  num_samples=self.num_samples)
             yield from runner.run(pieces(x, self._spec, rows, row_offset, check), receiver)
 
-    def _call(self, group, indices, seed_pair):
-        """Per-pass outputs for one piece per replica: a list (per output) of tensors (replicas, Tc, n, ...)."""
+    def _call(self, group, indices, seed_pair, *, then=None, valid=None):
+        """Per-pass outputs for one piece per replica: a list (per output) of tensors (replicas, Tc, n, ...);
+        with ``then``, what it makes of them in the same compiled call (see :class:`CompiledSampler`)."""
         try:
             return self.sampler([p.flat for p in group], group[0].structure, indices, seed_pair,
-                                [p.offset for p in group], self._spec.shapes if self._spec is not None else None)
+                                [p.offset for p in group], self._spec.shapes if self._spec is not None else None,
+                                then=then, valid=valid)
         except ModelFailedError as failure:
             flat = group[0].flat
             raise invalid("x", "input the model can take", flat[0] if len(flat) == 1 else f"{len(flat)} arrays",

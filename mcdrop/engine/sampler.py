@@ -175,22 +175,29 @@ class CompiledSampler:
         batch size, and so raises or drops steps). A new length there is a new signature, traced once."""
         return [tf.TensorSpec((None, *(int(d) for d in a.shape[1:])), tf.as_dtype(a.dtype)) for a in flat]
 
-    def function(self, flat, structure, spec_shapes=None):
+    def function(self, flat, structure, spec_shapes=None, then=None):
+        """The compiled step for inputs like ``flat``: ``fn(flat_inputs, passes, seed, row_offset)`` gives the
+        per-pass outputs. With ``then`` (a hashable callable), ``fn`` takes the number of valid passes as a
+        fifth argument and returns ``then(outputs, valid)`` instead, computed in the same function (the
+        reductions: :class:`mcdrop.engine._reduce.Reductions`)."""
         specs = self._signature(flat, spec_shapes)
         key = (tuple((s.shape.as_list().__repr__(), s.dtype.name) for s in specs), repr(tf.nest.map_structure(
-            lambda _: 0, structure)) if structure is not None else None)
+            lambda _: 0, structure)) if structure is not None else None, then)
         if key not in self._functions:
-            def step(flat_inputs, passes, seed, row_offset):
-                return self._step(list(flat_inputs), structure, passes, seed, row_offset)
+            def step(flat_inputs, passes, seed, row_offset, *valid):
+                outputs = self._step(list(flat_inputs), structure, passes, seed, row_offset)
+                return outputs if then is None else then(outputs, *valid)
 
             if self.run_eagerly:
                 fn = step
             else:
+                extra = [] if then is None else [tf.TensorSpec([], tf.int32)]
                 fn = tf.function(step, input_signature=[
                     specs,
                     tf.TensorSpec([None], tf.int32),
                     tf.TensorSpec([2], tf.int64),
                     tf.TensorSpec([], tf.int64),
+                    *extra,
                 ], reduce_retracing=True, autograph=False, jit_compile=self.jit_compile)
             self._functions[key] = fn
         return self._functions[key]
@@ -199,10 +206,12 @@ class CompiledSampler:
     def replicas(self) -> int:
         return 1 if self.strategy is None else int(self.strategy.num_replicas_in_sync)
 
-    def __call__(self, flats, structure, passes: np.ndarray, seed: np.ndarray, offsets, spec_shapes=None):
+    def __call__(self, flats, structure, passes: np.ndarray, seed: np.ndarray, offsets, spec_shapes=None, *,
+                 then=None, valid: int | None = None):
         """Per-pass outputs of one block per replica (one block without a strategy): a list, per model
         output, of tensors shaped (blocks, T_chunk, n, ...), left where they were computed (the device).
-        All blocks have the same number of rows.
+        All blocks have the same number of rows. With ``then`` (one block, no strategy), what
+        ``then(outputs, valid)`` returns, computed in the same compiled call (see :meth:`function`).
 
         Raises
         ------
@@ -211,14 +220,19 @@ class CompiledSampler:
         tf.errors.ResourceExhaustedError
             Out of memory: the caller may retry with fewer rows.
         """
+        if then is not None and self.strategy is not None:
+            raise ValueError("Invalid value for argument `then`: expected None under a distribution strategy "
+                             f"(the reductions run after the replicas' passes), received {then!r}.")
         try:
-            fn = self.function(flats[0], structure, spec_shapes)
+            fn = self.function(flats[0], structure, spec_shapes, then)
             passes = tf.constant(passes, tf.int32)
             seed = tf.constant(seed, tf.int64)
             if self.strategy is None:
                 (flat,), (offset,) = flats, offsets
-                outputs = fn([tf.convert_to_tensor(a) for a in flat], passes, seed, tf.constant(offset, tf.int64))
-                return [o[None] for o in outputs]
+                args = ([tf.convert_to_tensor(a) for a in flat], passes, seed, tf.constant(offset, tf.int64))
+                if then is not None:
+                    return fn(*args, tf.constant(valid, tf.int32))
+                return [o[None] for o in fn(*args)]
             return self._replicated(fn, flats, passes, seed, offsets)
         except tf.errors.ResourceExhaustedError:
             raise

@@ -13,9 +13,8 @@ from scipy import special, stats
 
 import mcdrop
 from mcdrop.engine._plan import Piece
-from mcdrop.engine._reduce import PassReducer
 from mcdrop.engine._runner import RetryRunner
-from mcdrop.engine._summarise import PieceSummary
+from mcdrop.engine._summarise import PieceSummary, ReducedStep
 from mcdrop.engine.sampler import ModelFailedError
 from tests.engine.conftest import L, mlp
 from tests.engine.test_compiled_sampler import _count_calls
@@ -24,30 +23,34 @@ X = np.random.default_rng(0).standard_normal((23, 8)).astype("float32")
 
 
 def _spy_reductions(monkeypatch):
-    shapes = []
-    original = PassReducer.__call__
+    """Per reduced call: whether it was fused with the sampler's, and the shapes of what reached the host."""
+    calls = []
+    original = ReducedStep._reduced
 
-    def spy(self, head, raw, valid):
-        out = original(self, head, raw, valid)
-        shapes.append((tuple(raw.shape), {k: v.shape for k, v in out.items()}))
+    def spy(self, group, indices, valid):
+        fused = self._fused(group, indices) is not None
+        out = original(self, group, indices, valid)
+        calls.append((fused, [({k: v.shape for k, v in stats.items()}, host) for stats, host, _, _ in out]))
         return out
 
-    monkeypatch.setattr(PassReducer, "__call__", spy)
-    return shapes
+    monkeypatch.setattr(ReducedStep, "_reduced", spy)
+    return calls
 
 
 def test_only_per_row_statistics_leave_the_device(monkeypatch):
-    shapes = _spy_reductions(monkeypatch)
+    calls = _spy_reductions(monkeypatch)
     fed = []
     original_feed = PieceSummary.feed
     monkeypatch.setattr(PieceSummary, "feed", lambda self, outputs: (fed.append(outputs), original_feed(self, outputs)))
     mc = mcdrop.MCDropout(mlp(), num_samples=200, seed=0, verbose=0, passes_per_chunk=50)
     pred = mc.predict(X)
-    assert len(shapes) == 4  # one reduction per pass chunk of the one block
-    for raw_shape, reduced in shapes:
-        assert raw_shape == (1, 50, 23, 3)
+    assert len(calls) == 4  # one reduction per pass chunk of the one block
+    for fused, per_output in calls:
+        assert fused  # a softmax output: the head is known from the graph, so passes and reductions run in one call
+        (reduced, host), = per_output
+        assert host is None  # no pass reached the host
         assert all(shape[:2] == (1, 23) and np.prod(shape) <= 23 * 3 for shape in reduced.values())
-    assert all(samples is None for outputs in fed for _, samples, _ in outputs)  # no pass reached the host
+    assert all(samples is None for outputs in fed for _, samples, _ in outputs)
     samples = mc.sample(X).astype(np.float64)
     np.testing.assert_allclose(pred.mean, samples.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(pred.variance, samples.var(axis=0), rtol=1e-9, atol=1e-15)
@@ -135,9 +138,9 @@ def test_heads_are_decided_in_the_run_and_reported_after_it(monkeypatch):
     seen = []
     real = mc._call
 
-    def call(*args):
+    def call(*args, **kwargs):
         seen.append(mc.heads)
-        return real(*args)
+        return real(*args, **kwargs)
 
     mc._call = call
     assert mc.heads is None

@@ -8,6 +8,7 @@ import types
 import weakref
 
 import numpy as np
+import tensorflow as tf
 
 import mcdrop
 from tests.engine.conftest import mlp
@@ -44,7 +45,7 @@ def _spy_on_calls(mc):
     def call(*args, **kwargs):
         alive.append(sum(r() is not None for r in refs))
         out = real(*args, **kwargs)
-        refs.extend(weakref.ref(o) for o in out)
+        refs.extend(weakref.ref(o) for o in tf.nest.flatten(out) if o is not None)  # tensors, or fused reductions
         return out
 
     mc._call = call
