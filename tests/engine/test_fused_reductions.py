@@ -195,3 +195,18 @@ def test_a_strategy_is_never_fused():
         mc.sampler([[X]], None, np.arange(4), np.array([0, 1]), [0], then=object(), valid=4)
     single = mcdrop.MCDropout(mc.model, num_samples=4, seed=0, verbose=0).predict(X)
     np.testing.assert_array_equal(mc.predict(X).mean, single.mean)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_logit_entropies_come_from_the_log_probabilities(jit):
+    """-sum p (z - logsumexp z) per pass; a class whose probability underflows to 0 adds 0, not NaN."""
+    z = np.random.default_rng(4).standard_normal((1, 5, 6, 4)) * 4
+    z[0, :, 0, 1] = -1000.0  # exp underflows: p = 0 exactly
+    z[0, :, 1] = [0.0, 0.0, 0.0, 0.0]  # uniform: log 4 per pass
+    z = z.astype("float32")
+    out = PassReducer(jit_compile=jit)(Head("classification", "logits"), tf.constant(z), 5)
+    log_p = special.log_softmax(z.astype(np.float64), axis=-1)
+    expected = -(np.exp(log_p) * log_p).sum(axis=(1, 3))
+    np.testing.assert_allclose(out["sum_entropy"], expected, rtol=1e-13)
+    assert out["sum_entropy"][0, 1] == pytest.approx(5 * np.log(4), rel=1e-15)
+    np.testing.assert_allclose(out["first"], np.exp(log_p[:, 0]), rtol=1e-13, atol=1e-300)
