@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,6 +36,7 @@ from _workloads import (  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import mcdrop  # noqa: E402
+from mcdrop.engine._summarise import ReducedStep  # noqa: E402
 
 __all__ = ["interleaved", "measure", "profile", "main"]
 
@@ -87,6 +89,12 @@ def measure(workload, repeats: int, passes: int = T) -> dict:
                        "floor_speedup_over_naive": ms["naive"] / ms["floor"]}}
 
 
+def _reduced_apart(engine, x, rows):
+    """``predict(x, batch_size=rows)`` with the reductions as a second compiled call (never fused)."""
+    with mock.patch.object(ReducedStep, "_fused", return_value=None):
+        return engine.predict(x, batch_size=rows)
+
+
 def profile(workload, repeats: int, passes: int = T) -> dict:
     """Where mcdrop's time goes beyond the floor.
 
@@ -99,7 +107,10 @@ def profile(workload, repeats: int, passes: int = T) -> dict:
                         host, the finiteness check, no statistics
     reductions          the engine's reductions over the passes (``MCDropout._reducer``, one
                         compiled function per head) of a block's (T, N, C) passes already computed
-    predict, one block  ``predict(x, batch_size=N)``: sample plus statistics
+    predict, one block  ``predict(x, batch_size=N)``: sample plus statistics (the reductions in the
+                        sampler's own compiled call, the heads being known from the graph)
+    ... reduced apart   the same with the reductions as a second compiled call (as for a model
+                        whose heads need the first chunk's values, or under a strategy)
     predict, default    ``predict(x)``: the default chunking on top
     """
     model, x = workload.model, workload.x
@@ -124,6 +135,7 @@ def profile(workload, repeats: int, passes: int = T) -> dict:
         "sample, one block": lambda: engine.sample(x, batch_size=rows),
         "reductions": reductions,
         "predict, one block": lambda: engine.predict(x, batch_size=rows),
+        "... reduced apart": lambda: _reduced_apart(engine, x, rows),
         "predict, default": lambda: engine.predict(x),
     }
     ms = {k: v * 1e3 for k, v in interleaved(candidates, repeats).items()}
@@ -137,6 +149,8 @@ def profile(workload, repeats: int, passes: int = T) -> dict:
     print(f"  statistics (predict - sample, one block; sample copies every pass to the host, predict does not): "
           f"{ms['predict, one block'] - ms['sample, one block']:7.1f} ms "
           f"(the reductions alone: {ms['reductions']:.1f} ms)")
+    print(f"  one compiled call per block instead of two (predict, one block / ... reduced apart): "
+          f"{ms['predict, one block'] / ms['... reduced apart']:.3f}")
     print(f"  default chunking ({chunk_rows} rows x {chunk_passes} passes per call) over one block: "
           f"{ms['predict, default'] - ms['predict, one block']:7.1f} ms")
     return {"name": workload.name, "rows": rows, "passes": passes, "chunk": [chunk_rows, chunk_passes],
