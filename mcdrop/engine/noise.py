@@ -270,6 +270,34 @@ class PassContext:
         keep = self._keep_scaled(features, rate, 1.0 / (1.0 - rate), 0.0, x.dtype)
         return self.flatten(self._passes_of(x) * keep)
 
+    def dropout_matmul(self, x, rate: float, kernel, bias, activation, *, untiled: bool = False):
+        """``activation(dropout(x) @ kernel + bias)``: a dropout and the ``Dense`` layer that alone reads it,
+        with the mask folded into the kernel.
+
+        ``x`` is (Tc * n, F), pass-major, or with ``untiled=True`` the (n, F) rows every pass shares (a
+        dropout right after the deterministic trunk). The mask is the draw :meth:`dropout` makes at this
+        site (the same bits). With consistent masks pass t multiplies by ``diag(keep_t)``, and
+        ``x diag(keep_t) W = x (diag(keep_t) W)``: each pass gets its own (F, C) kernel and one batched
+        product over the n rows, so the (Tc, n, F) masked activations are never built (nor the tiled copy
+        of untiled rows). The kernels hold Tc·F·C values against the activations' Tc·n·F, so they are
+        used when a call has at least C rows; with fewer the activations are masked as :meth:`dropout`
+        does. Either way the same products up to the rounding of the scale 1/(1 − rate).
+        """
+        keep = self._keep_scaled(_features(x), rate, 1.0 / (1.0 - rate), 0.0, x.dtype)  # (Tc, 1, F)
+        kernel = tf.convert_to_tensor(kernel)
+        rows = x[None] if untiled else self.unflatten(x)  # (1 or Tc, n, F)
+
+        def folded():  # (Tc, F, 1) * (F, C): each pass's kernel, then (1|Tc, n, F) @ (Tc, F, C)
+            return self.flatten(tf.linalg.matmul(rows, tf.transpose(keep, [0, 2, 1]) * kernel))
+
+        def masked():
+            return tf.linalg.matmul(self.flatten(rows * keep), kernel)
+
+        y = tf.cond(self.rows >= int(kernel.shape[-1]), folded, masked)
+        if bias is not None:
+            y = y + tf.convert_to_tensor(bias)
+        return y if activation is None else activation(y)
+
     def gaussian_dropout(self, x, rate: float):
         """Multiplicative noise :math:`\\mathcal N(1, rate / (1 - rate))`."""
         stddev = math.sqrt(rate / (1.0 - rate))

@@ -161,7 +161,8 @@ class CompiledSampler:
         ctx = PassContext(passes, rows, seed, row_offset, self.mask)
         with patched(self.view, ctx) as ran:
             record = {}
-            outputs = run_model(self.model, flat_inputs, structure, ctx, self._stochastic_ids, record)
+            foldable = self.view.foldable_ids if self.mask == "consistent" else frozenset()
+            outputs = run_model(self.model, flat_inputs, structure, ctx, self._stochastic_ids, record, foldable)
             if "outputs" in record:
                 self.output_structure = record["outputs"]
         self.silent = tuple(layer for layer in (*self.view.leaves, *self.view.rnns, *self.view.attentions,

@@ -66,6 +66,13 @@ class StochasticView:
     def is_stochastic(self) -> bool:
         return bool(self.leaves or self.cells or self.attentions or self.custom)
 
+    @property
+    def foldable_ids(self) -> frozenset:
+        """Plain ``Dropout`` layers (no noise shape, not spatial): with consistent masks their mask can be
+        folded into a ``Dense`` layer that alone reads their output (see :func:`mcdrop.engine.graph.run_model`)."""
+        return frozenset(id(layer) for layer in self.leaves
+                         if type(layer) is keras.layers.Dropout and getattr(layer, "noise_shape", None) is None)
+
     def describe(self) -> str:
         names = [_label(layer) for layer in (*self.leaves, *self.rnns, *self.attentions, *self.custom)]
         return ", ".join(names) if names else "none"
@@ -211,7 +218,9 @@ def _noise_shape(layer, x):
 def _leaf_call(layer, ctx, rate=None):
     rate = float(getattr(layer, "rate", 0.0)) if rate is None else float(rate)  # None: the trained rate
 
-    def call(inputs, *args, **kwargs):
+    def call(inputs, *args, into=None, untiled=False, **kwargs):
+        if into is not None:  # the graph runner folds this dropout into the Dense that alone reads it
+            return ctx.dropout_matmul(inputs, rate, into.kernel, into.bias, into.activation, untiled=untiled)
         if isinstance(layer, keras.layers.Dropout):
             return ctx.dropout(inputs, rate, _noise_shape(layer, inputs))
         if isinstance(layer, keras.layers.GaussianDropout):
