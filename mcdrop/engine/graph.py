@@ -101,6 +101,7 @@ class _Runner:
         for ref, value, flag in zip(functional.inputs, flat_inputs, flags):
             values[id(ref)], stoch[id(ref)] = value, flag
         nodes = list(compat.graph_nodes(functional))
+        tiles = {}  # id(tensor) -> its rows tiled over the passes, made once in this run of the graph
         readers = _readers(nodes, functional.outputs) if self.foldable else {}
         for node in nodes:
             op = node.operation
@@ -130,7 +131,9 @@ class _Runner:
                 if make_stochastic:
                     for t, flag in zip(node.inputs, in_flags):
                         if not flag:
-                            local[id(t)] = _tile(self.ctx, values[id(t)])
+                            if id(t) not in tiles:  # once per tensor, however many nodes (or arguments
+                                tiles[id(t)] = _tile(self.ctx, values[id(t)])  # of one, as MHA(x, x)) read it
+                            local[id(t)] = tiles[id(t)]
                 args, kwargs = node.fill_in(local)
                 outs = tree.flatten(_call_op(op, args, kwargs))
                 out_flags = [make_stochastic] * len(outs)
