@@ -58,6 +58,12 @@ class NoNoise(noise.PassContext):
     def gaussian_dropout(self, x, rate):
         return x
 
+    def dropout_matmul(self, x, rate, kernel, bias, activation, *, untiled=False):
+        """The Dense layer a dropout is folded into, with no mask: on the tiled rows, as the floor does."""
+        y = tf.linalg.matmul(self.tile(x) if untiled else x, tf.convert_to_tensor(kernel))
+        y = y if bias is None else y + tf.convert_to_tensor(bias)
+        return y if activation is None else activation(y)
+
     def alpha_dropout(self, x, rate, noise_features=None):
         return x
 
@@ -91,9 +97,14 @@ def noise_class(cls):
                if name.startswith("mcdrop.engine") and getattr(m, "PassContext", None) is noise.PassContext]
     for module, _ in patched:
         module.PassContext = cls
+    view = sys.modules["mcdrop.engine.view"].StochasticView
+    folds = view.foldable_ids
+    if not hasattr(cls, "dropout_matmul"):  # a revision from before the fold into Dense kernels: no folding
+        view.foldable_ids = property(lambda self: frozenset())
     try:
         yield
     finally:
+        view.foldable_ids = folds
         for module, original in patched:
             module.PassContext = original
 
