@@ -26,6 +26,7 @@ import random
 from typing import Any, Callable, Iterator, NamedTuple
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 __all__ = [
@@ -407,6 +408,17 @@ def _mask_counts() -> bool:
     return dropout_mask_count(lstm) == 4 and dropout_mask_count(gru) == 3
 
 
+def _dense_is_affine() -> bool:
+    """What the engine's fold (``PassContext.dropout_matmul``) computes in place of a plain ``Dense``: its
+    output from ``kernel`` (LoRA included), ``bias`` and ``activation``, on a small float32 example."""
+    dense = keras.layers.Dense(3, activation="tanh", name="mcdrop_compat_dense")
+    x = np.arange(8, dtype="float32").reshape(2, 4) / 8.0
+    y = np.asarray(dense(x))
+    expected = np.tanh(x @ np.asarray(dense.kernel) + np.asarray(dense.bias))
+    return (dense.dtype_policy.quantization_mode is None and dense.variable_dtype == dense.compute_dtype
+            and np.allclose(y, expected, rtol=1e-5, atol=1e-6))
+
+
 def _training_arg() -> bool:
     return (call_takes_training(keras.layers.BatchNormalization(name="mcdrop_compat_batchnorm")) is True
             and call_takes_training(keras.layers.Flatten(name="mcdrop_compat_flatten")) is False)
@@ -461,6 +473,8 @@ _CLASS_PIECES = [
      and all(issubclass(c, DropoutRNNCell) for c in (keras.layers.SimpleRNNCell, keras.layers.GRUCell,
                                                      keras.layers.LSTMCell))),
     ("`dropout_mask_count` of LSTMCell and GRUCell", "one RNN dropout mask per gate", _mask_counts),
+    ("`Dense.call` as `activation(inputs @ kernel + bias)`, `dtype_policy.quantization_mode`, `variable_dtype`",
+     "folding a dropout's mask into the kernel of the Dense layer that reads it", _dense_is_affine),
     ("`Sequential._functional`", "the graph behind a built Sequential model",
      lambda: keras.Sequential(name="mcdrop_compat_sequential")._functional is None),
     ("`tf.random.experimental.stateless_fold_in`", "the keyed noise streams",

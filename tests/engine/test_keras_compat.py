@@ -424,6 +424,14 @@ def test_a_missing_mask_count_is_named(monkeypatch):
     _fails(monkeypatch, "`dropout_mask_count` of LSTMCell")
 
 
+def test_a_dense_that_is_no_longer_affine_is_named(monkeypatch):
+    """The engine folds dropout masks into Dense kernels assuming ``activation(x @ kernel + bias)``: a Keras
+    whose Dense computes anything else is refused, not folded wrongly."""
+    call = L.Dense.call
+    monkeypatch.setattr(L.Dense, "call", lambda self, inputs, training=None: call(self, inputs) * 2.0)
+    _fails(monkeypatch, r"`Dense\.call` as `activation\(inputs @ kernel \+ bias\)`")
+
+
 def test_keras_no_longer_drawing_from_seed_generator_next_is_named(monkeypatch):
     """A Keras whose random ops stopped asking the generator's ``next`` (here: a fresh seed per draw)."""
     import keras.src.backend.tensorflow.random as tf_random
