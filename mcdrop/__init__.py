@@ -27,6 +27,7 @@ __version__ = "0.1.0"
 
 _ATTRIBUTES = {
     "MCDropout": "mcdrop.engine",
+    "KerasCompatibilityError": "mcdrop.engine",
     "Ensemble": "mcdrop.engine.ensemble",
     "ClassificationPrediction": "mcdrop.predictive",
     "RegressionPrediction": "mcdrop.predictive",

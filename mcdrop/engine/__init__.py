@@ -9,6 +9,7 @@
 ``_keras_compat`` every private Keras/TF name the engine relies on, behind named accessors, self-checked
 """
 
+from mcdrop.engine._keras_compat import KerasCompatibilityError
 from mcdrop.engine.mc_dropout import MCDropout
 
-__all__ = ["MCDropout"]
+__all__ = ["MCDropout", "KerasCompatibilityError"]
