@@ -424,7 +424,7 @@ def _write_group(stream, group, start, stop, raw, predictions):
                 _write_parquet_part(Path(out), group, start, predictions, stream["names"])
             store.mark_done(out, group, start, stop, chosen)
         except OSError as err:
-            raise store._full_disk(err, out) from err
+            raise store.full_disk_error(err, out) from err
     buffer = io.BytesIO()
     np.savez(buffer, **chosen)
     return {_GROUP: np.array([group], np.int64), _PAYLOAD: np.array([buffer.getvalue()], dtype=object)}
@@ -1113,9 +1113,9 @@ num_cpus, num_gpus, max_restarts, verbose, **engine_options
 
     select, candidates = _check_selection(select, candidates, parquet, out, resume)
     out = None if out is None else Path(out)
-    recorded = store._job(out) if out is not None and resume and out.is_dir() else None
+    recorded = store.read_job(out) if out is not None and resume and out.is_dir() else None
     if out is not None and recorded is None:
-        store._check_new_folder(out, overwrite, what="a prediction store or job")
+        store.check_new_folder(out, overwrite, what="a prediction store or job")
     if recorded is not None and seed is None:
         seed = recorded.get("seed")  # a resumed job keeps the seed it drew
     group_rows = recorded.get("group_rows") if recorded is not None and blocks_per_task is None else None
@@ -1246,10 +1246,10 @@ class _Job:
             out.mkdir(parents=True, exist_ok=True)
             layout = None if self.names is None else {
                 "names": self.names, "structure": "dict" if isinstance(probe, dict) else "list"}
-            mcio.save_json(out / store._JOB, {**fingerprint, "outputs": layout, "model_path": str(model_path),
+            mcio.save_json(out / store.JOB_FILE, {**fingerprint, "outputs": layout, "model_path": str(model_path),
                                             "complete": False})
         for folder, pred in zip(self.folders, kept):
-            if not (folder / store._META).is_file():
+            if not (folder / store.META_FILE).is_file():
                 store.create(folder, pred, self.plan["num_rows"])
         group_rows = self.plan["scorer"]["group_rows"]
         for group, (start, stop) in self.done.items():
@@ -1296,7 +1296,7 @@ class _Job:
             raise RuntimeError(f"mcdrop.distributed: not every group of the job in {out} is recorded as done.")
         for folder in self.folders:
             store.finish(folder)
-        mcio.save_json(out / store._JOB, dict(store._job(out), complete=True))
+        mcio.save_json(out / store.JOB_FILE, dict(store.read_job(out), complete=True))
 
 
 def top_k(stats, k: int, *, by: str = "mutual_information") -> np.ndarray:

@@ -49,21 +49,21 @@ from mcdrop._validation import invalid
 from mcdrop.predictive import from_arrays
 
 __all__ = ["PredictionWriter", "load", "load_written", "StoreFullError", "create", "write_rows", "mark_done",
-           "done_groups", "finish"]
+           "done_groups", "finish", "check_new_folder", "read_job", "full_disk_error", "JOB_FILE", "META_FILE"]
 
 
 class StoreFullError(OSError):
     """The disk filled up while a store was written; the rows written so far stay readable."""
 
 
-def _check_new_folder(path: Path, overwrite: bool, *, what: str = "a prediction store") -> None:
+def check_new_folder(path: Path, overwrite: bool, *, what: str = "a prediction store") -> None:
     """Refuse a non-empty ``path`` unless ``overwrite`` (and then only a store or job folder)."""
     if not (path.exists() and (not path.is_dir() or any(path.iterdir()))):
         return
     if not overwrite:
         raise invalid("out", "a new or empty folder (pass overwrite=True to replace it)", str(path),
                       error=FileExistsError)
-    if not path.is_dir() or not ((path / _JOB).is_file() or (path / _META).is_file()):
+    if not path.is_dir() or not ((path / JOB_FILE).is_file() or (path / META_FILE).is_file()):
         raise invalid("out", f"a folder holding {what} (overwrite=True replaces only those)", str(path),
                       error=FileExistsError)
 
@@ -84,7 +84,7 @@ class PredictionWriter:
 
     def __init__(self, path, *, overwrite: bool = False):
         self.path = Path(path)
-        _check_new_folder(self.path, overwrite)
+        check_new_folder(self.path, overwrite)
         self.path.mkdir(parents=True, exist_ok=True)
         self._files: dict[str, io.NpyAppender] = {}
         self._meta = None
@@ -127,7 +127,7 @@ class PredictionWriter:
         for appender in self._files.values():
             appender.sync()
         self._meta["rows"] = self.rows
-        io.save_json(self.path / _META, self._meta)
+        io.save_json(self.path / META_FILE, self._meta)
         self._synced = time.monotonic()
 
     @property
@@ -181,7 +181,7 @@ def load(path, *, mmap: bool = True):
         The folder is a job that has not finished (see :func:`load_written`).
     """
     path = Path(path)
-    job = _job(path)
+    job = read_job(path)
     if job is not None and job.get("outputs") is not None:
         names = job["outputs"]["names"]
         loaded = [load(path / str(name), mmap=mmap) for name in names]
@@ -197,7 +197,7 @@ def load(path, *, mmap: bool = True):
 
 
 def _meta(path: Path) -> dict:
-    meta_path = path / _META
+    meta_path = path / META_FILE
     if not meta_path.is_file():
         raise invalid("path", "a prediction store folder with a meta.json", str(path), error=FileNotFoundError)
     try:
@@ -225,20 +225,23 @@ def _open(path: Path, meta: dict, mmap: bool):
 
 # --------------------------------------------------------------------------- jobs written in place
 
-_JOB, _DONE, _META = "job.json", "done", "meta.json"
+#: A job folder's options file, its done-markers' folder and a store's metadata file (see the module docs).
+JOB_FILE, _DONE, META_FILE = "job.json", "done", "meta.json"
 
 
-def _job(path: Path) -> dict | None:
-    file = path / _JOB
+def read_job(path: Path) -> dict | None:
+    """The options a job folder was started with (its ``job.json``), or None for a folder that holds no job."""
+    file = path / JOB_FILE
     return json.loads(file.read_text()) if file.is_file() else None
 
 
 def _job_root(path: Path) -> Path:
     """The job folder of a store: the folder itself, or its parent for one output of several."""
-    return path if (path / _JOB).is_file() else path.parent
+    return path if (path / JOB_FILE).is_file() else path.parent
 
 
-def _full_disk(err: OSError, path) -> OSError:
+def full_disk_error(err: OSError, path) -> OSError:
+    """``err`` as a :class:`StoreFullError` naming ``path`` when the disk (or quota) is full, else ``err``."""
     if err.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreFullError(err.errno, f"The disk is full while writing predictions to {path}; the groups "
                                          "recorded as done before stay readable with mcdrop.store.load_written, "
@@ -256,9 +259,9 @@ def create(path, prediction, num_rows: int) -> None:
     try:
         for name, value in arrays.items():
             io.create_npy(path / f"{name}.npy", value.dtype, (num_rows, *value.shape[1:]))
-        io.save_json(path / _META, {**metadata, "fields": sorted(arrays), "rows": num_rows, "complete": False})
+        io.save_json(path / META_FILE, {**metadata, "fields": sorted(arrays), "rows": num_rows, "complete": False})
     except OSError as err:
-        raise _full_disk(err, path) from err
+        raise full_disk_error(err, path) from err
 
 
 def write_rows(path, prediction, start: int) -> None:
@@ -269,7 +272,7 @@ def write_rows(path, prediction, start: int) -> None:
         for name, value in prediction.to_arrays(rows_first=True)[0].items():
             io.write_npy_rows(path / f"{name}.npy", value, start)
     except OSError as err:
-        raise _full_disk(err, path) from err
+        raise full_disk_error(err, path) from err
 
 
 def mark_done(job, group: int, start: int, stop: int, arrays: dict | None = None) -> None:
@@ -281,7 +284,7 @@ def mark_done(job, group: int, start: int, stop: int, arrays: dict | None = None
         io.save_npz(folder / f"g{group:08d}.npz", {"_start": np.int64(start), "_stop": np.int64(stop),
                                                      **(arrays or {})}, compressed=False)
     except OSError as err:
-        raise _full_disk(err, job) from err
+        raise full_disk_error(err, job) from err
 
 
 def done_groups(job) -> dict[int, tuple[int, int]]:
@@ -305,7 +308,7 @@ def finish(path) -> None:
     path = Path(path)
     meta = _meta(path)
     meta["complete"] = True
-    io.save_json(path / _META, meta)
+    io.save_json(path / META_FILE, meta)
 
 
 def load_written(path, *, mmap: bool = True):
@@ -322,7 +325,7 @@ def load_written(path, *, mmap: bool = True):
     root = _job_root(path)
     spans = sorted(done_groups(root).values())
     rows = np.concatenate([np.arange(a, b) for a, b in spans]) if spans else np.zeros(0, np.int64)
-    job = _job(path)
+    job = read_job(path)
     if job is not None and job.get("outputs") is not None:
         names = job["outputs"]["names"]
         parts = [_open(path / str(n), _meta(path / str(n)), mmap).subset(rows) for n in names]
