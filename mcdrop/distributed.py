@@ -1247,7 +1247,7 @@ class _Job:
             layout = None if self.names is None else {
                 "names": self.names, "structure": "dict" if isinstance(probe, dict) else "list"}
             mcio.save_json(out / store.JOB_FILE, {**fingerprint, "outputs": layout, "model_path": str(model_path),
-                                            "complete": False})
+                                                  "complete": False})
         for folder, pred in zip(self.folders, kept):
             if not (folder / store.META_FILE).is_file():
                 store.create(folder, pred, self.plan["num_rows"])

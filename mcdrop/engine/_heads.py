@@ -16,7 +16,7 @@ import numpy as np
 from mcdrop._validation import check_choice, invalid
 from mcdrop.heads import HETEROSCEDASTIC, OUTPUTS, TASKS, Head
 
-__all__ = ["HeadRules"]
+__all__ = ["HeadRules", "Outputs", "NeedsValues"]
 
 
 class HeadRules:
@@ -103,23 +103,29 @@ class HeadRules:
                 or any(not shape or shape[-1] is None for shape in shapes)):
             return None
         try:
-            return self.decide([_GraphOutput(tuple(shape)) for shape in shapes])
-        except _NeedsValues:
+            return self.decide([Outputs(shape) for shape in shapes])
+        except NeedsValues:
             return None
 
 
-class _NeedsValues(LookupError):
-    """A head asked for the values of a pass where only the graph's shapes are known."""
+class NeedsValues(LookupError):
+    """A head asked for the values of an :class:`Outputs` that has only a shape (and dtype)."""
 
 
-class _GraphOutput:
-    """An output as the graph declares it: a shape, no values (reading them raises :class:`_NeedsValues`)."""
+class Outputs:
+    """A block of raw outputs as heads and error messages see it: its shape and dtype, with values read only
+    if asked for (``np.asarray``) through ``values``, so a call that needs none copies none. Without
+    ``values`` (an output as the graph declares it) asking raises :class:`NeedsValues`."""
 
-    def __init__(self, shape):
-        self.shape = shape
+    def __init__(self, shape, dtype=None, values=None):
+        self.shape, self._values = tuple(shape), values
+        self.dtype = None if dtype is None else np.dtype(dtype)
+        self.ndim = len(self.shape)
 
-    def __array__(self, *args, **kwargs):
-        raise _NeedsValues(self.shape)
+    def __array__(self, dtype=None, copy=None):
+        if self._values is None:
+            raise NeedsValues(self.shape)
+        return np.asarray(self._values(), dtype=dtype)
 
 
 def _check_one(task, outputs, heteroscedastic) -> None:

@@ -183,7 +183,7 @@ _REDUCTIONS = {ClassificationHead: _classification, RegressionHead: _regression}
 def _reduce(raw, valid, head):
     """The reductions of ``raw`` (R, Tc, n, ...), over its first ``valid`` passes, for ``head``."""
     x = raw[:, :valid]
-    widens = x.dtype != tf.float64
+    widens = _widens(x)
     if not x.dtype.is_floating:  # an integer or boolean output: read as float64, always finite
         x = tf.cast(x, tf.float64)
     if x.shape.rank == 3:

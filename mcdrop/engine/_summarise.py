@@ -16,6 +16,7 @@ import numpy as np
 
 from mcdrop._validation import invalid
 from mcdrop.accumulators import PassBlock
+from mcdrop.engine._heads import Outputs
 from mcdrop.engine._reduce import Reductions, block_of
 from mcdrop.heads import RegressionHead
 from mcdrop.predictive import concatenate, keeps_samples
@@ -67,21 +68,9 @@ def _contract_error(head, bad: int, value: float, raw) -> ValueError:
         "Pass outputs='logits' if the model returns unnormalised scores.")
 
 
-class _Outputs:
-    """A block of raw outputs as heads and error messages see it: its shape and dtype, with values read
-    from the device only if asked for (``np.asarray``), so a call that needs none copies none."""
-
-    def __init__(self, shape, dtype, values=None):
-        self.shape, self.dtype, self._values = tuple(shape), np.dtype(dtype), values
-        self.ndim = len(self.shape)
-
-    def __array__(self, dtype=None, copy=None):
-        return np.asarray(self._values(), dtype=dtype)
-
-
-def _first_block(raw, valid) -> _Outputs:
+def _first_block(raw, valid) -> Outputs:
     """The first block's ``valid`` passes of ``raw`` (blocks, Tc, n, ...), read only if asked for."""
-    return _Outputs((valid, *raw.shape[2:]), raw.dtype.as_numpy_dtype, lambda: raw[0, :valid].numpy())
+    return Outputs((valid, *raw.shape[2:]), raw.dtype.as_numpy_dtype, lambda: raw[0, :valid].numpy())
 
 
 class ReducedStep:
@@ -112,7 +101,7 @@ class ReducedStep:
         jit = []
         for head, (shape, dtype) in zip(self.heads, self._shapes):
             try:
-                head.check_shape(_Outputs((len(indices), group[0].size, *shape[1:]), dtype))
+                head.check_shape(Outputs((len(indices), group[0].size, *shape[1:]), dtype))
             except ValueError:
                 return None
             jit.append(engine._reducer.uses_xla(len(indices) * group[0].size * math.prod(shape[1:])))
@@ -161,7 +150,7 @@ class ReducedStep:
             flags = stats["bad"][i, :piece.used]
             if np.any(flags):
                 value = float(stats["bad_value"][i, :piece.used][flags][0])
-                raise _contract_error(head, int(np.sum(flags)), value, _Outputs((valid, piece.used, *tail), dtype))
+                raise _contract_error(head, int(np.sum(flags)), value, Outputs((valid, piece.used, *tail), dtype))
 
 
 class RawStep:
